@@ -1,0 +1,915 @@
+//! The configuration file: typed, validated on load, documented key by key in
+//! `docs/config.md`.
+//!
+//! Parsing rejects unknown keys and wrong types (the TOML error names the key
+//! and the line); [`Config::validate`] then checks what types cannot express
+//! and names the offending key, e.g. `route[2].via: no peer named "eu-west"`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::auth::{KeyRing, Secret};
+use crate::ports::PortRange;
+use crate::route::{AllowList, NextHop, Route, RouteTable};
+
+/// A config that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: Node,
+    pub auth: Option<Auth>,
+    /// The listener for legs from peer relays (transit and egress role).
+    pub relay: Option<RelayListener>,
+    #[serde(default)]
+    pub transparent: Vec<Transparent>,
+    #[serde(default)]
+    pub explicit: Vec<Explicit>,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<Peer>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConf>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub features: Features,
+    #[serde(default)]
+    pub firewall: Firewall,
+    pub admin: Option<Admin>,
+}
+
+/// `[node]`: this relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    #[serde(default)]
+    pub engine: Engine,
+    #[serde(default = "d_buffer_bytes")]
+    pub buffer_bytes: usize,
+    #[serde(default = "d_pipe_bytes")]
+    pub pipe_bytes: usize,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Log one line per connection when it ends.
+    #[serde(default)]
+    pub log_connections: bool,
+}
+
+/// The forwarding engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// read/write through a user-space buffer.
+    Copy,
+    /// splice(2) through a pipe per direction: bytes never enter user space.
+    #[default]
+    Splice,
+}
+
+impl Engine {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Engine::Copy => "copy",
+            Engine::Splice => "splice",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[auth]`: pre-shared keys for relay legs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub keys: Vec<KeyConf>,
+    /// Key id used to sign outgoing headers; default: the first key.
+    pub send_key: Option<u8>,
+    #[serde(default = "d_max_skew_ms")]
+    pub max_skew_ms: u64,
+    #[serde(default = "d_replay_capacity")]
+    pub replay_capacity: usize,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConf {
+    pub id: u8,
+    /// Hex, at least 32 digits (16 bytes).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for KeyConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyConf")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `[relay]`: where legs from peers arrive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayListener {
+    pub listen: SocketAddr,
+    /// Destinations this relay will connect to for its peers.
+    #[serde(default)]
+    pub allow: Vec<AllowEntry>,
+    /// Time to receive a whole header once its first byte arrived.
+    #[serde(default = "d_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// How long a pooled leg from a peer may wait for its header.
+    #[serde(default = "d_idle_leg_secs")]
+    pub idle_leg_timeout_secs: u64,
+    /// Upper bound on legs waiting for their header.
+    #[serde(default = "d_max_idle_legs")]
+    pub max_idle_legs: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub prefix: IpNet,
+    #[serde(default = "d_all_ports")]
+    pub ports: PortRange,
+}
+
+/// `[[transparent]]`: intercept traffic to these prefixes with nftables TPROXY.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transparent {
+    /// Local port of the TPROXY listener.
+    pub port: u16,
+    pub prefixes: Vec<IpNet>,
+    #[serde(default = "d_all_ports_vec")]
+    pub ports: Vec<PortRange>,
+}
+
+/// `[[explicit]]`: a listener with a fixed target, like `ssh -L`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Explicit {
+    pub listen: SocketAddr,
+    pub target: SocketAddr,
+}
+
+/// `[[peer]]`: another relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Idle pre-established legs kept at least / at most.
+    #[serde(default = "d_pool_low")]
+    pub pool_low: usize,
+    #[serde(default = "d_pool_high")]
+    pub pool_high: usize,
+    /// Path to this peer, for turbo-start window sizing.
+    #[serde(default = "d_peer_mbit")]
+    pub bandwidth_mbit: f64,
+    #[serde(default = "d_peer_rtt_ms")]
+    pub rtt_ms: f64,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    pub prefix: IpNet,
+    #[serde(default = "d_all_ports")]
+    pub ports: PortRange,
+    /// A peer name, or "direct".
+    pub via: String,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "d_connect_ms")]
+    pub connect_ms: u64,
+    #[serde(default = "d_idle_secs")]
+    pub idle_secs: u64,
+    #[serde(default = "d_half_close_secs")]
+    pub half_close_secs: u64,
+    #[serde(default = "d_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: d_connect_ms(),
+            idle_secs: d_idle_secs(),
+            half_close_secs: d_half_close_secs(),
+            shutdown_grace_secs: d_shutdown_grace_secs(),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "d_early_total")]
+    pub early_syn_pending_total: usize,
+    #[serde(default = "d_early_per_source")]
+    pub early_syn_pending_per_source: usize,
+    #[serde(default = "d_early_timeout_ms")]
+    pub early_syn_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: d_max_connections(),
+            early_syn_pending_total: d_early_total(),
+            early_syn_pending_per_source: d_early_per_source(),
+            early_syn_timeout_ms: d_early_timeout_ms(),
+        }
+    }
+}
+
+/// `[features]`: KTCP's improvements, each switchable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Features {
+    /// Start the next leg when the client's SYN is seen (NFQUEUE tap).
+    #[serde(default = "d_true")]
+    pub early_syn: bool,
+    /// Take buffers and pipes from pools instead of creating them per connection.
+    #[serde(default = "d_true")]
+    pub worker_pools: bool,
+    /// Keep pre-established legs to each peer.
+    #[serde(default = "d_true")]
+    pub conn_pool: bool,
+    /// Large initial windows and buffers on relay legs only.
+    #[serde(default = "d_true")]
+    pub turbo_start: bool,
+    /// TCP Fast Open on fresh relay legs (header in the SYN).
+    #[serde(default = "d_true")]
+    pub fast_open: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            early_syn: true,
+            worker_pools: true,
+            conn_pool: true,
+            turbo_start: true,
+            fast_open: true,
+        }
+    }
+}
+
+/// `[firewall]`: marks and routing table used by transparent mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    /// fwmark set on intercepted packets; routed to the local table.
+    #[serde(default = "d_tproxy_mark")]
+    pub tproxy_mark: u32,
+    /// Policy routing table for intercepted packets.
+    #[serde(default = "d_route_table")]
+    pub route_table: u32,
+    /// SO_MARK on the relay's own outbound sockets; never intercepted.
+    #[serde(default = "d_own_mark")]
+    pub own_mark: u32,
+    /// NFQUEUE number for the early-SYN tap.
+    #[serde(default = "d_syn_queue")]
+    pub syn_queue: u16,
+}
+
+impl Default for Firewall {
+    fn default() -> Self {
+        Firewall {
+            tproxy_mark: d_tproxy_mark(),
+            route_table: d_route_table(),
+            own_mark: d_own_mark(),
+            syn_queue: d_syn_queue(),
+        }
+    }
+}
+
+/// `[admin]`: the local control API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `127.0.0.1:9900` or `unix:/run/splitway.sock`.
+    pub listen: String,
+}
+
+fn d_buffer_bytes() -> usize {
+    64 * 1024
+}
+fn d_pipe_bytes() -> usize {
+    1024 * 1024
+}
+fn d_max_skew_ms() -> u64 {
+    30_000
+}
+fn d_replay_capacity() -> usize {
+    1_000_000
+}
+fn d_header_timeout_ms() -> u64 {
+    5_000
+}
+fn d_idle_leg_secs() -> u64 {
+    120
+}
+fn d_max_idle_legs() -> usize {
+    4096
+}
+fn d_all_ports() -> PortRange {
+    PortRange::ALL
+}
+fn d_all_ports_vec() -> Vec<PortRange> {
+    vec![PortRange::ALL]
+}
+fn d_pool_low() -> usize {
+    4
+}
+fn d_pool_high() -> usize {
+    16
+}
+fn d_peer_mbit() -> f64 {
+    100.0
+}
+fn d_peer_rtt_ms() -> f64 {
+    100.0
+}
+fn d_connect_ms() -> u64 {
+    5_000
+}
+fn d_idle_secs() -> u64 {
+    600
+}
+fn d_half_close_secs() -> u64 {
+    60
+}
+fn d_shutdown_grace_secs() -> u64 {
+    10
+}
+fn d_max_connections() -> usize {
+    20_000
+}
+fn d_early_total() -> usize {
+    1024
+}
+fn d_early_per_source() -> usize {
+    32
+}
+fn d_early_timeout_ms() -> u64 {
+    3_000
+}
+fn d_true() -> bool {
+    true
+}
+fn d_tproxy_mark() -> u32 {
+    0x5157_0001
+}
+fn d_route_table() -> u32 {
+    5157
+}
+fn d_own_mark() -> u32 {
+    0x5157_0002
+}
+fn d_syn_queue() -> u16 {
+    5157
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check everything serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.node;
+        if !valid_name(&n.name) {
+            return Err(ConfigError::invalid(
+                "node.name",
+                "must be 1-32 characters of a-z, 0-9, '-' or '_'",
+            ));
+        }
+        if !(16 * 1024..=16 * 1024 * 1024).contains(&n.buffer_bytes) {
+            return Err(ConfigError::invalid(
+                "node.buffer_bytes",
+                "must be between 16384 and 16777216",
+            ));
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&n.pipe_bytes) {
+            return Err(ConfigError::invalid(
+                "node.pipe_bytes",
+                "must be between 4096 and 67108864",
+            ));
+        }
+
+        let needs_auth = !self.peers.is_empty() || self.relay.is_some();
+        match &self.auth {
+            None if needs_auth => {
+                return Err(ConfigError::invalid(
+                    "auth",
+                    "required when [relay] or any [[peer]] is configured",
+                ))
+            }
+            None => {}
+            Some(a) => {
+                if a.keys.is_empty() {
+                    return Err(ConfigError::invalid("auth.keys", "at least one key is required"));
+                }
+                let mut ids = HashSet::new();
+                for (i, k) in a.keys.iter().enumerate() {
+                    let bytes = hex::decode(k.secret.trim()).map_err(|_| {
+                        ConfigError::invalid(format!("auth.keys[{i}].secret"), "must be hex digits")
+                    })?;
+                    if bytes.len() < 16 {
+                        return Err(ConfigError::invalid(
+                            format!("auth.keys[{i}].secret"),
+                            format!("must be at least 16 bytes (32 hex digits), got {}", bytes.len()),
+                        ));
+                    }
+                    if !ids.insert(k.id) {
+                        return Err(ConfigError::invalid(
+                            format!("auth.keys[{i}].id"),
+                            format!("key id {} appears twice", k.id),
+                        ));
+                    }
+                }
+                if let Some(s) = a.send_key {
+                    if !ids.contains(&s) {
+                        return Err(ConfigError::invalid(
+                            "auth.send_key",
+                            format!("no key with id {s} in auth.keys"),
+                        ));
+                    }
+                }
+                if a.max_skew_ms == 0 || a.max_skew_ms > 600_000 {
+                    return Err(ConfigError::invalid(
+                        "auth.max_skew_ms",
+                        "must be between 1 and 600000",
+                    ));
+                }
+                if a.replay_capacity == 0 {
+                    return Err(ConfigError::invalid("auth.replay_capacity", "must be positive"));
+                }
+            }
+        }
+
+        if let Some(r) = &self.relay {
+            if r.header_timeout_ms == 0 {
+                return Err(ConfigError::invalid("relay.header_timeout_ms", "must be positive"));
+            }
+            if r.idle_leg_timeout_secs == 0 {
+                return Err(ConfigError::invalid("relay.idle_leg_timeout_secs", "must be positive"));
+            }
+            if r.max_idle_legs == 0 {
+                return Err(ConfigError::invalid("relay.max_idle_legs", "must be positive"));
+            }
+        }
+
+        let mut peer_names = HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if !valid_name(&p.name) || p.name == "direct" {
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].name"),
+                    "must be 1-32 characters of a-z, 0-9, '-' or '_', and not \"direct\"",
+                ));
+            }
+            if !peer_names.insert(p.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].name"),
+                    format!("peer \"{}\" is defined twice", p.name),
+                ));
+            }
+            if p.addr.port() == 0 || p.addr.ip().is_unspecified() {
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].addr"),
+                    "must be a concrete address and port",
+                ));
+            }
+            if p.pool_low > p.pool_high {
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].pool_low"),
+                    format!("{} is above pool_high {}", p.pool_low, p.pool_high),
+                ));
+            }
+            if p.pool_high > 4096 {
+                return Err(ConfigError::invalid(format!("peer[{i}].pool_high"), "must be at most 4096"));
+            }
+            if !(p.bandwidth_mbit > 0.0 && p.bandwidth_mbit.is_finite()) {
+                return Err(ConfigError::invalid(format!("peer[{i}].bandwidth_mbit"), "must be positive"));
+            }
+            if !(p.rtt_ms > 0.0 && p.rtt_ms.is_finite()) {
+                return Err(ConfigError::invalid(format!("peer[{i}].rtt_ms"), "must be positive"));
+            }
+        }
+
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.via != "direct" && !peer_names.contains(r.via.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("route[{i}].via"),
+                    format!("no peer named \"{}\" (use a [[peer]] name or \"direct\")", r.via),
+                ));
+            }
+        }
+
+        let mut listens = HashSet::new();
+        for (i, t) in self.transparent.iter().enumerate() {
+            if t.port == 0 {
+                return Err(ConfigError::invalid(format!("transparent[{i}].port"), "must not be 0"));
+            }
+            if t.prefixes.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("transparent[{i}].prefixes"),
+                    "at least one prefix is required",
+                ));
+            }
+            if t.ports.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("transparent[{i}].ports"),
+                    "at least one port range is required",
+                ));
+            }
+            if !listens.insert(("transparent".to_string(), t.port)) {
+                return Err(ConfigError::invalid(
+                    format!("transparent[{i}].port"),
+                    format!("port {} used twice", t.port),
+                ));
+            }
+        }
+        let table = self.route_table();
+        for (i, e) in self.explicit.iter().enumerate() {
+            if e.target.port() == 0 || e.target.ip().is_unspecified() {
+                return Err(ConfigError::invalid(
+                    format!("explicit[{i}].target"),
+                    "must be a concrete address and port",
+                ));
+            }
+            if table.lookup(&e.target).is_none() {
+                return Err(ConfigError::invalid(
+                    format!("explicit[{i}].target"),
+                    format!("no [[route]] covers {}", e.target),
+                ));
+            }
+        }
+        if self.transparent.is_empty() && self.explicit.is_empty() && self.relay.is_none() {
+            return Err(ConfigError::invalid(
+                "relay",
+                "nothing to do: configure [relay], [[transparent]] or [[explicit]]",
+            ));
+        }
+
+        let t = &self.timeouts;
+        for (key, v) in [
+            ("timeouts.connect_ms", t.connect_ms),
+            ("timeouts.idle_secs", t.idle_secs),
+            ("timeouts.half_close_secs", t.half_close_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be positive"));
+            }
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.early_syn_pending_total", l.early_syn_pending_total),
+            ("limits.early_syn_pending_per_source", l.early_syn_pending_per_source),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be positive"));
+            }
+        }
+        if l.early_syn_timeout_ms == 0 {
+            return Err(ConfigError::invalid("limits.early_syn_timeout_ms", "must be positive"));
+        }
+        let f = &self.firewall;
+        if f.tproxy_mark == 0 || f.own_mark == 0 || f.tproxy_mark == f.own_mark {
+            return Err(ConfigError::invalid(
+                "firewall.own_mark",
+                "tproxy_mark and own_mark must be non-zero and differ",
+            ));
+        }
+        if f.route_table == 0 || f.route_table >= 252 && f.route_table <= 255 {
+            return Err(ConfigError::invalid(
+                "firewall.route_table",
+                "must not be 0 or a reserved table (252-255)",
+            ));
+        }
+        if let Some(a) = &self.admin {
+            if parse_admin_listen(&a.listen).is_none() {
+                return Err(ConfigError::invalid(
+                    "admin.listen",
+                    "must be IP:PORT or unix:/path",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The route table built from `[[route]]`.
+    pub fn route_table(&self) -> RouteTable {
+        RouteTable::new(
+            self.routes
+                .iter()
+                .map(|r| Route {
+                    prefix: r.prefix,
+                    ports: r.ports,
+                    via: if r.via == "direct" {
+                        NextHop::Direct
+                    } else {
+                        NextHop::Peer(r.via.clone())
+                    },
+                })
+                .collect(),
+        )
+    }
+
+    /// The egress allow list from `[relay].allow` (empty: nothing allowed).
+    pub fn allow_list(&self) -> AllowList {
+        AllowList::new(
+            self.relay
+                .iter()
+                .flat_map(|r| r.allow.iter().map(|a| (a.prefix.trunc(), a.ports)))
+                .collect(),
+        )
+    }
+
+    /// The key ring from `[auth]`, if configured. Call after `validate`.
+    pub fn key_ring(&self) -> Option<KeyRing> {
+        let a = self.auth.as_ref()?;
+        let keys: HashMap<u8, Secret> = a
+            .keys
+            .iter()
+            .filter_map(|k| Some((k.id, Secret::new(hex::decode(k.secret.trim()).ok()?))))
+            .collect();
+        let send = a.send_key.unwrap_or(a.keys.first()?.id);
+        Some(KeyRing::new(keys, send))
+    }
+
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Where the admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+pub fn parse_admin_listen(s: &str) -> Option<AdminListen> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        return (!p.is_empty()).then(|| AdminListen::Unix(p.into()));
+    }
+    s.parse().ok().map(AdminListen::Tcp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+
+    fn base() -> String {
+        format!(
+            r#"
+[node]
+name = "ingress"
+
+[auth]
+keys = [{{ id = 1, secret = "{KEY}" }}]
+
+[[transparent]]
+port = 15001
+prefixes = ["10.0.3.0/24"]
+
+[[peer]]
+name = "egress"
+addr = "10.0.2.2:5565"
+
+[[route]]
+prefix = "10.0.3.0/24"
+via = "egress"
+"#
+        )
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn base_config_is_valid_with_defaults() {
+        let c = Config::parse(&base()).unwrap();
+        assert_eq!(c.node.engine, Engine::Splice);
+        assert!(c.features.early_syn && c.features.conn_pool);
+        assert_eq!(c.peers[0].pool_low, 4);
+        assert_eq!(c.key_ring().unwrap().send_key(), 1);
+        assert_eq!(
+            c.route_table().lookup(&"10.0.3.9:80".parse().unwrap()).unwrap().via,
+            NextHop::Peer("egress".into())
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err_of(&base().replace("[node]\n", "[node]\nnmae = \"x\"\n"));
+        assert!(e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err_of(&base().replace("port = 15001", "port = \"fast\""));
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn bad_engine_is_named() {
+        let e = err_of(&base().replace("name = \"ingress\"", "name = \"ingress\"\nengine = \"dma\""));
+        assert!(e.contains("engine") || e.contains("dma"), "{e}");
+    }
+
+    #[test]
+    fn bad_node_name() {
+        assert!(err_of(&base().replace("\"ingress\"", "\"In Gress\"")).contains("node.name"));
+    }
+
+    #[test]
+    fn small_copy_buffer() {
+        let e = err_of(&base().replace("name = \"ingress\"", "name = \"ingress\"\nbuffer_bytes = 1024"));
+        assert!(e.contains("node.buffer_bytes"), "{e}");
+    }
+
+    #[test]
+    fn missing_auth() {
+        let text = base().replace(&format!("[auth]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\n"), "");
+        assert!(err_of(&text).contains("`auth`"));
+    }
+
+    #[test]
+    fn short_or_non_hex_secret() {
+        assert!(err_of(&base().replace(KEY, "abcd")).contains("auth.keys[0].secret"));
+        assert!(err_of(&base().replace(KEY, "not-hex-not-hex-not-hex-not-hex!")).contains("auth.keys[0].secret"));
+    }
+
+    #[test]
+    fn secret_never_printed() {
+        let c = Config::parse(&base()).unwrap();
+        assert!(!format!("{c:?}").contains(KEY));
+        let e = err_of(&base().replace(KEY, "zz112233445566778899aabbccddeeff"));
+        assert!(!e.contains("zz1122"), "{e}");
+    }
+
+    #[test]
+    fn send_key_must_exist() {
+        let e = err_of(&base().replace("[auth]\n", "[auth]\nsend_key = 9\n"));
+        assert!(e.contains("auth.send_key"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_key_ids() {
+        let e = err_of(&base().replace(
+            &format!("keys = [{{ id = 1, secret = \"{KEY}\" }}]"),
+            &format!("keys = [{{ id = 1, secret = \"{KEY}\" }}, {{ id = 1, secret = \"{KEY}\" }}]"),
+        ));
+        assert!(e.contains("auth.keys[1].id"), "{e}");
+    }
+
+    #[test]
+    fn route_to_unknown_peer() {
+        let e = err_of(&base().replace("via = \"egress\"", "via = \"eu-west\""));
+        assert!(e.contains("route[0].via") && e.contains("eu-west"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_peer_and_bad_pool() {
+        let dup = base() + "\n[[peer]]\nname = \"egress\"\naddr = \"10.0.9.9:5565\"\n";
+        assert!(err_of(&dup).contains("peer[1].name"));
+        let pool = base().replace("addr = \"10.0.2.2:5565\"", "addr = \"10.0.2.2:5565\"\npool_low = 9\npool_high = 2");
+        assert!(err_of(&pool).contains("peer[0].pool_low"));
+        let addr = base().replace("10.0.2.2:5565", "0.0.0.0:5565");
+        assert!(err_of(&addr).contains("peer[0].addr"));
+    }
+
+    #[test]
+    fn bad_prefix_is_named() {
+        let e = err_of(&base().replace("prefixes = [\"10.0.3.0/24\"]", "prefixes = [\"10.0.3.0/33\"]"));
+        assert!(e.contains("prefixes"), "{e}");
+    }
+
+    #[test]
+    fn empty_prefixes_and_zero_port() {
+        assert!(err_of(&base().replace("prefixes = [\"10.0.3.0/24\"]", "prefixes = []"))
+            .contains("transparent[0].prefixes"));
+        assert!(err_of(&base().replace("port = 15001", "port = 0")).contains("transparent[0].port"));
+    }
+
+    #[test]
+    fn bad_port_range_is_named() {
+        let e = err_of(&base().replace("via = \"egress\"", "via = \"egress\"\nports = \"90-80\""));
+        assert!(e.contains("ports"), "{e}");
+    }
+
+    #[test]
+    fn explicit_target_needs_route() {
+        let e = err_of(&(base() + "\n[[explicit]]\nlisten = \"127.0.0.1:8080\"\ntarget = \"192.0.2.1:80\"\n"));
+        assert!(e.contains("explicit[0].target"), "{e}");
+    }
+
+    #[test]
+    fn nothing_to_do() {
+        let e = err_of("[node]\nname = \"x\"\n");
+        assert!(e.contains("`relay`"), "{e}");
+    }
+
+    #[test]
+    fn zero_timeout_and_limit() {
+        assert!(err_of(&(base() + "\n[timeouts]\nconnect_ms = 0\n")).contains("timeouts.connect_ms"));
+        assert!(err_of(&(base() + "\n[limits]\nmax_connections = 0\n")).contains("limits.max_connections"));
+    }
+
+    #[test]
+    fn marks_must_differ() {
+        let e = err_of(&(base() + "\n[firewall]\ntproxy_mark = 5\nown_mark = 5\n"));
+        assert!(e.contains("firewall.own_mark"), "{e}");
+    }
+
+    #[test]
+    fn admin_listen_forms() {
+        assert!(Config::parse(&(base() + "\n[admin]\nlisten = \"127.0.0.1:9900\"\n")).is_ok());
+        assert!(Config::parse(&(base() + "\n[admin]\nlisten = \"unix:/run/x.sock\"\n")).is_ok());
+        assert!(err_of(&(base() + "\n[admin]\nlisten = \"localhost\"\n")).contains("admin.listen"));
+    }
+
+    #[test]
+    fn relay_listener_allow_list() {
+        let text = base()
+            + "\n[relay]\nlisten = \"0.0.0.0:5565\"\nallow = [{ prefix = \"10.0.3.0/24\", ports = 80 }]\n";
+        let c = Config::parse(&text).unwrap();
+        assert!(c.allow_list().permits(&"10.0.3.4:80".parse().unwrap()));
+        assert!(!c.allow_list().permits(&"10.0.3.4:22".parse().unwrap()));
+        let e = err_of(&(base() + "\n[relay]\nlisten = \"0.0.0.0:5565\"\nheader_timeout_ms = 0\n"));
+        assert!(e.contains("relay.header_timeout_ms"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! splitway's sans-IO core: pure logic with no sockets and no clocks of its own.
+//!
+//! - [`wire`]: the relay-leg header, its encoding and decoding.
+//! - [`auth`]: the header's MAC, the key ring and the replay guard.
+//! - [`route`]: the route table (destination → next hop) and the egress allow list.
+//! - [`ports`]: port ranges as written in config.
+//! - [`config`]: the typed, validated configuration file.
+//!
+//! Everything here is tested without a network; the daemon in `splitway-relay`
+//! does the I/O.
+
+pub mod auth;
+pub mod config;
+pub mod ports;
+pub mod route;
+pub mod wire;
