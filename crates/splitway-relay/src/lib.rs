@@ -1,1 +1,27 @@
-//! placeholder
+//! The splitway relay daemon.
+//!
+//! Layout, following a connection:
+//! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
+//! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
+//! - [`flow`]: one split connection: route, next hop, forward.
+//! - [`leg`]: relay legs: sending a header, reading and authenticating one.
+//! - [`dial`]: outbound connects with the right socket profile.
+//! - [`profile`]: what Internet-facing legs and relay legs get.
+//! - [`forward`]: the forwarding engines (`copy`, `splice`) and the rules they share.
+//! - [`state`]: what all connections of a relay share (config snapshot, metrics...).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`sys`]: every OS-specific socket and pipe call.
+
+pub mod daemon;
+pub mod dial;
+pub mod firewall;
+pub mod flow;
+pub mod forward;
+pub mod leg;
+pub mod metrics;
+pub mod profile;
+pub mod ratelimit;
+pub mod state;
+pub mod sys;
+
+pub use daemon::{run, RunOptions};

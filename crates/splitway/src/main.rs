@@ -1,1 +1,94 @@
-fn main() {}
+//! `splitway`: the one binary. Subcommands: `relay` (run a node), `check`
+//! (validate a config), `lab` (the emulated-WAN laboratory).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use splitway_core::config::{Config, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "splitway", version, about = "Split-TCP relay for overlay networks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a relay node.
+    Relay {
+        /// Config file (TOML); see docs/config.md.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Write this file (with the pid) once the relay is ready.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate a config file and exit.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the emulated-WAN laboratory (reproduces the KTCP paper's figures).
+    Lab(splitway_lab::LabArgs),
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, never shut down on our own.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Relay {
+            config,
+            ready_file,
+            workers,
+        } => {
+            let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
+            init_logs(cfg.node.log_format);
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all().thread_name("splitway-worker");
+            if let Some(n) = workers {
+                rt.worker_threads(n.max(1));
+            }
+            let rt = rt.build().context("starting the runtime")?;
+            rt.block_on(splitway_relay::run(
+                cfg,
+                splitway_relay::RunOptions { ready_file },
+                shutdown_signal(),
+            ))
+        }
+        Cmd::Check { config } => {
+            Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Cmd::Lab(args) => {
+            init_logs(LogFormat::Human);
+            splitway_lab::run(args)
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The relay daemon: bind listeners, install rules, accept until told to
+//! stop, then drain.
+//!
+//! [`run`] is the whole life of a relay, so tests and the binary start it
+//! the same way and stop it with a future.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use splitway_core::config::Config;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::firewall::Firewall;
+use crate::flow;
+use crate::state::Shared;
+use crate::sys::sockopt;
+
+/// Options that are not part of the config file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Written (with the pid) once listeners are bound and rules installed.
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Transparent,
+    Explicit(SocketAddr),
+    Relay,
+}
+
+fn bind(addr: SocketAddr, transparent: bool) -> anyhow::Result<TcpListener> {
+    let sock = sockopt::listener(&addr, transparent, 4096).with_context(|| format!("cannot listen on {addr}"))?;
+    TcpListener::from_std(std::net::TcpListener::from(sock)).context("registering listener")
+}
+
+/// Run a relay until `shutdown` completes, then stop accepting and let open
+/// flows finish for up to `timeouts.shutdown_grace_secs`.
+pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut listeners: Vec<(TcpListener, Kind)> = Vec::new();
+    for t in &cfg.transparent {
+        let v4 = t.prefixes.iter().any(|p| p.addr().is_ipv4());
+        let v6 = t.prefixes.iter().any(|p| p.addr().is_ipv6());
+        if v4 {
+            listeners.push((bind(SocketAddr::from(([0, 0, 0, 0], t.port)), true)?, Kind::Transparent));
+        }
+        if v6 {
+            listeners.push((
+                bind(SocketAddr::from(([0u16; 8], t.port)), true)?,
+                Kind::Transparent,
+            ));
+        }
+    }
+    for e in &cfg.explicit {
+        listeners.push((bind(e.listen, false)?, Kind::Explicit(e.target)));
+    }
+    if let Some(r) = &cfg.relay {
+        let l = bind(r.listen, false)?;
+        if cfg.features.fast_open {
+            let _ = sockopt::set_fastopen_listener(&l, 4096);
+        }
+        listeners.push((l, Kind::Relay));
+    }
+    let firewall = if cfg.transparent.is_empty() {
+        None
+    } else {
+        Some(Firewall::install(&cfg).context("installing nftables rules")?)
+    };
+    let grace = Duration::from_secs(cfg.timeouts.shutdown_grace_secs);
+    let name = cfg.node.name.clone();
+    let shared = Arc::new(Shared::new(cfg));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_tasks = JoinSet::new();
+    for (l, kind) in listeners {
+        tracing::info!(node = %name, addr = ?l.local_addr().ok(), ?kind, "listening");
+        accept_tasks.spawn(accept_loop(l, kind, shared.clone(), stop_rx.clone()));
+    }
+    if let Some(path) = &opts.ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing ready file {}", path.display()))?;
+    }
+    tracing::info!(node = %name, "ready");
+
+    shutdown.await;
+    tracing::info!(active = shared.active(), "shutting down: closing listeners");
+    let _ = stop_tx.send(true);
+    while accept_tasks.join_next().await.is_some() {}
+    if tokio::time::timeout(grace, shared.drained()).await.is_err() {
+        tracing::warn!(active = shared.active(), "grace period over; closing remaining flows");
+    }
+    drop(firewall);
+    if let Some(path) = &opts.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(l: TcpListener, kind: Kind, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = l.accept() => r,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                backoff = Duration::from_millis(5);
+                spawn_flow(sock, peer, kind, &shared);
+            }
+            Err(e) => {
+                // Out of fds or memory: back off instead of spinning, and
+                // come back by itself when resources free up.
+                shared.metrics.accept_errors.inc();
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn spawn_flow(sock: TcpStream, peer: SocketAddr, kind: Kind, shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    match kind {
+        Kind::Transparent => match sockopt::original_dst(&sock) {
+            Ok(dst) => {
+                tokio::spawn(flow::client(shared, sock, peer, dst, "transparent"));
+            }
+            Err(e) => tracing::warn!(error = %e, "no original destination"),
+        },
+        Kind::Explicit(target) => {
+            tokio::spawn(flow::client(shared, sock, peer, target, "explicit"));
+        }
+        Kind::Relay => {
+            tokio::spawn(flow::relay_leg(shared, sock, peer));
+        }
+    }
+}

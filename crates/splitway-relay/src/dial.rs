@@ -1,0 +1,34 @@
+//! Outbound connections: to a destination (Internet-facing profile) or to a
+//! peer relay (relay-leg profile). Every outbound socket carries the relay's
+//! own mark, so its transparent rules never intercept it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::profile;
+use crate::sys::sockopt;
+
+/// Which socket profile an outbound connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Internet,
+    RelayLeg { turbo: bool },
+}
+
+/// Connect to `addr` with `profile`, giving up after `timeout`.
+pub async fn connect(addr: SocketAddr, own_mark: u32, profile: Profile, timeout: Duration) -> io::Result<TcpStream> {
+    let sock = sockopt::tcp_socket(&addr)?;
+    sockopt::set_mark(&sock, own_mark)?;
+    match profile {
+        Profile::Internet => profile::internet(&sock)?,
+        Profile::RelayLeg { turbo } => profile::relay_leg(&sock, turbo)?,
+    }
+    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
+    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}

@@ -1,0 +1,184 @@
+//! Forwarding engines: move bytes both ways between two connected sockets.
+//!
+//! [`relay`] drives both directions of one split connection with the rules
+//! every engine shares: a FIN on one side becomes `shutdown(WR)` on the other
+//! and starts the half-close timer; an error (a reset) on either side resets
+//! both; no traffic for the idle timeout closes both. The engines only move
+//! bytes in one direction: [`copy`] through a user-space buffer, [`splice`]
+//! through a pipe, never touching the bytes. Memory per connection is what
+//! the engine was given (two buffers or two pipes): nothing queues beyond it.
+
+pub mod copy;
+pub mod splice;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+use crate::sys::pipe::Pipe;
+use crate::sys::sockopt;
+
+/// Limits that apply to one split connection.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowTimeouts {
+    pub idle: Duration,
+    pub half_close: Duration,
+}
+
+/// How a split connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides sent FIN; everything was delivered.
+    Closed,
+    /// One side reset (or failed); the other was reset too.
+    Reset,
+    /// No bytes moved for the idle timeout.
+    Idle,
+    /// One side closed and the other did not within the half-close timeout.
+    HalfCloseTimeout,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::Reset => "reset",
+            Outcome::Idle => "idle_timeout",
+            Outcome::HalfCloseTimeout => "half_close_timeout",
+        }
+    }
+}
+
+/// Bytes moved and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowReport {
+    /// From the first socket (`a`) to the second (`b`).
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+    pub outcome: Outcome,
+}
+
+/// What one connection's engine works with: two buffers or two pipes.
+#[derive(Debug)]
+pub enum EngineState {
+    Copy { a_to_b: Vec<u8>, b_to_a: Vec<u8> },
+    Splice { a_to_b: Pipe, b_to_a: Pipe },
+}
+
+/// Per-flow bookkeeping both directions share. Relaxed atomics: one task
+/// touches them, atomics only make the future `Send`.
+#[derive(Debug)]
+pub struct FlowState {
+    start: Instant,
+    /// Nanoseconds after `start` of the last byte moved.
+    last_ns: AtomicU64,
+    /// Bytes a→b, then b→a.
+    pub moved: [AtomicU64; 2],
+}
+
+impl FlowState {
+    fn new() -> FlowState {
+        FlowState {
+            start: Instant::now(),
+            last_ns: AtomicU64::new(0),
+            moved: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Record `n` bytes moved in direction `dir` (0: a→b, 1: b→a).
+    pub fn add(&self, dir: usize, n: usize) {
+        self.moved[dir].fetch_add(n as u64, Ordering::Relaxed);
+        self.last_ns
+            .store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.start + Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// Drive both directions of a split connection to the end.
+pub async fn relay(a: &TcpStream, b: &TcpStream, t: FlowTimeouts, engine: &mut EngineState) -> FlowReport {
+    let flow = FlowState::new();
+    let outcome = match engine {
+        EngineState::Copy { a_to_b, b_to_a } => {
+            drive(
+                a,
+                b,
+                t,
+                &flow,
+                copy::pump(a, b, a_to_b, &flow, 0),
+                copy::pump(b, a, b_to_a, &flow, 1),
+            )
+            .await
+        }
+        EngineState::Splice { a_to_b, b_to_a } => {
+            drive(
+                a,
+                b,
+                t,
+                &flow,
+                splice::pump(a, b, a_to_b, &flow, 0),
+                splice::pump(b, a, b_to_a, &flow, 1),
+            )
+            .await
+        }
+    };
+    FlowReport {
+        a_to_b: flow.moved[0].load(Ordering::Relaxed),
+        b_to_a: flow.moved[1].load(Ordering::Relaxed),
+        outcome,
+    }
+}
+
+/// Reset both sockets: their next close sends RST.
+pub fn reset_both(a: &TcpStream, b: &TcpStream) {
+    let _ = sockopt::set_linger_zero(a);
+    let _ = sockopt::set_linger_zero(b);
+}
+
+async fn drive(
+    a: &TcpStream,
+    b: &TcpStream,
+    t: FlowTimeouts,
+    flow: &FlowState,
+    ab: impl Future<Output = io::Result<()>>,
+    ba: impl Future<Output = io::Result<()>>,
+) -> Outcome {
+    tokio::pin!(ab);
+    tokio::pin!(ba);
+    let (mut ab_done, mut ba_done) = (false, false);
+    let mut half_close_at: Option<Instant> = None;
+    loop {
+        let idle_at = flow.last_activity() + t.idle;
+        tokio::select! {
+            r = &mut ab, if !ab_done => match r {
+                Ok(()) => ab_done = true,
+                Err(_) => { reset_both(a, b); return Outcome::Reset; }
+            },
+            r = &mut ba, if !ba_done => match r {
+                Ok(()) => ba_done = true,
+                Err(_) => { reset_both(a, b); return Outcome::Reset; }
+            },
+            _ = sleep_until(idle_at) => {
+                if flow.last_activity() + t.idle <= Instant::now() {
+                    reset_both(a, b);
+                    return Outcome::Idle;
+                }
+            },
+            _ = sleep_until(half_close_at.unwrap_or(idle_at)), if half_close_at.is_some() => {
+                return Outcome::HalfCloseTimeout;
+            },
+        }
+        if ab_done && ba_done {
+            return Outcome::Closed;
+        }
+        if half_close_at.is_none() && (ab_done || ba_done) {
+            half_close_at = Some(Instant::now() + t.half_close);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Relay legs: opening one to a peer (with its header), and reading and
+//! authenticating the header of one that arrived from a peer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use splitway_core::auth::{AuthError, KeyRing, ReplayGuard};
+use splitway_core::wire::{self, Header, MAX_LEN, PREFIX_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+
+/// Hops a header may take when an ingress creates it.
+pub const DEFAULT_HOP_LIMIT: u8 = 8;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh header for `dst`, to be sealed with the send key.
+pub fn new_header(dst: SocketAddr, hop_limit: u8) -> Header {
+    Header {
+        dst,
+        hop_limit,
+        key_id: 0,
+        timestamp_ms: now_ms(),
+        nonce: rand::random(),
+    }
+}
+
+/// Send the sealed header for `dst` on a connected leg.
+pub async fn send_header(leg: &mut TcpStream, keys: &KeyRing, dst: SocketAddr, hop_limit: u8) -> io::Result<()> {
+    let bytes = keys.seal(&new_header(dst, hop_limit));
+    leg.write_all(&bytes).await
+}
+
+/// Why an inbound leg produced no usable header.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    /// The peer closed a pooled leg before using it: normal, not an attack.
+    #[error("closed before any byte")]
+    ClosedIdle,
+    #[error("no header within the idle-leg timeout")]
+    IdleTimeout,
+    #[error("header not complete within the header timeout")]
+    SlowHeader,
+    #[error("closed in the middle of the header")]
+    Truncated,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl HeaderError {
+    /// Metric label; `None` for endings that are not rejections.
+    pub fn reject_reason(&self) -> Option<&'static str> {
+        match self {
+            HeaderError::ClosedIdle | HeaderError::IdleTimeout => None,
+            HeaderError::SlowHeader => Some("header_timeout"),
+            HeaderError::Truncated => Some("truncated"),
+            HeaderError::Auth(a) => Some(a.reason()),
+            HeaderError::Io(_) => Some("io_error"),
+        }
+    }
+}
+
+/// Read and authenticate the header at the start of an inbound leg.
+///
+/// Waits up to `idle` for the first byte (a pooled leg waits here until its
+/// peer uses it), then gives the whole header `header_timeout`, so a
+/// slow-header sender is cut off. Reads exactly the header: stream bytes
+/// after it stay in the socket for the forwarding engine.
+pub async fn read_header(
+    leg: &mut TcpStream,
+    keys: &KeyRing,
+    guard: &Mutex<ReplayGuard>,
+    idle: Duration,
+    header_timeout: Duration,
+) -> Result<Header, HeaderError> {
+    let mut buf = [0u8; MAX_LEN];
+    let first = match timeout(idle, leg.read(&mut buf[..PREFIX_LEN])).await {
+        Err(_) => return Err(HeaderError::IdleTimeout),
+        Ok(Ok(0)) => return Err(HeaderError::ClosedIdle),
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(e.into()),
+    };
+    let deadline = Instant::now() + header_timeout;
+    read_exact_by(leg, &mut buf[first..PREFIX_LEN], deadline).await?;
+    let len = wire::header_len(&buf[..PREFIX_LEN]).map_err(AuthError::from)?;
+    read_exact_by(leg, &mut buf[PREFIX_LEN..len], deadline).await?;
+    let mut g = guard.lock().unwrap_or_else(|p| p.into_inner());
+    let (header, _) = keys.open(&buf[..len], now_ms(), &mut g)?;
+    Ok(header)
+}
+
+async fn read_exact_by(leg: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), HeaderError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    match timeout_at(deadline, leg.read_exact(buf)).await {
+        Err(_) => Err(HeaderError::SlowHeader),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(HeaderError::Truncated),
+        Ok(Err(e)) => Err(e.into()),
+    }
+}

@@ -1,0 +1,113 @@
+//! The relay's counters, gauges and histograms, exported in Prometheus text
+//! format. One [`Metrics`] per relay; names follow Prometheus conventions
+//! (`splitway_..._total`, units in names).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All of a relay's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted, by listener kind (transparent, explicit, relay).
+    pub accepted: IntCounterVec,
+    pub active: IntGauge,
+    /// Finished split connections, by outcome.
+    pub completed: IntCounterVec,
+    /// Connections that never got to forwarding, by reason.
+    pub failed: IntCounterVec,
+    /// Bytes by direction (`upstream` = client to server) and leg kind of
+    /// the socket they were read from.
+    pub bytes: IntCounterVec,
+    /// Relay legs refused at the header, by reason.
+    pub header_rejected: IntCounterVec,
+    /// Accept (or leg header) to next hop ready.
+    pub setup_seconds: Histogram,
+    /// Accept errors (e.g. out of file descriptors).
+    pub accept_errors: IntCounter,
+    /// Engine in use: 1 on the label of the configured one.
+    pub engine: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(c.clone())).expect("unique metric name");
+            c
+        };
+        let accepted = counter_vec(
+            "splitway_connections_accepted_total",
+            "Connections accepted, by listener kind",
+            &["kind"],
+        );
+        let completed = counter_vec(
+            "splitway_connections_completed_total",
+            "Split connections that ended, by outcome",
+            &["outcome"],
+        );
+        let failed = counter_vec(
+            "splitway_connections_failed_total",
+            "Connections that failed before forwarding, by reason",
+            &["reason"],
+        );
+        let bytes = counter_vec("splitway_bytes_total", "Bytes forwarded, by direction", &["direction"]);
+        let header_rejected = counter_vec(
+            "splitway_header_rejected_total",
+            "Relay legs refused at the header, by reason",
+            &["reason"],
+        );
+        let active = IntGauge::new("splitway_connections_active", "Split connections being forwarded")
+            .expect("static metric definition");
+        registry.register(Box::new(active.clone())).expect("unique metric name");
+        let setup_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "splitway_connection_setup_seconds",
+                "Time from accept to the next hop being ready",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(setup_seconds.clone())).expect("unique metric name");
+        let accept_errors = IntCounter::new("splitway_accept_errors_total", "Errors from accept()")
+            .expect("static metric definition");
+        registry.register(Box::new(accept_errors.clone())).expect("unique metric name");
+        let engine = IntGaugeVec::new(Opts::new("splitway_engine", "Forwarding engine in use"), &["engine"])
+            .expect("static metric definition");
+        registry.register(Box::new(engine.clone())).expect("unique metric name");
+        Metrics {
+            registry,
+            accepted,
+            active,
+            completed,
+            failed,
+            bytes,
+            header_rejected,
+            setup_seconds,
+            accept_errors,
+            engine,
+        }
+    }
+
+    /// The registry, for modules that add their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,198 @@
+//! Socket options, set through socket2 or libc: the only file that knows the
+//! option names. Per-leg *profiles* (Internet-facing vs relay leg) are built
+//! from these in `crate::profile`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+/// A fresh non-blocking TCP socket for `addr`'s family.
+pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_nonblocking(true)?;
+    s.set_cloexec(true)?;
+    Ok(s)
+}
+
+/// A listening socket. `transparent` sets IP_TRANSPARENT so TPROXY'd
+/// connections to any address are accepted here.
+pub fn listener(addr: &SocketAddr, transparent: bool, backlog: i32) -> io::Result<Socket> {
+    let s = tcp_socket(addr)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if transparent {
+        set_transparent(&s, addr.is_ipv6())?;
+    }
+    s.bind(&(*addr).into())?;
+    s.listen(backlog)?;
+    Ok(s)
+}
+
+fn setsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: fd is a valid socket for the borrow; the value is a plain int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// IP_TRANSPARENT / IPV6_TRANSPARENT.
+pub fn set_transparent(s: &impl AsFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt_int(s.as_fd(), libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
+    } else {
+        setsockopt_int(s.as_fd(), libc::SOL_IP, libc::IP_TRANSPARENT, 1)
+    }
+}
+
+/// SO_MARK: the relay's own outbound sockets carry a mark its rules skip.
+pub fn set_mark(s: &impl AsFd, mark: u32) -> io::Result<()> {
+    SockRef::from(s).set_mark(mark)
+}
+
+pub fn set_nodelay(s: &impl AsFd) -> io::Result<()> {
+    SockRef::from(s).set_nodelay(true)
+}
+
+/// Keep-alive probes so a dead peer is noticed on idle legs.
+pub fn set_keepalive(s: &impl AsFd, idle: Duration) -> io::Result<()> {
+    let ka = TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    SockRef::from(s).set_tcp_keepalive(&ka)
+}
+
+pub fn set_buffers(s: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let r = SockRef::from(s);
+    r.set_send_buffer_size(bytes)?;
+    r.set_recv_buffer_size(bytes)
+}
+
+/// SO_LINGER with zero timeout: the next close sends a RST.
+pub fn set_linger_zero(s: &impl AsFd) -> io::Result<()> {
+    SockRef::from(s).set_linger(Some(Duration::ZERO))
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: defer port choice to connect().
+pub fn set_bind_no_port(s: &impl AsFd) -> io::Result<()> {
+    setsockopt_int(s.as_fd(), libc::SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
+}
+
+/// TCP_FASTOPEN on a listener (queue length of pending TFO requests).
+pub fn set_fastopen_listener(s: &impl AsFd, qlen: i32) -> io::Result<()> {
+    setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_FASTOPEN, qlen)
+}
+
+/// TCP_FASTOPEN_CONNECT: connect() returns at once and the first write rides
+/// in the SYN (with a cookie) or right after the handshake (without).
+pub fn set_fastopen_connect(s: &impl AsFd) -> io::Result<()> {
+    setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_FASTOPEN_CONNECT, 1)
+}
+
+/// TCP_NOTSENT_LOWAT: limit unsent bytes held in the kernel send queue.
+pub fn set_notsent_lowat(s: &impl AsFd, bytes: u32) -> io::Result<()> {
+    setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_NOTSENT_LOWAT, bytes as libc::c_int)
+}
+
+/// shutdown(SHUT_WR): send our FIN, keep reading.
+pub fn shutdown_write(s: &impl AsFd) -> io::Result<()> {
+    match SockRef::from(s).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+        r => r,
+    }
+}
+
+/// The subset of `struct tcp_info` splitway reports (see `ss -ti`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpInfo {
+    pub state: u8,
+    pub rtt_us: u32,
+    pub rttvar_us: u32,
+    pub snd_cwnd: u32,
+    pub snd_mss: u32,
+    pub rcv_space: u32,
+    pub unacked: u32,
+    pub retrans_total: u32,
+    pub notsent_bytes: u32,
+    pub delivery_rate_bps: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
+
+/// Read TCP_INFO from a socket.
+pub fn tcp_info(s: &impl AsFd) -> io::Result<TcpInfo> {
+    // struct tcp_info is stable and append-only; read a generous buffer and
+    // pick fields by their fixed offsets (include/uapi/linux/tcp.h).
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is writable for len bytes; the kernel writes at most len.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_fd().as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = len as usize;
+    let u32_at = |off: usize| -> u32 {
+        if off + 4 <= len {
+            u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+        } else {
+            0
+        }
+    };
+    let u64_at = |off: usize| -> u64 {
+        if off + 8 <= len {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[off..off + 8]);
+            u64::from_ne_bytes(b)
+        } else {
+            0
+        }
+    };
+    Ok(TcpInfo {
+        state: buf[0],
+        unacked: u32_at(24),
+        snd_mss: u32_at(16),
+        rtt_us: u32_at(68),
+        rttvar_us: u32_at(72),
+        snd_cwnd: u32_at(80),
+        rcv_space: u32_at(96),
+        retrans_total: u32_at(100),
+        bytes_acked: u64_at(120),
+        bytes_received: u64_at(128),
+        notsent_bytes: u32_at(144),
+        // tcpi_delivery_rate is in bytes per second.
+        delivery_rate_bps: u64_at(160).saturating_mul(8),
+    })
+}
+
+/// The address a connection was accepted on: for a TPROXY'd connection, the
+/// client's original destination.
+pub fn original_dst(s: &impl AsFd) -> io::Result<SocketAddr> {
+    SockRef::from(s)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an inet socket"))
+}
