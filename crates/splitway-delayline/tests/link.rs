@@ -1,0 +1,183 @@
+//! End-to-end tests of a delay line between real namespaces:
+//! hostA — link — hostB. Needs root (skipped otherwise), `iptables-nft`
+//! and `ping` (iputils).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use splitway_delayline::{DelayLine, LinkSpec};
+use splitway_netns::{link, unique_prefix, Netns};
+
+/// The tests share two cores with everything else: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Topo {
+    a: Netns,
+    link: Netns,
+    b: Netns,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn topo() -> Topo {
+    let p = unique_prefix("dl");
+    let a = Netns::create(&format!("{p}a")).expect("netns a");
+    let l = Netns::create(&format!("{p}l")).expect("netns link");
+    let b = Netns::create(&format!("{p}b")).expect("netns b");
+    link(&a, "eth0", &["10.77.1.1/24"], &l, "la", &["10.77.1.2/24"]).expect("veth a");
+    link(&l, "lb", &["10.77.2.2/24"], &b, "eth0", &["10.77.2.1/24"]).expect("veth b");
+    l.enable_forwarding().expect("forwarding");
+    a.ip(["route", "add", "default", "via", "10.77.1.2"])
+        .expect("route a");
+    b.ip(["route", "add", "default", "via", "10.77.2.2"])
+        .expect("route b");
+    Topo { a, link: l, b }
+}
+
+/// Average RTT in ms of `ping -c count -i 0.2` from a to b, or None if no
+/// reply came back.
+fn ping_avg_ms(t: &Topo, count: u32) -> Option<f64> {
+    let out =
+        t.a.command("ping")
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "10.77.2.1",
+            ])
+            .output()
+            .expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("min/avg/max"))?;
+    let nums = line.split('=').nth(1)?.trim();
+    nums.split('/').nth(1)?.parse().ok()
+}
+
+fn iptables_rules(ns: &Netns) -> String {
+    let mut s = String::new();
+    for prog in ["iptables-nft", "ip6tables-nft"] {
+        let out = ns
+            .command(prog)
+            .args(["-S", "FORWARD"])
+            .output()
+            .expect("iptables -S");
+        s.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    s
+}
+
+#[test]
+fn delay_rate_and_cleanup() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = topo();
+    let spec = LinkSpec::with_bdp_queue(Duration::from_millis(50), 20_000_000);
+    let line = DelayLine::start(t.link.name(), "la", "lb", 100, spec).expect("start delay line");
+    assert!(iptables_rules(&t.link).contains("NFQUEUE"));
+
+    // RTT: 50 ms configured; loose bound, the precise figure is in the docs.
+    let avg = ping_avg_ms(&t, 5).expect("ping through the delay line");
+    eprintln!(
+        "ping avg {avg:.3} ms (configured 50 ms), stats {:?}",
+        line.stats()
+    );
+    assert!((avg - 50.0).abs() < 3.0, "ping avg {avg} ms");
+
+    // Bulk TCP a -> b for ~4 s; rate after the first second.
+    let listener =
+        t.b.run_in(|| TcpListener::bind("10.77.2.1:5001"))
+            .expect("netns")
+            .expect("listen");
+    let mut conn =
+        t.a.run_in(|| TcpStream::connect("10.77.2.1:5001"))
+            .expect("netns")
+            .expect("connect");
+    let (mut srv, _) = listener.accept().expect("accept");
+    let sender = std::thread::spawn(move || {
+        let buf = vec![0x5au8; 64 * 1024];
+        let end = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < end {
+            if conn.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    let mut counted = 0u64;
+    let mut t1 = None;
+    loop {
+        let n = srv.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        if start.elapsed() >= Duration::from_secs(1) {
+            t1.get_or_insert_with(Instant::now);
+            counted += n as u64;
+        }
+    }
+    let secs = t1.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+    sender.join().expect("sender");
+    let mbps = counted as f64 * 8.0 / secs / 1e6;
+    let stats = line.stats();
+    eprintln!("bulk {mbps:.2} Mbit/s payload over {secs:.2} s (configured 20), stats {stats:?}");
+    assert!(mbps < 20.0 * 1.05, "rate {mbps} Mbit/s exceeds 20 Mbit/s");
+    assert!(mbps > 10.0, "rate {mbps} Mbit/s: far below 20 Mbit/s");
+    assert!(stats.running);
+    assert_eq!(stats.a_to_b.enobufs, 0);
+
+    drop(line);
+    let rules = iptables_rules(&t.link);
+    assert!(!rules.contains("NFQUEUE"), "rules left behind: {rules}");
+    // With the rules gone the link forwards undelayed.
+    let avg = ping_avg_ms(&t, 2).expect("ping after drop");
+    assert!(avg < 10.0, "ping avg {avg} ms after drop");
+}
+
+#[test]
+fn fails_closed_when_the_emulator_dies() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = topo();
+    let spec = LinkSpec::with_bdp_queue(Duration::from_millis(10), 0);
+    let mut line = DelayLine::start(t.link.name(), "la", "lb", 200, spec).expect("start");
+    let avg = ping_avg_ms(&t, 2).expect("ping while running");
+    assert!((avg - 10.0).abs() < 3.0, "ping avg {avg}");
+    line.kill_emulator_keep_rules();
+    assert!(!line.stats().running);
+    assert_eq!(ping_avg_ms(&t, 2), None, "packets passed a dead emulator");
+    drop(line);
+    assert!(!iptables_rules(&t.link).contains("NFQUEUE"));
+}
+
+#[test]
+fn bad_interface_is_an_error_and_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = topo();
+    let spec = LinkSpec::with_bdp_queue(Duration::from_millis(10), 1_000_000);
+    let err = DelayLine::start(t.link.name(), "la", "nope", 300, spec).expect_err("must fail");
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert!(!iptables_rules(&t.link).contains("NFQUEUE"));
+    let err = DelayLine::start("no-such-netns-dl", "la", "lb", 300, spec).expect_err("must fail");
+    eprintln!("{err}");
+}
