@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     pub running: AtomicBool,
     pub realtime: AtomicBool,
+    /// Kernel thread id of the loop (0 until it runs).
+    pub tid: std::sync::atomic::AtomicI32,
     pub dirs: [DirCounters; 2],
 }
 
@@ -78,6 +80,27 @@ pub(crate) fn now_ns() -> u64 {
     // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `CLOCK_REALTIME` in nanoseconds.
+fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Arrival time on the monotonic clock: the kernel's receive stamp when it
+/// is plausible (not in the future, not more than a second old), else
+/// `now`.
+fn arrival_ns(now: u64, now_real: u64, stamp: Option<u64>) -> u64 {
+    match stamp {
+        Some(t) if t <= now_real && now_real - t < 1_000_000_000 => now - (now_real - t),
+        _ => now,
+    }
 }
 
 /// Minimal timer slack and `SCHED_FIFO` at `prio` for the calling thread.
@@ -110,6 +133,8 @@ fn flush(sock: &NfqSocket, tx: &mut Vec<u8>, c: &DirCounters) {
 
 /// Run until `shared.stop` is set and `wake` is signalled.
 pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) {
+    // SAFETY: gettid has no preconditions.
+    shared.tid.store(unsafe { libc::gettid() }, Relaxed);
     shared.running.store(true, Relaxed);
     let mut txs: [Vec<u8>; 2] = [
         Vec::with_capacity(TX_FLUSH * 2),
@@ -197,9 +222,13 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
                 c.netlink_errors.fetch_add(u64::from(out.errors), Relaxed);
             }
             let mut bytes = 0u64;
+            let (now, now_real) = (now_ns(), realtime_ns());
             for p in &rx {
                 bytes += u64::from(p.len);
-                match d.sched.arrive(now_ns(), p.len) {
+                match d
+                    .sched
+                    .arrive(arrival_ns(now, now_real, p.rx_realtime_ns), p.len)
+                {
                     Decision::Release { at_ns } => d.held.push_back((at_ns, p.id)),
                     Decision::Drop => {
                         c.drops.fetch_add(1, Relaxed);

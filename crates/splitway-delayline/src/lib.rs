@@ -381,6 +381,19 @@ impl DelayLine {
         }
     }
 
+    /// CPU time the emulator thread has used so far (user + system; the
+    /// system part includes forwarding the packets it releases, which runs
+    /// in its verdict calls). `None` if the thread is not running.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let tid = self.shared.tid.load(Relaxed);
+        if tid == 0 || !self.shared.running.load(Relaxed) {
+            return None;
+        }
+        let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+        Some(Duration::from_nanos(ns))
+    }
+
     /// Stop the emulator thread but leave the rules in place, as if the
     /// emulator had died: the link must then drop everything (fail closed).
     /// For tests of that property; `Drop` still removes the rules.

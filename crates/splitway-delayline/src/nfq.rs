@@ -26,6 +26,7 @@ const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
 
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
+const NFQA_TIMESTAMP: u16 = 4;
 const NFQA_PAYLOAD: u16 = 10;
 const NFQA_CAP_LEN: u16 = 13;
 
@@ -60,6 +61,9 @@ pub struct PacketMeta {
     pub id: u32,
     /// Length of the packet at the hook (IP header included), in bytes.
     pub len: u32,
+    /// When the packet was received by the link namespace (`CLOCK_REALTIME`
+    /// ns, microsecond resolution), if the kernel stamped it.
+    pub rx_realtime_ns: Option<u64>,
 }
 
 /// What one receive call produced besides packets.
@@ -170,7 +174,7 @@ pub fn parse_datagram(mut d: &[u8], out: &mut Vec<PacketMeta>) -> u32 {
             }
         } else if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET && body.len() >= 4 {
             let mut attrs = &body[4..];
-            let (mut id, mut cap_len, mut payload) = (None, None, None);
+            let (mut id, mut cap_len, mut payload, mut ts) = (None, None, None, None);
             while attrs.len() >= 4 {
                 let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
                 let aty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
@@ -182,6 +186,13 @@ pub fn parse_datagram(mut d: &[u8], out: &mut Vec<PacketMeta>) -> u32 {
                     NFQA_PACKET_HDR => id = be32(data),
                     NFQA_CAP_LEN => cap_len = be32(data),
                     NFQA_PAYLOAD => payload = Some(data),
+                    NFQA_TIMESTAMP if data.len() >= 16 => {
+                        let sec = u64::from_be_bytes(data[..8].try_into().unwrap_or_default());
+                        let usec = u64::from_be_bytes(data[8..16].try_into().unwrap_or_default());
+                        ts = sec
+                            .checked_mul(1_000_000_000)
+                            .and_then(|n| n.checked_add(usec.saturating_mul(1_000)));
+                    }
                     _ => {}
                 }
                 attrs = &attrs[nlmsg_align(alen).min(attrs.len())..];
@@ -191,7 +202,11 @@ pub fn parse_datagram(mut d: &[u8], out: &mut Vec<PacketMeta>) -> u32 {
                     .or_else(|| payload.and_then(ip_len))
                     .or_else(|| payload.map(|p| p.len() as u32))
                     .unwrap_or(0);
-                out.push(PacketMeta { id, len });
+                out.push(PacketMeta {
+                    id,
+                    len,
+                    rx_realtime_ns: ts,
+                });
             }
         } else if ty == NLMSG_DONE {
             break;
@@ -235,6 +250,21 @@ impl NfqSocket {
             return Err(last_err("bind(netlink)"));
         }
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+        // SO_TIMESTAMP on any socket turns on the kernel's receive
+        // timestamps (while the socket lives), so queued packets carry
+        // NFQA_TIMESTAMP: their true arrival time, independent of how soon
+        // this thread wakes up to read them.
+        let one: libc::c_int = 1;
+        // SAFETY: one is a c_int living across the call.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMP,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
             // SAFETY: size is a c_int living across the call.
             let r = unsafe {
@@ -445,14 +475,31 @@ mod tests {
         d.extend(packet_msg(4, None, &[0x45, 0, 0])); // truncated header
         let mut out = Vec::new();
         assert_eq!(parse_datagram(&d, &mut out), 0);
+        let got: Vec<(u32, u32)> = out.iter().map(|p| (p.id, p.len)).collect();
+        assert_eq!(got, vec![(1, 9000), (2, 1500), (3, 1040), (4, 3)]);
+        assert!(out.iter().all(|p| p.rx_realtime_ns.is_none()));
+    }
+
+    #[test]
+    fn parses_timestamp() {
+        let mut b = Vec::new();
+        let start = begin(&mut b, NFQNL_MSG_PACKET, 0, 0, 7);
+        attr(&mut b, NFQA_PACKET_HDR, &[0, 0, 0, 9, 8, 0, 3]);
+        let mut ts = [0u8; 16];
+        ts[..8].copy_from_slice(&5u64.to_be_bytes());
+        ts[8..].copy_from_slice(&7u64.to_be_bytes());
+        attr(&mut b, NFQA_TIMESTAMP, &ts);
+        attr(&mut b, NFQA_CAP_LEN, &60u32.to_be_bytes());
+        finish(&mut b, start);
+        let mut out = Vec::new();
+        parse_datagram(&b, &mut out);
         assert_eq!(
             out,
-            vec![
-                PacketMeta { id: 1, len: 9000 },
-                PacketMeta { id: 2, len: 1500 },
-                PacketMeta { id: 3, len: 1040 },
-                PacketMeta { id: 4, len: 3 },
-            ]
+            vec![PacketMeta {
+                id: 9,
+                len: 60,
+                rx_realtime_ns: Some(5_000_007_000)
+            }]
         );
     }
 
