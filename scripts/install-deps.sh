@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what splitway's tests, lab and benchmarks need on a Debian machine.
+# Idempotent: installs only what is missing. Needs root (or sudo).
+set -euo pipefail
+
+need=()
+want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
+want nft nftables
+want iptables-nft iptables
+want ip iproute2
+want curl curl
+want nginx nginx-light
+want sshd openssh-server
+want ssh openssh-client
+want ping iputils-ping
+want pgrep procps
+want socat socat
+want haproxy haproxy
+want sysctl procps
+
+if [ "${#need[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo (stable Rust >= 1.80) is required; install it with rustup" >&2
+  exit 1
+fi

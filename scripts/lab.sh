@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: install dependencies, build splitway, run the lab with its
+# default topology (the KTCP paper's path). Extra arguments go to `splitway lab`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+cargo build --release -p splitway
+exec ./target/release/splitway lab "$@"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: install dependencies, then run every test (unit,
+# property, and integration tests in network namespaces; needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+cargo test --workspace --all-targets "$@"
