@@ -285,12 +285,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = line.stats();
     for (name, d) in [("a->b", &s.a_to_b), ("b->a", &s.b_to_a)] {
         println!(
-            "{name}: packets {} bytes {} drops {} enobufs {} netlink_errors {} lateness mean {:?} max {:?} hist {:?}",
+            "{name}: packets {} bytes {} drops {} enobufs {} netlink_errors {} unstamped {} kernel q/user dropped {}/{} lateness mean {:?} max {:?} hist {:?}",
             d.packets,
             d.bytes,
             d.drops,
             d.enobufs,
             d.netlink_errors,
+            d.unstamped,
+            d.kernel_queue_dropped,
+            d.kernel_user_dropped,
             d.mean_lateness,
             d.max_lateness,
             d.lateness_histogram

@@ -33,6 +33,7 @@ pub(crate) struct DirCounters {
     pub drops: AtomicU64,
     pub enobufs: AtomicU64,
     pub netlink_errors: AtomicU64,
+    pub unstamped: AtomicU64,
     pub late_sum_ns: AtomicU64,
     pub late_max_ns: AtomicU64,
     pub late_hist: [AtomicU64; LATE_BUCKETS_NS.len() + 1],
@@ -41,6 +42,26 @@ pub(crate) struct DirCounters {
 }
 
 impl DirCounters {
+    /// Zero the cumulative counters (not the gauges).
+    pub(crate) fn reset(&self) {
+        for a in [
+            &self.packets,
+            &self.bytes,
+            &self.released,
+            &self.drops,
+            &self.enobufs,
+            &self.netlink_errors,
+            &self.unstamped,
+            &self.late_sum_ns,
+            &self.late_max_ns,
+        ] {
+            a.store(0, Relaxed);
+        }
+        for h in &self.late_hist {
+            h.store(0, Relaxed);
+        }
+    }
+
     fn record_lateness(&self, ns: u64) {
         self.late_sum_ns.fetch_add(ns, Relaxed);
         self.late_max_ns.fetch_max(ns, Relaxed);
@@ -60,6 +81,8 @@ pub(crate) struct Shared {
     pub realtime: AtomicBool,
     /// Kernel thread id of the loop (0 until it runs).
     pub tid: std::sync::atomic::AtomicI32,
+    /// The namespace's `/proc/net/netfilter/nfnetlink_queue`.
+    pub proc_queue: std::sync::OnceLock<std::fs::File>,
     pub dirs: [DirCounters; 2],
 }
 
@@ -223,6 +246,10 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
             }
             let mut bytes = 0u64;
             let (now, now_real) = (now_ns(), realtime_ns());
+            let unstamped = rx.iter().filter(|p| p.rx_realtime_ns.is_none()).count();
+            if unstamped > 0 {
+                c.unstamped.fetch_add(unstamped as u64, Relaxed);
+            }
             for p in &rx {
                 bytes += u64::from(p.len);
                 match d

@@ -149,6 +149,15 @@ pub struct DirectionStats {
     pub enobufs: u64,
     /// Netlink errors (failed sends, error replies to verdicts).
     pub netlink_errors: u64,
+    /// Kernel counters of the queue: packets dropped because the kernel
+    /// queue was full (`queue_maxlen`), and packet messages that could not
+    /// be delivered to the emulator's socket (those packets stay queued and
+    /// go out with a later batch verdict).
+    pub kernel_queue_dropped: u64,
+    pub kernel_user_dropped: u64,
+    /// Packets without a kernel receive stamp (their arrival time is when
+    /// the emulator read them, so wake-up latency adds to their delay).
+    pub unstamped: u64,
     /// How late verdicts were issued versus the scheduled release time.
     pub max_lateness: Duration,
     pub mean_lateness: Duration,
@@ -283,6 +292,9 @@ impl DelayLine {
                         netns: ns.clone(),
                         source,
                     };
+                    if let Some(f) = nfq::open_proc_queue() {
+                        let _ = sh.proc_queue.set(f);
+                    }
                     let a = NfqSocket::open(queue_base, maxlen, rcvbuf).map_err(nl)?;
                     let b = NfqSocket::open(q_b, maxlen, rcvbuf).map_err(nl)?;
                     Ok([
@@ -347,7 +359,12 @@ impl DelayLine {
 
     /// Counters since start.
     pub fn stats(&self) -> DelayLineStats {
+        let proc_text = self.shared.proc_queue.get().and_then(nfq::read_proc_queue);
         let dir = |k: usize| {
+            let kq = proc_text
+                .as_deref()
+                .and_then(|t| nfq::parse_proc_queue(t, self.queue_base + k as u16))
+                .unwrap_or_default();
             let c = &self.shared.dirs[k];
             let released = c.released.load(Relaxed);
             let sum = c.late_sum_ns.load(Relaxed);
@@ -366,6 +383,9 @@ impl DelayLine {
                 drops: c.drops.load(Relaxed),
                 enobufs: c.enobufs.load(Relaxed),
                 netlink_errors: c.netlink_errors.load(Relaxed),
+                unstamped: c.unstamped.load(Relaxed),
+                kernel_queue_dropped: kq.queue_dropped,
+                kernel_user_dropped: kq.user_dropped,
                 max_lateness: Duration::from_nanos(c.late_max_ns.load(Relaxed)),
                 mean_lateness: Duration::from_nanos(sum.checked_div(released).unwrap_or(0)),
                 lateness_histogram: hist,
@@ -378,6 +398,15 @@ impl DelayLine {
             b_to_a: dir(1),
             realtime: self.shared.realtime.load(Relaxed),
             running: self.shared.running.load(Relaxed),
+        }
+    }
+
+    /// Zero the cumulative counters (packets, bytes, drops, errors,
+    /// lateness), e.g. between a calibration and a measured run. Counts in
+    /// flight at the moment of the reset may land on either side.
+    pub fn reset_stats(&self) {
+        for d in &self.shared.dirs {
+            d.reset();
         }
     }
 

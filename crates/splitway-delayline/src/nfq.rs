@@ -442,6 +442,52 @@ impl NfqSocket {
     }
 }
 
+/// Kernel-side counters of one queue, from
+/// `/proc/net/netfilter/nfnetlink_queue`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelQueueStats {
+    /// Packets dropped because the queue was at its maximum length.
+    pub queue_dropped: u64,
+    /// Packets whose message could not be delivered to the socket (full
+    /// receive buffer); they stay queued.
+    pub user_dropped: u64,
+    /// Packets currently in the kernel queue.
+    pub queue_total: u64,
+}
+
+/// The line of `queue` in the text of `/proc/net/netfilter/nfnetlink_queue`
+/// (`queue portid total copy_mode copy_range queue_dropped user_dropped
+/// id_sequence 1`).
+pub fn parse_proc_queue(text: &str, queue: u16) -> Option<KernelQueueStats> {
+    text.lines().find_map(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .map(|x| x.parse::<i64>().map(|v| v.max(0) as u64))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (f.len() >= 7 && f[0] == u64::from(queue)).then(|| KernelQueueStats {
+            queue_dropped: f[5],
+            user_dropped: f[6],
+            queue_total: f[2],
+        })
+    })
+}
+
+/// `/proc/net/netfilter/nfnetlink_queue` of the calling thread's network
+/// namespace, opened so that it can be re-read from any thread later.
+pub fn open_proc_queue() -> Option<std::fs::File> {
+    std::fs::File::open("/proc/thread-self/net/netfilter/nfnetlink_queue").ok()
+}
+
+/// Re-read a file from [`open_proc_queue`].
+pub fn read_proc_queue(f: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +564,22 @@ mod tests {
         d.truncate(d.len() - 3);
         parse_datagram(&d, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn proc_queue_lines() {
+        let text = "   10   1234     3 2    40     7     2      999  1\n   11   1235     0 2    40     0     0       12  1\n";
+        assert_eq!(
+            parse_proc_queue(text, 10),
+            Some(KernelQueueStats {
+                queue_dropped: 7,
+                user_dropped: 2,
+                queue_total: 3
+            })
+        );
+        assert_eq!(parse_proc_queue(text, 11).map(|s| s.queue_dropped), Some(0));
+        assert_eq!(parse_proc_queue(text, 12), None);
+        assert_eq!(parse_proc_queue("garbage\n1 2", 1), None);
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! and `ping` (iputils).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use splitway_delayline::{DelayLine, LinkSpec};
+use splitway_delayline::{DelayLine, LinkSpec, Options};
 use splitway_netns::{link, unique_prefix, Netns};
 
 /// The tests share two cores with everything else: run them one at a time.
@@ -180,4 +180,44 @@ fn bad_interface_is_an_error_and_leaves_nothing() {
     assert!(!iptables_rules(&t.link).contains("NFQUEUE"));
     let err = DelayLine::start("no-such-netns-dl", "la", "lb", 300, spec).expect_err("must fail");
     eprintln!("{err}");
+}
+
+#[test]
+fn kernel_queue_length_and_its_counters() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = topo();
+    let spec = LinkSpec::with_bdp_queue(Duration::from_millis(100), 0);
+    let opts = Options {
+        queue_maxlen: Some(16),
+        ..Options::default()
+    };
+    let line = DelayLine::start_with(t.link.name(), "la", "lb", 500, spec, opts).expect("start");
+    let rx =
+        t.b.run_in(|| UdpSocket::bind("10.77.2.1:5002"))
+            .expect("netns")
+            .expect("bind");
+    let tx =
+        t.a.run_in(|| UdpSocket::bind("10.77.1.1:0"))
+            .expect("netns")
+            .expect("bind");
+    for _ in 0..100 {
+        tx.send_to(&[1u8; 100], "10.77.2.1:5002").expect("send");
+    }
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut got = 0;
+    let mut buf = [0u8; 200];
+    while rx.recv(&mut buf).is_ok() {
+        got += 1;
+    }
+    let s = line.stats();
+    eprintln!("received {got} of 100, stats {:?}", s.a_to_b);
+    assert!(got <= 16, "kernel queue longer than configured: {got}");
+    assert!(got >= 1);
+    assert_eq!(s.a_to_b.kernel_queue_dropped, 100 - got);
+    assert_eq!(s.a_to_b.kernel_user_dropped, 0);
 }
