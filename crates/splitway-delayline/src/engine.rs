@@ -164,6 +164,10 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
         Vec::with_capacity(TX_FLUSH * 2),
     ];
     let mut rx: Vec<PacketMeta> = Vec::with_capacity(1024);
+    // Consecutive failed receives: a socket that keeps failing would make
+    // ppoll return at once forever, and a real-time thread spinning on it
+    // would starve a CPU. Give up instead (the link then fails closed).
+    let mut hard_errors = 0u32;
     while !shared.stop.load(Relaxed) {
         // Release everything that is due: one batch verdict per direction.
         let now = now_ns();
@@ -240,6 +244,15 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
             let out = d.sock.recv_all(&mut rx);
             if out.enobufs {
                 c.enobufs.fetch_add(1, Relaxed);
+            }
+            if out.hard_error.is_some() {
+                c.netlink_errors.fetch_add(1, Relaxed);
+                hard_errors += 1;
+                if hard_errors > 1000 {
+                    shared.stop.store(true, Relaxed);
+                }
+            } else {
+                hard_errors = 0;
             }
             if out.errors > 0 {
                 c.netlink_errors.fetch_add(u64::from(out.errors), Relaxed);

@@ -78,6 +78,9 @@ pub struct RecvOutcome {
     pub errors: u32,
     /// The socket had no more to read.
     pub drained: bool,
+    /// The receive failed with something other than `EAGAIN`, `EINTR` or
+    /// `ENOBUFS` (the errno).
+    pub hard_error: Option<i32>,
 }
 
 /// A netlink socket bound to one NFQUEUE queue number.
@@ -420,8 +423,12 @@ impl NfqSocket {
                         continue;
                     }
                     Some(libc::EINTR) => continue,
-                    _ => {
-                        // EAGAIN, or an error we cannot act on.
+                    Some(libc::EAGAIN) => {
+                        outcome.drained = true;
+                        return outcome;
+                    }
+                    other => {
+                        outcome.hard_error = Some(other.unwrap_or(0));
                         outcome.drained = true;
                         return outcome;
                     }
