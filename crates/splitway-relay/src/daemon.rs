@@ -82,6 +82,11 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
         tracing::info!(node = %name, addr = ?l.local_addr().ok(), ?kind, "listening");
         accept_tasks.spawn(accept_loop(l, kind, shared.clone(), stop_rx.clone()));
     }
+    if let Some(admin) = shared.snapshot().cfg.admin.clone() {
+        crate::admin::serve(&admin.listen, shared.clone(), stop_rx.clone())
+            .await
+            .with_context(|| format!("admin API on {}", admin.listen))?;
+    }
     if let Some(path) = &opts.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing ready file {}", path.display()))?;

@@ -1,6 +1,7 @@
 //! The splitway relay daemon.
 //!
 //! Layout, following a connection:
+//! - [`admin`]: the local HTTP admin API (metrics, status).
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
@@ -12,6 +13,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sys`]: every OS-specific socket and pipe call.
 
+pub mod admin;
 pub mod daemon;
 pub mod dial;
 pub mod firewall;

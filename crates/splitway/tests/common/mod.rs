@@ -1,0 +1,438 @@
+//! Shared helpers for splitway's integration tests: a four-host overlay in
+//! network namespaces (client — ingress — egress — server) with real relay
+//! processes, test servers and clients that hash what they move, and metric
+//! scraping. Everything is removed on drop, also when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use splitway_netns::{link, unique_prefix, wait_until, ChildGuard, Netns};
+
+pub const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub const SERVER4: &str = "10.10.3.2";
+pub const SERVER6: &str = "fd10:3::2";
+pub const INGRESS4: &str = "10.10.1.1";
+pub const EGRESS_LEG: &str = "10.10.2.2:5565";
+pub const ADMIN: &str = "127.0.0.1:9900";
+
+pub fn server_addr(v6: bool, port: u16) -> SocketAddr {
+    if v6 {
+        format!("[{SERVER6}]:{port}").parse().unwrap()
+    } else {
+        format!("{SERVER4}:{port}").parse().unwrap()
+    }
+}
+
+/// The four hosts, linked and routed; relays are started separately.
+pub struct Overlay {
+    pub client: Netns,
+    pub ingress: Netns,
+    pub egress: Netns,
+    pub server: Netns,
+    pub dir: PathBuf,
+    relays: Vec<(String, ChildGuard)>,
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_splitway")
+}
+
+impl Overlay {
+    /// Build the namespaces and links (no relays yet).
+    pub fn new() -> Overlay {
+        let p = unique_prefix("sw");
+        let ns = |s: &str| Netns::create(&format!("{p}{s}")).expect("create netns");
+        let (client, ingress, egress, server) = (ns("c"), ns("i"), ns("e"), ns("s"));
+        let i = |s: &str| format!("{p}{s}");
+        link(&client, &i("c0"), &["10.10.1.2/24", "fd10:1::2/64"], &ingress, &i("i0"), &["10.10.1.1/24", "fd10:1::1/64"]).unwrap();
+        link(&ingress, &i("i1"), &["10.10.2.1/24", "fd10:2::1/64"], &egress, &i("e0"), &["10.10.2.2/24", "fd10:2::2/64"]).unwrap();
+        link(&egress, &i("e1"), &["10.10.3.1/24", "fd10:3::1/64"], &server, &i("s0"), &["10.10.3.2/24", "fd10:3::2/64"]).unwrap();
+        client.ip(["route", "add", "default", "via", "10.10.1.1"]).unwrap();
+        client.ip(["-6", "route", "add", "default", "via", "fd10:1::1"]).unwrap();
+        server.ip(["route", "add", "default", "via", "10.10.3.1"]).unwrap();
+        server.ip(["-6", "route", "add", "default", "via", "fd10:3::1"]).unwrap();
+        ingress.ip(["route", "add", "10.10.3.0/24", "via", "10.10.2.2"]).unwrap();
+        ingress.ip(["-6", "route", "add", "fd10:3::/64", "via", "fd10:2::2"]).unwrap();
+        egress.ip(["route", "add", "10.10.1.0/24", "via", "10.10.2.1"]).unwrap();
+        egress.ip(["-6", "route", "add", "fd10:1::/64", "via", "fd10:2::1"]).unwrap();
+        ingress.enable_forwarding().unwrap();
+        egress.enable_forwarding().unwrap();
+        let dir = std::env::temp_dir().join(format!("splitway-test-{p}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Overlay {
+            client,
+            ingress,
+            egress,
+            server,
+            dir,
+            relays: Vec::new(),
+        }
+    }
+
+    /// Build the overlay and start both relays with the standard configs.
+    pub fn with_relays(engine: &str) -> Overlay {
+        let mut o = Overlay::new();
+        o.start_relays(engine, "", "");
+        o
+    }
+
+    /// Start ingress and egress relays; `extra_*` is appended to each config.
+    pub fn start_relays(&mut self, engine: &str, extra_ingress: &str, extra_egress: &str) {
+        let egress = format!(
+            r#"
+[node]
+name = "egress"
+engine = "{engine}"
+[auth]
+keys = [{{ id = 1, secret = "{KEY}" }}]
+[relay]
+listen = "0.0.0.0:5565"
+header_timeout_ms = 1000
+allow = [{{ prefix = "10.10.3.2/32", ports = "1-9999" }}, {{ prefix = "fd10:3::2/128", ports = "1-9999" }}]
+[[route]]
+prefix = "10.10.3.0/24"
+via = "direct"
+[[route]]
+prefix = "fd10:3::/64"
+via = "direct"
+[timeouts]
+connect_ms = 2000
+[admin]
+listen = "{ADMIN}"
+{extra_egress}
+"#
+        );
+        let ingress = format!(
+            r#"
+[node]
+name = "ingress"
+engine = "{engine}"
+[auth]
+keys = [{{ id = 1, secret = "{KEY}" }}]
+[[transparent]]
+port = 15001
+prefixes = ["10.10.3.0/24", "fd10:3::/64"]
+[[explicit]]
+listen = "0.0.0.0:8080"
+target = "10.10.3.2:7000"
+[[explicit]]
+listen = "[::]:8080"
+target = "[fd10:3::2]:7000"
+[[peer]]
+name = "egress"
+addr = "{EGRESS_LEG}"
+[[route]]
+prefix = "10.10.3.0/24"
+via = "egress"
+[[route]]
+prefix = "fd10:3::/64"
+via = "egress"
+[admin]
+listen = "{ADMIN}"
+{extra_ingress}
+"#
+        );
+        self.start_relay("egress", &egress);
+        self.start_relay("ingress", &ingress);
+    }
+
+    fn ns(&self, role: &str) -> &Netns {
+        match role {
+            "client" => &self.client,
+            "ingress" => &self.ingress,
+            "egress" => &self.egress,
+            _ => &self.server,
+        }
+    }
+
+    /// Start a relay in the namespace named by `role` with config `text`.
+    pub fn start_relay(&mut self, role: &str, text: &str) {
+        let cfg = self.dir.join(format!("{role}.toml"));
+        let ready = self.dir.join(format!("{role}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        std::fs::write(&cfg, text).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("{role}.log"))).unwrap();
+        let mut cmd = self.ns(role).command(bin());
+        cmd.arg("relay")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--workers")
+            .arg("2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let mut guard = ChildGuard::spawn(&mut cmd).expect("spawn relay");
+        let ok = wait_until(Duration::from_secs(10), "relay ready", || {
+            ready.exists() || guard.try_wait().is_some()
+        });
+        if ok.is_err() || !ready.exists() {
+            panic!("relay {role} did not start:\n{}", self.log(role));
+        }
+        self.relays.retain(|(r, _)| r != role);
+        self.relays.push((role.to_string(), guard));
+    }
+
+    /// Stop a relay with SIGTERM; returns whether it exited cleanly.
+    pub fn stop_relay(&mut self, role: &str) -> bool {
+        let Some(pos) = self.relays.iter().position(|(r, _)| r == role) else {
+            return false;
+        };
+        let (_, mut g) = self.relays.remove(pos);
+        g.stop(Duration::from_secs(15)).map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Kill a relay with SIGKILL (a crash: no cleanup runs).
+    pub fn kill_relay(&mut self, role: &str) {
+        if let Some(pos) = self.relays.iter().position(|(r, _)| r == role) {
+            let (_, mut g) = self.relays.remove(pos);
+            g.signal(nix::sys::signal::Signal::SIGKILL);
+            if let Some(c) = g.child_mut() {
+                let _ = c.wait();
+            }
+        }
+    }
+
+    pub fn log(&self, role: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{role}.log"))).unwrap_or_default()
+    }
+
+    /// Scrape `/metrics` of the relay in `role`.
+    pub fn metrics(&self, role: &str) -> String {
+        http_get(self.ns(role), ADMIN, "/metrics")
+    }
+
+    /// Value of one sample (`name{labels}` exactly as exposed), 0 if absent.
+    pub fn metric(&self, role: &str, sample: &str) -> f64 {
+        metric_value(&self.metrics(role), sample)
+    }
+
+    /// Connect from the client host.
+    pub fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        self.client
+            .run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .expect("run in client ns")
+    }
+
+    /// Listen on the server host.
+    pub fn listen(&self, addr: SocketAddr) -> TcpListener {
+        self.server
+            .run_in(move || TcpListener::bind(addr))
+            .expect("run in server ns")
+            .expect("bind server")
+    }
+
+    /// Run `program args` in `role`'s namespace and return stdout.
+    pub fn sh(&self, role: &str, program: &str, args: &[&str]) -> String {
+        let out = self.ns(role).command(program).args(args).output().expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (role, _) in &self.relays {
+                eprintln!("---- {role} log ----\n{}", self.log(role));
+            }
+        }
+        for (_, g) in self.relays.iter_mut() {
+            g.stop(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A minimal HTTP GET from inside a namespace.
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> String {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let path = path.to_string();
+    ns.run_in(move || -> String {
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            return String::new();
+        };
+        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    })
+    .unwrap_or_default()
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == sample).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast and seedable.
+pub struct Stream {
+    state: u64,
+}
+
+impl Stream {
+    pub fn new(seed: u64) -> Stream {
+        Stream {
+            state: seed | 1,
+        }
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let b = self.state.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+    }
+}
+
+/// Write `len` deterministic bytes; return their SHA-256.
+pub fn send_stream(w: &mut impl Write, len: usize, seed: u64) -> std::io::Result<String> {
+    let mut s = Stream::new(seed);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        s.fill(&mut buf[..n]);
+        w.write_all(&buf[..n])?;
+        h.update(&buf[..n]);
+        left -= n;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Read to EOF; return (bytes, SHA-256).
+pub fn recv_stream(r: &mut impl Read) -> std::io::Result<(usize, String)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n;
+    }
+    Ok((total, hex::encode(h.finalize())))
+}
+
+/// What a test server saw on one connection.
+#[derive(Debug, Clone)]
+pub struct ServerSide {
+    pub received: usize,
+    pub received_sha: String,
+    pub sent_sha: String,
+}
+
+/// A server that, per connection, reads until EOF (hashing) and then sends
+/// `reply_len` deterministic bytes (seed = `seed`) and closes. Reports each
+/// connection on the returned channel. Runs `conns` connections, then stops.
+pub fn serve_echo_hash(l: TcpListener, conns: usize, reply_len: usize, seed: u64) -> (mpsc::Receiver<ServerSide>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let mut workers = Vec::new();
+        for _ in 0..conns {
+            let Ok((mut s, _)) = l.accept() else { break };
+            let tx = tx.clone();
+            workers.push(std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                let Ok((received, received_sha)) = recv_stream(&mut s) else { return };
+                let Ok(sent_sha) = send_stream(&mut s, reply_len, seed) else { return };
+                let _ = s.shutdown(Shutdown::Write);
+                let _ = tx.send(ServerSide {
+                    received,
+                    received_sha,
+                    sent_sha,
+                });
+            }));
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+    });
+    (rx, h)
+}
+
+/// A server that sends `len` bytes while reading everything the client sends,
+/// both at once (full duplex). Reports per connection.
+pub fn serve_duplex(l: TcpListener, conns: usize, len: usize, seed: u64) -> (mpsc::Receiver<ServerSide>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        for _ in 0..conns {
+            let Ok((s, _)) = l.accept() else { break };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let Ok(mut w) = s.try_clone() else { return };
+                let writer = std::thread::spawn(move || {
+                    let sha = send_stream(&mut w, len, seed);
+                    let _ = w.shutdown(Shutdown::Write);
+                    sha
+                });
+                let mut r = s;
+                let Ok((received, received_sha)) = recv_stream(&mut r) else { return };
+                let Ok(Ok(sent_sha)) = writer.join() else { return };
+                let _ = tx.send(ServerSide {
+                    received,
+                    received_sha,
+                    sent_sha,
+                });
+            });
+        }
+    });
+    (rx, h)
+}
+
+/// Client side of a full-duplex transfer: send `len` bytes (seed) while
+/// reading the reply to EOF. Returns (sent_sha, received bytes, received_sha).
+pub fn client_duplex(s: TcpStream, len: usize, seed: u64) -> std::io::Result<(String, usize, String)> {
+    let mut w = s.try_clone()?;
+    let writer = std::thread::spawn(move || {
+        let sha = send_stream(&mut w, len, seed);
+        let _ = w.shutdown(Shutdown::Write);
+        sha
+    });
+    let mut r = s;
+    let (n, rsha) = recv_stream(&mut r)?;
+    let ssha = writer.join().map_err(|_| std::io::Error::other("writer panicked"))??;
+    Ok((ssha, n, rsha))
+}
+
+/// Nft tables and policy rules splitway left in a namespace.
+pub fn leftovers(ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(o) = ns.exec("nft", ["list", "tables"]) {
+        out.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("splitway"))
+                .map(str::to_string),
+        );
+    }
+    for fam in ["-4", "-6"] {
+        if let Ok(o) = ns.ip([fam, "rule", "list"]) {
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("fwmark"))
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}
