@@ -16,7 +16,8 @@ pub struct Sample {
     pub total_ms: f64,
 }
 
-const FORMAT: &str = "%{http_code} %{time_connect} %{time_starttransfer} %{time_total} %{size_download}\\n";
+const FORMAT: &str =
+    "%{http_code} %{time_connect} %{time_starttransfer} %{time_total} %{size_download}\\n";
 
 /// Parse curl's `-w` output: code, connect, starttransfer, total (seconds), bytes.
 pub fn parse_output(out: &str, expect_bytes: u64) -> Result<Sample> {
@@ -27,7 +28,10 @@ pub fn parse_output(out: &str, expect_bytes: u64) -> Result<Sample> {
     if f[0] != "200" {
         bail!("HTTP status {}", f[0]);
     }
-    let num = |s: &str| -> Result<f64> { s.parse::<f64>().map_err(|_| anyhow!("bad number {s:?} in curl output")) };
+    let num = |s: &str| -> Result<f64> {
+        s.parse::<f64>()
+            .map_err(|_| anyhow!("bad number {s:?} in curl output"))
+    };
     let bytes = num(f[4])? as u64;
     if bytes != expect_bytes {
         bail!("downloaded {bytes} bytes, expected {expect_bytes}");

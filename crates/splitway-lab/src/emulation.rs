@@ -84,7 +84,8 @@ impl Emulation {
                     packets: s.a_to_b.packets + s.b_to_a.packets,
                     drops: s.a_to_b.drops + s.b_to_a.drops,
                     enobufs: s.a_to_b.enobufs + s.b_to_a.enobufs,
-                    max_lateness_us: s.a_to_b.max_lateness.max(s.b_to_a.max_lateness).as_micros() as u64,
+                    max_lateness_us: s.a_to_b.max_lateness.max(s.b_to_a.max_lateness).as_micros()
+                        as u64,
                     realtime: s.realtime,
                     running: s.running,
                 }

@@ -56,7 +56,11 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// through the normal drop path.
 pub fn install_signal_handlers() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { sigaction(sig, &act) }.with_context(|| format!("installing a {sig} handler"))?;
@@ -93,12 +97,14 @@ impl CongestionGuard {
                 available.trim()
             );
         }
-        let allowed = std::fs::read_to_string(ALLOWED_CC).context("reading the allowed congestion controls")?;
+        let allowed = std::fs::read_to_string(ALLOWED_CC)
+            .context("reading the allowed congestion controls")?;
         let allowed = allowed.trim().to_string();
         if allowed.split_whitespace().any(|c| c == cc) {
             return Ok(CongestionGuard { original: None });
         }
-        std::fs::write(RESTORE_NOTE, &allowed).with_context(|| format!("writing {RESTORE_NOTE}"))?;
+        std::fs::write(RESTORE_NOTE, &allowed)
+            .with_context(|| format!("writing {RESTORE_NOTE}"))?;
         let new = format!("{allowed} {cc}");
         std::fs::write(ALLOWED_CC, &new)
             .with_context(|| format!("adding {cc} to net.ipv4.tcp_allowed_congestion_control"))?;
@@ -137,19 +143,28 @@ pub fn have(prog: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
         .unwrap_or(false)
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(prog).is_file())
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(prog).is_file())
 }
 
 /// Make sure the programs are there; install missing ones from Debian.
 pub fn ensure_tools(needed: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = needed.iter().filter(|(p, _)| !have(p)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(p, _)| !have(p))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     let mut pkgs = missing.clone();
     pkgs.sort_unstable();
     pkgs.dedup();
-    eprintln!("lab: installing missing Debian packages: {}", pkgs.join(" "));
+    eprintln!(
+        "lab: installing missing Debian packages: {}",
+        pkgs.join(" ")
+    );
     let ok = Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&pkgs)
@@ -157,7 +172,11 @@ pub fn ensure_tools(needed: &[(&str, &str)]) -> Result<()> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    let still: Vec<&str> = needed.iter().filter(|(p, _)| !have(p)).map(|(p, _)| *p).collect();
+    let still: Vec<&str> = needed
+        .iter()
+        .filter(|(p, _)| !have(p))
+        .map(|(p, _)| *p)
+        .collect();
     if !ok || !still.is_empty() {
         bail!(
             "missing programs {:?}; install them with `apt-get update && apt-get install {}`",

@@ -36,7 +36,8 @@ use anyhow::{bail, Context, Result};
 use crate::topology::Topology;
 
 /// Default configurations of a full run.
-pub const DEFAULT_CONFIGS: &str = "e2e,nosplit,ssh,splitway-basic,+pool-workers,+early-syn,+conn-pool,splitway";
+pub const DEFAULT_CONFIGS: &str =
+    "e2e,nosplit,ssh,splitway-basic,+pool-workers,+early-syn,+conn-pool,splitway";
 /// Default file sizes of a full run.
 pub const DEFAULT_SIZES: &str = "10K,100K,1M,10M";
 
@@ -130,7 +131,11 @@ struct Settings {
 
 fn settings(args: &LabArgs) -> Result<Settings> {
     let names: Vec<String> = match &args.configs {
-        Some(v) => v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        Some(v) => v
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         None => DEFAULT_CONFIGS.split(',').map(String::from).collect(),
     };
     let configs = configs::select(&names)?;
@@ -150,7 +155,11 @@ fn settings(args: &LabArgs) -> Result<Settings> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let topo = Topology::build(args.topology.as_deref(), args.rtt.as_deref(), args.mbit.as_deref())?;
+    let topo = Topology::build(
+        args.topology.as_deref(),
+        args.rtt.as_deref(),
+        args.mbit.as_deref(),
+    )?;
     let longest = topo.links[topo.longest_link()].rtt_ms / 1e3;
     let bulk = if args.quick {
         Duration::from_secs_f64((15.0 * longest).clamp(1.5, 5.0))
@@ -165,7 +174,10 @@ fn settings(args: &LabArgs) -> Result<Settings> {
         configs,
         sizes,
         runs,
-        json: args.json.clone().unwrap_or_else(|| args.out.join("results.json")),
+        json: args
+            .json
+            .clone()
+            .unwrap_or_else(|| args.out.join("results.json")),
         out: args.out.clone(),
         topo,
         probes: if args.quick { 5 } else { 10 },
@@ -208,9 +220,17 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
     let _lock = host::Lock::acquire()?;
     host::install_signal_handlers()?;
-    let mut tools = vec![("nginx", "nginx-light"), ("curl", "curl"), ("nft", "nftables")];
+    let mut tools = vec![
+        ("nginx", "nginx-light"),
+        ("curl", "curl"),
+        ("nft", "nftables"),
+    ];
     if st.configs.iter().any(|c| c.starts_with("ssh")) {
-        tools.extend([("sshd", "openssh-server"), ("ssh", "openssh-client"), ("ssh-keygen", "openssh-client")]);
+        tools.extend([
+            ("sshd", "openssh-server"),
+            ("ssh", "openssh-client"),
+            ("ssh-keygen", "openssh-client"),
+        ]);
     }
     host::ensure_tools(&tools)?;
     let _cc = host::CongestionGuard::ensure(&args.cc)?;
@@ -238,7 +258,11 @@ pub fn run(args: LabArgs) -> Result<()> {
     eprintln!(
         "lab: configs {}; sizes {}; {} runs each",
         st.configs.join(","),
-        st.sizes.iter().map(|&s| units::size_label(s)).collect::<Vec<_>>().join(","),
+        st.sizes
+            .iter()
+            .map(|&s| units::size_label(s))
+            .collect::<Vec<_>>()
+            .join(","),
         st.runs
     );
     let tb = testbed::Testbed::build(&args.cc).context("building the namespaces")?;
@@ -251,7 +275,9 @@ pub fn run(args: LabArgs) -> Result<()> {
     let check = measure::check(&tb, &st.topo, args.emulation.as_str(), st.probes, st.bulk)?;
     eprint!("{}", report::table::emulation(&check, "emulation check"));
     if args.emulation == emulation::Kind::None {
-        eprintln!("  !!! --emulation none: links are plain veth, the numbers below do not describe a WAN");
+        eprintln!(
+            "  !!! --emulation none: links are plain veth, the numbers below do not describe a WAN"
+        );
     }
     host::check_stop()?;
 
@@ -269,7 +295,8 @@ pub fn run(args: LabArgs) -> Result<()> {
     for &name in &st.configs {
         host::check_stop()?;
         eprintln!("lab: starting {name} ...");
-        let r = configs::start(name, &ctx, nth_split).with_context(|| format!("starting configuration {name}"))?;
+        let r = configs::start(name, &ctx, nth_split)
+            .with_context(|| format!("starting configuration {name}"))?;
         if configs::is_splitway(name) {
             nth_split += 1;
         }
@@ -291,6 +318,17 @@ pub fn run(args: LabArgs) -> Result<()> {
         flush_metrics: !args.keep_tcp_metrics,
     };
     let outcome = runner::run(&tb, &mut running, &plan);
+    let after = if outcome.stopped.is_none() {
+        match measure::check_rtts(&tb, &st.topo, st.probes) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("lab: RTT check after the runs failed: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     if let Some(dead) = emu.dead() {
         eprintln!("lab: !!! the delay line of link {dead} died during the runs");
     }
@@ -309,15 +347,23 @@ pub fn run(args: LabArgs) -> Result<()> {
     };
     let mut rep = report::Report::build(lab, &st.topo, check, infos, &st.sizes, &outcome.points);
     rep.emulation_stats = emu_stats;
+    rep.emulation_after = after;
     print!("{}", report::table::render(&rep));
     println!();
-    print!("{}", report::table::emulation(&rep.emulation, "emulation check (before the runs)"));
+    print!(
+        "{}",
+        report::table::emulation(&rep.emulation, "emulation check (before the runs)")
+    );
     rep.write_json(&st.json)?;
     let charts = report::charts::write(&rep, &st.out)?;
     println!(
         "\nwrote {} and {}; logs in {}",
         st.json.display(),
-        charts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        charts
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         logs.display()
     );
     println!("lab took {}", runner::fmt_dur(started.elapsed()));

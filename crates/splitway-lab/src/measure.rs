@@ -64,7 +64,12 @@ struct ProbeListener {
 }
 
 impl ProbeListener {
-    fn start(tb: &Testbed, host: &str, addr: SocketAddr, sink: Option<Arc<AtomicU64>>) -> Result<ProbeListener> {
+    fn start(
+        tb: &Testbed,
+        host: &str,
+        addr: SocketAddr,
+        sink: Option<Arc<AtomicU64>>,
+    ) -> Result<ProbeListener> {
         let l = tb
             .ns(host)
             .run_in(move || TcpListener::bind(addr))?
@@ -88,7 +93,9 @@ impl ProbeListener {
                                     Ok(n) => {
                                         counter.fetch_add(n as u64, Ordering::Relaxed);
                                     }
-                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
                                     Err(_) => break,
                                 }
                             }
@@ -167,7 +174,10 @@ fn throughput(tb: &Testbed, a: &str, b: &str, dur: Duration) -> Result<f64> {
         let buf = vec![0x5au8; 128 * 1024];
         while !d2.load(Ordering::Relaxed) {
             if let Err(e) = s.write(&buf) {
-                if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
                     break;
                 }
             }
@@ -190,8 +200,16 @@ fn throughput(tb: &Testbed, a: &str, b: &str, dur: Duration) -> Result<f64> {
     Ok((b_end - b_half) as f64 * 8.0 / secs / 1e6)
 }
 
-/// Measure every link, the whole path and the longest link's throughput.
-pub fn check(tb: &Testbed, topo: &Topology, kind: &str, probes: usize, bulk: Duration) -> Result<EmulationCheck> {
+/// RTTs only (every link and the whole path), e.g. after the runs, to see drift.
+#[derive(Debug, Clone, Serialize)]
+pub struct RttCheck {
+    pub links: Vec<LinkRtt>,
+    pub end_to_end: LinkRtt,
+    pub warnings: Vec<String>,
+}
+
+/// Probe every link's RTT and the whole path's.
+pub fn check_rtts(tb: &Testbed, topo: &Topology, probes: usize) -> Result<RttCheck> {
     let mut listeners = Vec::new();
     for h in crate::topology::HOSTS {
         let addr = SocketAddr::new(plan::host_addr(h).into(), PROBE_PORT);
@@ -213,10 +231,31 @@ pub fn check(tb: &Testbed, topo: &Topology, kind: &str, probes: usize, bulk: Dur
     if e2e.rtt_err_ms_max > 3.0 * RTT_TOLERANCE_MS {
         warnings.push(format!(
             "path client-server: RTT error up to {:.2} ms (median {:.2} vs {:.2} ms)",
-            e2e.rtt_err_ms_max, e2e.rtt_ms_measured, topo.rtt_ms()
+            e2e.rtt_err_ms_max,
+            e2e.rtt_ms_measured,
+            topo.rtt_ms()
         ));
     }
-    drop(listeners);
+    Ok(RttCheck {
+        links,
+        end_to_end: e2e,
+        warnings,
+    })
+}
+
+/// Measure every link, the whole path and the longest link's throughput.
+pub fn check(
+    tb: &Testbed,
+    topo: &Topology,
+    kind: &str,
+    probes: usize,
+    bulk: Duration,
+) -> Result<EmulationCheck> {
+    let RttCheck {
+        links,
+        end_to_end: e2e,
+        mut warnings,
+    } = check_rtts(tb, topo, probes)?;
     let li = topo.longest_link();
     let l = &topo.links[li];
     let mbit = throughput(tb, l.a, l.b, bulk)?;

@@ -111,7 +111,9 @@ fn eta(points: &Points, remaining: &[(usize, usize)]) -> Option<Duration> {
     let secs: f64 = remaining
         .iter()
         .map(|k| match points.get(k) {
-            Some(p) if !p.samples.is_empty() => p.secs / (p.samples.len() + p.failures.len()) as f64,
+            Some(p) if !p.samples.is_empty() => {
+                p.secs / (p.samples.len() + p.failures.len()) as f64
+            }
             _ => overall,
         })
         .sum();
@@ -128,7 +130,9 @@ pub struct Outcome {
 /// when a configuration breaks for good.
 pub fn run(tb: &Testbed, configs: &mut [Running], plan: &Plan) -> Outcome {
     let mut points = Points::new();
-    let stopped = run_into(tb, configs, plan, &mut points).err().map(|e| format!("{e:#}"));
+    let stopped = run_into(tb, configs, plan, &mut points)
+        .err()
+        .map(|e| format!("{e:#}"));
     Outcome { points, stopped }
 }
 
@@ -155,7 +159,10 @@ fn run_into(tb: &Testbed, configs: &mut [Running], plan: &Plan, points: &mut Poi
             progress.finish();
             bail!("configuration {}: {dead}; logs: {:?}", cfg.name, cfg.logs);
         }
-        progress.show(&format!("{} {}", cfg.name, crate::units::size_label(size)), eta(points, &order[idx..]));
+        progress.show(
+            &format!("{} {}", cfg.name, crate::units::size_label(size)),
+            eta(points, &order[idx..]),
+        );
         if plan.flush_metrics {
             tb.flush_tcp_metrics();
         }
@@ -177,7 +184,11 @@ fn run_into(tb: &Testbed, configs: &mut [Running], plan: &Plan, points: &mut Poi
                 if progress.tty {
                     eprintln!();
                 }
-                eprintln!("lab: {} {}: download failed: {msg}", cfg.name, crate::units::size_label(size));
+                eprintln!(
+                    "lab: {} {}: download failed: {msg}",
+                    cfg.name,
+                    crate::units::size_label(size)
+                );
                 p.failures.push(msg);
                 streak[c] += 1;
                 if streak[c] >= MAX_CONSECUTIVE_FAILURES {

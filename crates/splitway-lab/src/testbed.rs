@@ -28,7 +28,10 @@ impl Testbed {
         splitway_netns::sweep(PREFIX);
         let mut nodes = Vec::new();
         for name in plan::NODES {
-            nodes.push(Netns::create(&format!("{PREFIX}{name}")).with_context(|| format!("creating namespace {name}"))?);
+            nodes.push(
+                Netns::create(&format!("{PREFIX}{name}"))
+                    .with_context(|| format!("creating namespace {name}"))?,
+            );
         }
         let tb = Testbed { nodes };
         for seg in 0..plan::SEGMENTS {
@@ -65,8 +68,13 @@ impl Testbed {
 
     /// Give the server an extra address (one per configuration that needs its own).
     pub fn add_server_alias(&self, addr: Ipv4Addr) -> Result<()> {
-        self.ns("server")
-            .ip(["addr", "add", &format!("{addr}/24"), "dev", &plan::ifname(6, 5)])?;
+        self.ns("server").ip([
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &plan::ifname(6, 5),
+        ])?;
         Ok(())
     }
 
@@ -80,8 +88,15 @@ impl Testbed {
 
     /// Spawn `program args` in `node`, in its own process group (so Ctrl-C
     /// reaches only the lab, which then stops it), output to `log`.
-    pub fn spawn(&self, node: &str, program: &str, args: &[&str], log: &Path) -> Result<ChildGuard> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    pub fn spawn(
+        &self,
+        node: &str,
+        program: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<ChildGuard> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = self.ns(node).command(program);
         cmd.args(args)
@@ -89,7 +104,7 @@ impl Testbed {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        Ok(ChildGuard::spawn(&mut cmd).with_context(|| format!("starting {program} in {node}"))?)
+        ChildGuard::spawn(&mut cmd).with_context(|| format!("starting {program} in {node}"))
     }
 
     /// A command for `program` in `node`, its own process group.

@@ -36,7 +36,10 @@ pub struct Link {
     pub rtt_ms: f64,
     /// Rate in each direction, Mbit/s (10^6 bit/s).
     pub mbit: f64,
-    /// Drop-tail queue limit per direction, bytes.
+    /// Drop-tail queue limit per direction, bytes. Default: one
+    /// bandwidth-delay product of the whole path (end-to-end RTT × this
+    /// link's rate, the rule-of-thumb buffer for a flow crossing it), at
+    /// least 128 KiB.
     pub queue_bytes: usize,
 }
 
@@ -99,7 +102,12 @@ impl Default for Topology {
 
 impl Topology {
     fn from_rtts(rtts: [f64; 3], mbits: [f64; 3], queues: [Option<usize>; 3]) -> Topology {
-        let names = [("client", "ingress"), ("ingress", "egress"), ("egress", "server")];
+        let path_rtt_ms: f64 = rtts.iter().sum();
+        let names = [
+            ("client", "ingress"),
+            ("ingress", "egress"),
+            ("egress", "server"),
+        ];
         let links = std::array::from_fn(|i| {
             let mut l = Link {
                 a: names[i].0,
@@ -108,7 +116,8 @@ impl Topology {
                 mbit: mbits[i],
                 queue_bytes: 0,
             };
-            l.queue_bytes = queues[i].unwrap_or_else(|| l.bdp_bytes().max(MIN_QUEUE_BYTES));
+            let path_bdp = (l.mbit * 1e6 / 8.0 * path_rtt_ms / 1e3) as usize;
+            l.queue_bytes = queues[i].unwrap_or_else(|| path_bdp.max(MIN_QUEUE_BYTES));
             l
         });
         Topology { links }
@@ -133,7 +142,10 @@ impl Topology {
                 path: path.display().to_string(),
                 msg,
             })?;
-            for (i, l) in [f.client_ingress, f.ingress_egress, f.egress_server].into_iter().enumerate() {
+            for (i, l) in [f.client_ingress, f.ingress_egress, f.egress_server]
+                .into_iter()
+                .enumerate()
+            {
                 rtts[i] = l.rtt_ms.unwrap_or(rtts[i]);
                 mbits[i] = l.mbit.unwrap_or(mbits[i]);
                 queues[i] = l.queue_bytes;
@@ -154,10 +166,16 @@ impl Topology {
         for l in &self.links {
             let name = format!("link {}-{}", l.a, l.b);
             if !(l.rtt_ms.is_finite() && (0.0..=10_000.0).contains(&l.rtt_ms)) {
-                return Err(TopologyError::Invalid(format!("{name}: rtt_ms must be 0..10000, got {}", l.rtt_ms)));
+                return Err(TopologyError::Invalid(format!(
+                    "{name}: rtt_ms must be 0..10000, got {}",
+                    l.rtt_ms
+                )));
             }
             if !(l.mbit.is_finite() && (0.01..=10_000.0).contains(&l.mbit)) {
-                return Err(TopologyError::Invalid(format!("{name}: mbit must be 0.01..10000, got {}", l.mbit)));
+                return Err(TopologyError::Invalid(format!(
+                    "{name}: mbit must be 0.01..10000, got {}",
+                    l.mbit
+                )));
             }
             if l.queue_bytes < 3000 {
                 return Err(TopologyError::Invalid(format!(
@@ -181,7 +199,10 @@ impl Topology {
 
     /// B: the bottleneck rate in Mbit/s.
     pub fn bottleneck_mbit(&self) -> f64 {
-        self.links.iter().map(|l| l.mbit).fold(f64::INFINITY, f64::min)
+        self.links
+            .iter()
+            .map(|l| l.mbit)
+            .fold(f64::INFINITY, f64::min)
     }
 
     /// The index of the link with the longest RTT (for the throughput check).
@@ -297,9 +318,11 @@ mod tests {
         assert_eq!(t.r1_ms(), 32.7);
         assert!((t.rtt_ms() - 273.7).abs() < 1e-9);
         assert_eq!(t.longest_link(), 1);
-        // 100 Mbit/s × 215 ms = 2.6875 MB
-        assert_eq!(t.links[1].queue_bytes, 2_687_500);
-        assert_eq!(t.links[2].queue_bytes, 325_000);
+        // queues: 100 Mbit/s × 273.7 ms (the path's BDP) on every link
+        assert_eq!(t.links[1].bdp_bytes(), 2_687_500);
+        assert!(t.links.iter().all(|l| l.queue_bytes == 3_421_250));
+        let short = Topology::build(None, Some(&[1.0]), None).unwrap();
+        assert_eq!(short.links[0].queue_bytes, 128 * 1024);
     }
 
     #[test]
@@ -316,7 +339,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("swlab-topo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("t.toml");
-        std::fs::write(&p, "[ingress_egress]\nrtt_ms = 100\nqueue_bytes = 50000\n[egress_server]\nmbit = 10\n").unwrap();
+        std::fs::write(
+            &p,
+            "[ingress_egress]\nrtt_ms = 100\nqueue_bytes = 50000\n[egress_server]\nmbit = 10\n",
+        )
+        .unwrap();
         let t = Topology::build(Some(&p), None, None).unwrap();
         assert_eq!(t.links[1].rtt_ms, 100.0);
         assert_eq!(t.links[1].queue_bytes, 50_000);
@@ -326,7 +353,9 @@ mod tests {
         assert_eq!(t.rtt_ms(), 6.0);
         assert_eq!(t.links[2].mbit, 50.0);
         std::fs::write(&p, "[ingress_egress]\nrtt = 100\n").unwrap();
-        let e = Topology::build(Some(&p), None, None).unwrap_err().to_string();
+        let e = Topology::build(Some(&p), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rtt"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -349,11 +378,16 @@ mod tests {
         // every node reaches every segment: attached or routed
         for i in 0..NODES.len() {
             let routed = routes(i).len();
-            let attached = [i.checked_sub(1), (i < SEGMENTS).then_some(i)].iter().flatten().count();
+            let attached = [i.checked_sub(1), (i < SEGMENTS).then_some(i)]
+                .iter()
+                .flatten()
+                .count();
             assert_eq!(routed + attached, SEGMENTS, "node {i}");
         }
         // the client routes everything via L1's address on segment 0
-        assert!(routes(0).iter().all(|(_, via)| via.to_string() == "10.77.0.2"));
+        assert!(routes(0)
+            .iter()
+            .all(|(_, via)| via.to_string() == "10.77.0.2"));
         // ingress: segment 0 to the left via L1 (10.77.1.1), 3.. to the right via L2 (10.77.2.2)
         let r = routes(2);
         assert!(r.contains(&(subnet(0), "10.77.1.1".parse().unwrap())));

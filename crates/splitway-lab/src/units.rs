@@ -28,7 +28,8 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     };
     let n: f64 = num.parse().map_err(|_| SizeError(s.to_string()))?;
     let bytes = n * mult as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes <= (1u64 << 40) as f64) || bytes.fract() != 0.0 {
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes <= (1u64 << 40) as f64) || bytes.fract() != 0.0
+    {
         return Err(SizeError(s.to_string()));
     }
     Ok(bytes as u64)
@@ -39,7 +40,7 @@ pub fn size_label(bytes: u64) -> String {
     for (unit, m) in [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
         if bytes >= m {
             let v = bytes as f64 / m as f64;
-            return if bytes % m == 0 {
+            return if bytes.checked_rem(m) == Some(0) {
                 format!("{}{unit}", bytes / m)
             } else {
                 format!("{v:.1}{unit}")

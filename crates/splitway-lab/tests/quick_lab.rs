@@ -59,7 +59,8 @@ fn quick_lab_produces_sane_results() {
     let cli = Cli::try_parse_from(&argv).expect("arguments parse");
     splitway_lab::run(cli.lab).expect("the quick lab runs");
 
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let links = json["topology"]["links"].as_array().unwrap();
     assert_eq!(links.len(), 3);
     assert_eq!(links[0]["a"], "client");
@@ -90,7 +91,11 @@ fn quick_lab_produces_sane_results() {
             assert!(ttfb >= 2.0 * sum - 0.5, "e2e TTFB {ttfb} < 2 x {sum}");
         } else {
             // any split still needs r1 + R
-            assert!(ttfb >= RTTS[0] + sum - 0.5, "{}: TTFB {ttfb} below the bound", r["config"]);
+            assert!(
+                ttfb >= RTTS[0] + sum - 0.5,
+                "{}: TTFB {ttfb} below the bound",
+                r["config"]
+            );
         }
     }
     let bounds = json["bounds"].as_array().unwrap();
@@ -99,7 +104,10 @@ fn quick_lab_produces_sane_results() {
     assert!((bounds[0]["ttfb_ms"].as_f64().unwrap() - (RTTS[0] + sum)).abs() < 1e-9);
     assert!(out.join("ttfb.svg").exists() && out.join("download.svg").exists());
     // nothing left behind
-    let ns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&ns.stdout).contains("swlab-"));
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -35,7 +35,11 @@ pub const CATALOGUE: &[(&str, &str)] = &[
 
 /// Known configuration names, for messages.
 pub fn known() -> String {
-    CATALOGUE.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    CATALOGUE
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Check names and put them in catalogue order, without duplicates.
@@ -57,7 +61,11 @@ pub fn select(names: &[String]) -> Result<Vec<&'static str>> {
 }
 
 pub fn describe(name: &str) -> &'static str {
-    CATALOGUE.iter().find(|(c, _)| *c == name).map(|(_, d)| *d).unwrap_or("")
+    CATALOGUE
+        .iter()
+        .find(|(c, _)| *c == name)
+        .map(|(_, d)| *d)
+        .unwrap_or("")
 }
 
 /// What a configuration needs from the lab.
@@ -144,7 +152,10 @@ mod tests {
     fn select_orders_and_checks() {
         let s = select(&["splitway".into(), "e2e".into(), "e2e".into()]).unwrap();
         assert_eq!(s, vec!["e2e", "splitway"]);
-        assert!(select(&["bogus".into()]).unwrap_err().to_string().contains("bogus"));
+        assert!(select(&["bogus".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
         assert!(select(&[]).is_err());
     }
 
@@ -153,10 +164,14 @@ mod tests {
         let f = |n| splitway::features_of(n).unwrap();
         assert_eq!(f("splitway-basic"), Features::default());
         assert!(f("+pool-workers").worker_pools && !f("+pool-workers").early_syn);
-        assert!(f("+early-syn").worker_pools && f("+early-syn").early_syn && !f("+early-syn").conn_pool);
+        assert!(
+            f("+early-syn").worker_pools && f("+early-syn").early_syn && !f("+early-syn").conn_pool
+        );
         assert!(f("+conn-pool").conn_pool && !f("+conn-pool").turbo_start);
         let all = f("splitway");
-        assert!(all.early_syn && all.worker_pools && all.conn_pool && all.turbo_start && all.fast_open);
+        assert!(
+            all.early_syn && all.worker_pools && all.conn_pool && all.turbo_start && all.fast_open
+        );
         assert!(!is_splitway("e2e"));
     }
 }

@@ -39,7 +39,9 @@ pub fn start(ctx: &Ctx) -> Result<Running> {
     Ok(Running {
         name: "nosplit",
         base_url: format!("http://{}:{PORT}", plan::host_addr("ingress")),
-        detail: format!("client -> ingress:{PORT} -DNAT-> egress:{PORT} -DNAT-> server:80 (nftables)"),
+        detail: format!(
+            "client -> ingress:{PORT} -DNAT-> egress:{PORT} -DNAT-> server:80 (nftables)"
+        ),
         children: Vec::new(),
         logs: Vec::new(),
     })

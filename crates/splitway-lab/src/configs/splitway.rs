@@ -27,7 +27,13 @@ pub struct Features {
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
     let mut f = Features::default();
-    let steps = ["splitway-basic", "+pool-workers", "+early-syn", "+conn-pool", "splitway"];
+    let steps = [
+        "splitway-basic",
+        "+pool-workers",
+        "+early-syn",
+        "+conn-pool",
+        "splitway",
+    ];
     let n = steps.iter().position(|s| *s == name)?;
     f.worker_pools = n >= 1;
     f.early_syn = n >= 2;
@@ -62,9 +68,15 @@ pub fn relay_configs(ctx: &Ctx, name: &str, f: &Features, n: usize) -> (String, 
     let relay_port = 5600 + n;
     let tport = 15001 + n;
     let l2 = &ctx.topo.links[1];
-    let tag: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let tag: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
     let tag = tag.trim_matches('-');
-    let auth = format!("[auth]\nkeys = [{{ id = 1, secret = \"{}\" }}]\n", ctx.secret);
+    let auth = format!(
+        "[auth]\nkeys = [{{ id = 1, secret = \"{}\" }}]\n",
+        ctx.secret
+    );
     let mut ing = String::new();
     let _ = write!(
         ing,
@@ -100,7 +112,9 @@ fn start_relay(
     std::fs::write(&conf, text)?;
     let ready = ctx.work.join(format!("relay-{n}-{node}.ready"));
     let _ = std::fs::remove_file(&ready);
-    let log = ctx.logs.join(format!("{}-{node}.log", name.trim_start_matches('+')));
+    let log = ctx
+        .logs
+        .join(format!("{}-{node}.log", name.trim_start_matches('+')));
     let bin = ctx.splitway_bin.display().to_string();
     let conf_s = conf.display().to_string();
     let ready_s = ready.display().to_string();
@@ -118,15 +132,26 @@ fn start_relay(
         exited.is_some() || ready.exists()
     });
     if let Some(st) = exited {
-        bail!("{name}: the {node} relay exited ({st}):\n{}", super::tail(&log, 15));
+        bail!(
+            "{name}: the {node} relay exited ({st}):\n{}",
+            super::tail(&log, 15)
+        );
     }
-    ok.with_context(|| format!("{name}: the {node} relay did not get ready:\n{}", super::tail(&log, 15)))?;
+    ok.with_context(|| {
+        format!(
+            "{name}: the {node} relay did not get ready:\n{}",
+            super::tail(&log, 15)
+        )
+    })?;
     Ok((child, log))
 }
 
 pub fn start(ctx: &Ctx, name: &'static str, f: Features, n: usize) -> Result<Running> {
     if !ctx.splitway_bin.exists() {
-        bail!("{name}: splitway binary {} not found", ctx.splitway_bin.display());
+        bail!(
+            "{name}: splitway binary {} not found",
+            ctx.splitway_bin.display()
+        );
     }
     let server = plan::server_alias(n);
     ctx.tb.add_server_alias(server)?;
@@ -136,7 +161,9 @@ pub fn start(ctx: &Ctx, name: &'static str, f: Features, n: usize) -> Result<Run
     let (ingress, ilog) = start_relay(ctx, "ingress", name, &ing, n)?;
     if f.conn_pool {
         // Let the pool of relay legs fill (one handshake on the long link).
-        std::thread::sleep(Duration::from_millis((ctx.topo.links[1].rtt_ms * 3.0) as u64 + 200));
+        std::thread::sleep(Duration::from_millis(
+            (ctx.topo.links[1].rtt_ms * 3.0) as u64 + 200,
+        ));
     }
     Ok(Running {
         name,

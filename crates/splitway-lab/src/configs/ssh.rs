@@ -82,9 +82,12 @@ ClientAliveInterval 0
     )?;
     let sshd_log = ctx.logs.join(format!("{name}-sshd.log"));
     let conf_s = conf.display().to_string();
-    let sshd = ctx
-        .tb
-        .spawn("egress", &which("sshd"), &["-D", "-e", "-f", &conf_s], &sshd_log)?;
+    let sshd = ctx.tb.spawn(
+        "egress",
+        &which("sshd"),
+        &["-D", "-e", "-f", &conf_s],
+        &sshd_log,
+    )?;
     let to = SocketAddr::new(egress.into(), sshd_port);
     splitway_netns::wait_until(Duration::from_secs(10), "sshd to listen", || {
         ctx.tb

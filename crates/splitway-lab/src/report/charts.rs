@@ -12,7 +12,8 @@ use super::Report;
 use crate::units::size_label;
 
 const COLORS: [&str; 9] = [
-    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7",
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f",
+    "#ff9da7",
 ];
 
 /// Which metric a chart shows.
@@ -23,7 +24,9 @@ pub enum Metric {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A "nice" tick step for a range up to `max`.
@@ -51,8 +54,14 @@ pub fn tick_step(max: f64) -> f64 {
 /// Render one chart as SVG text.
 pub fn svg(r: &Report, metric: Metric) -> String {
     let (title, file_title) = match metric {
-        Metric::Ttfb => ("Time to first byte (s), median of runs; whisker: p90", "TTFB"),
-        Metric::Total => ("Download completion time (s), median of runs; whisker: p90", "total"),
+        Metric::Ttfb => (
+            "Time to first byte (s), median of runs; whisker: p90",
+            "TTFB",
+        ),
+        Metric::Total => (
+            "Download completion time (s), median of runs; whisker: p90",
+            "total",
+        ),
     };
     let get = |row: &super::ResultRow| match metric {
         Metric::Ttfb => row.ttfb_ms,
@@ -89,8 +98,15 @@ pub fn svg(r: &Report, metric: Metric) -> String {
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = writeln!(s, r#"<title>splitway lab: {file_title}</title><rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{left}" y="22" font-size="14">{}</text>"#, esc(title));
+    let _ = writeln!(
+        s,
+        r#"<title>splitway lab: {file_title}</title><rect width="100%" height="100%" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="22" font-size="14">{}</text>"#,
+        esc(title)
+    );
     // grid and y axis
     let mut v = 0.0;
     while v <= ytop + step * 0.01 {
@@ -116,7 +132,10 @@ pub fn svg(r: &Report, metric: Metric) -> String {
     for (si, b) in r.bounds.iter().enumerate() {
         let gx = left + si as f64 * group_w + 12.0;
         for (ci, c) in r.configs.iter().enumerate() {
-            let row = r.results.iter().find(|x| x.config == c.name && x.size_bytes == b.size_bytes);
+            let row = r
+                .results
+                .iter()
+                .find(|x| x.config == c.name && x.size_bytes == b.size_bytes);
             if let Some(sm) = row.and_then(get) {
                 let x = gx + ci as f64 * bar_w;
                 let (ym, yp) = (y(sm.median / 1e3), y(sm.p90 / 1e3));

@@ -72,6 +72,8 @@ pub struct Report {
     pub lab: LabInfo,
     pub topology: TopologyOut,
     pub emulation: EmulationCheck,
+    /// RTTs probed again after the runs (drift check).
+    pub emulation_after: Option<crate::measure::RttCheck>,
     /// Counters of each link's delay line over the whole lab.
     pub emulation_stats: Vec<crate::emulation::LinkStats>,
     pub configs: Vec<ConfigInfo>,
@@ -131,6 +133,7 @@ impl Report {
                 bottleneck_mbit: topo.bottleneck_mbit(),
             },
             emulation,
+            emulation_after: None,
             emulation_stats: Vec::new(),
             configs,
             results,

@@ -44,10 +44,32 @@ pub fn emulation(e: &EmulationCheck, title: &str) -> String {
         100.0 * e.throughput_mbit / e.throughput_mbit_configured
     );
     if e.warnings.is_empty() {
-        let _ = writeln!(s, "  emulation OK (RTT within {} ms, throughput ≥ {:.0}%)", crate::measure::RTT_TOLERANCE_MS, crate::measure::THROUGHPUT_TOLERANCE * 100.0);
+        let _ = writeln!(
+            s,
+            "  emulation OK (RTT within {} ms, throughput ≥ {:.0}%)",
+            crate::measure::RTT_TOLERANCE_MS,
+            crate::measure::THROUGHPUT_TOLERANCE * 100.0
+        );
     }
     for w in &e.warnings {
         let _ = writeln!(s, "  !!! EMULATION OFF: {w}");
+    }
+    s
+}
+
+/// The RTTs probed after the runs, compact.
+pub fn rtt_after(a: &crate::measure::RttCheck) -> String {
+    let mut s = String::from("after the runs: RTT measured (error max)");
+    for l in a.links.iter().chain(std::iter::once(&a.end_to_end)) {
+        let _ = write!(
+            s,
+            "  {}-{} {:.2} ms ({:.2})",
+            l.a, l.b, l.rtt_ms_measured, l.rtt_err_ms_max
+        );
+    }
+    s.push('\n');
+    for w in &a.warnings {
+        let _ = writeln!(s, "  !!! EMULATION OFF after the runs: {w}");
     }
     s
 }
@@ -61,7 +83,13 @@ pub fn render(r: &Report) -> String {
         "\nresults: ms, median / p90 over runs; x = median / ideal-pipe bound (r1 = {:.1} ms, R = {:.1} ms, B = {} Mbit/s)",
         t.r1_ms, t.rtt_ms, t.bottleneck_mbit
     );
-    let name_w = r.configs.iter().map(|c| c.name.len()).max().unwrap_or(8).max(8);
+    let name_w = r
+        .configs
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
     for b in &r.bounds {
         let _ = writeln!(
             s,
