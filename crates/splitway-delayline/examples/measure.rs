@@ -16,7 +16,8 @@ use splitway_delayline::{DelayLine, LinkSpec};
 use splitway_netns::{link, unique_prefix, Netns};
 
 struct Args {
-    rtt_ms: f64,
+    /// One RTT per link; several links make a chain a — l1 — l2 … — b.
+    rtt_ms: Vec<f64>,
     rate_mbit: f64,
     pings: u32,
     ping_interval: String,
@@ -25,6 +26,9 @@ struct Args {
     cc: String,
     queue_bytes: Option<usize>,
     baseline: bool,
+    /// Max TCP buffer (tcp_rmem/tcp_wmem third value) in the two hosts;
+    /// None keeps the namespace defaults.
+    tcp_buf: Option<u64>,
 }
 
 /// Run the calling measurement thread at real-time priority (below the
@@ -37,7 +41,7 @@ fn rt() {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        rtt_ms: 215.0,
+        rtt_ms: vec![215.0],
         rate_mbit: 100.0,
         pings: 100,
         ping_interval: "0.05".into(),
@@ -46,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         cc: "bbr".into(),
         queue_bytes: None,
         baseline: false,
+        tcp_buf: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -56,13 +61,20 @@ fn parse_args() -> Result<Args, String> {
         let v = it.next().ok_or(format!("{k} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("bad value for {k}: {v}: {e}");
         match k.as_str() {
-            "--rtt-ms" => a.rtt_ms = v.parse().map_err(|e| bad(&e))?,
+            "--rtt-ms" => {
+                a.rtt_ms = v
+                    .split(',')
+                    .map(|x| x.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(&e))?
+            }
             "--rate-mbit" => a.rate_mbit = v.parse().map_err(|e| bad(&e))?,
             "--pings" => a.pings = v.parse().map_err(|e| bad(&e))?,
             "--ping-interval" => a.ping_interval = v,
             "--bulk-secs" => a.bulk_secs = v.parse().map_err(|e| bad(&e))?,
             "--skip-secs" => a.skip_secs = v.parse().map_err(|e| bad(&e))?,
             "--cc" => a.cc = v,
+            "--tcp-buf" => a.tcp_buf = Some(v.parse().map_err(|e| bad(&e))?),
             "--queue-bytes" => a.queue_bytes = Some(v.parse().map_err(|e| bad(&e))?),
             _ => return Err(format!("unknown argument {k}")),
         }
@@ -92,32 +104,108 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let p = unique_prefix("dm");
     let a = Netns::create(&format!("{p}a"))?;
-    let l = Netns::create(&format!("{p}l"))?;
+    // Segment s (0..=n) joins node s and node s+1 in 10.77.(s+1).0/24: the
+    // left node is .1, the right one .2. Nodes: a, link 1..n, b.
+    let n = args.rtt_ms.len();
+    let links: Vec<Netns> = (1..=n)
+        .map(|k| Netns::create(&format!("{p}l{k}")))
+        .collect::<Result<_, _>>()?;
     let b = Netns::create(&format!("{p}b"))?;
-    link(&a, "eth0", &["10.77.1.1/24"], &l, "la", &["10.77.1.2/24"])?;
-    link(&l, "lb", &["10.77.2.2/24"], &b, "eth0", &["10.77.2.1/24"])?;
-    l.enable_forwarding()?;
-    a.ip(["route", "add", "default", "via", "10.77.1.2"])?;
-    b.ip(["route", "add", "default", "via", "10.77.2.2"])?;
-
-    let rtt = Duration::from_nanos((args.rtt_ms * 1e6).round() as u64);
-    let rate = (args.rate_mbit * 1e6).round() as u64;
-    let mut spec = LinkSpec::with_bdp_queue(rtt, rate);
-    if let Some(q) = args.queue_bytes {
-        spec.queue_limit_bytes = q;
-    }
-    let line = if args.baseline {
-        None
-    } else {
-        Some(DelayLine::start(l.name(), "la", "lb", 400, spec)?)
+    let node = |i: usize| -> &Netns {
+        match i {
+            0 => &a,
+            i if i <= n => &links[i - 1],
+            _ => &b,
+        }
     };
-    println!(
-        "link: rtt {:.3} ms, rate {} Mbit/s, queue {} B, realtime {:?}",
-        args.rtt_ms,
-        args.rate_mbit,
-        spec.queue_limit_bytes,
-        line.as_ref().map(|l| l.stats().realtime)
-    );
+    let ifname = |i: usize, left: bool| -> String {
+        match (i, left) {
+            (0, _) => "eth0".into(),
+            (i, _) if i > n => "eth0".into(),
+            (i, true) => format!("l{i}a"),
+            (i, false) => format!("l{i}b"),
+        }
+    };
+    for seg in 0..=n {
+        let net = seg + 1;
+        link(
+            node(seg),
+            &ifname(seg, false),
+            &[&format!("10.77.{net}.1/24")],
+            node(seg + 1),
+            &ifname(seg + 1, true),
+            &[&format!("10.77.{net}.2/24")],
+        )?;
+    }
+    a.ip(["route", "add", "default", "via", "10.77.1.2"])?;
+    b.ip([
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("10.77.{}.1", n + 1),
+    ])?;
+    for k in 1..=n {
+        let ns = node(k);
+        ns.enable_forwarding()?;
+        for seg in 0..=n {
+            let net = seg + 1;
+            if seg + 1 < k {
+                ns.ip([
+                    "route",
+                    "add",
+                    &format!("10.77.{net}.0/24"),
+                    "via",
+                    &format!("10.77.{k}.1"),
+                ])?;
+            } else if seg > k {
+                ns.ip([
+                    "route",
+                    "add",
+                    &format!("10.77.{net}.0/24"),
+                    "via",
+                    &format!("10.77.{}.2", k + 1),
+                ])?;
+            }
+        }
+    }
+    let dst = format!("10.77.{}.2", n + 1);
+    if let Some(buf) = args.tcp_buf {
+        for h in [&a, &b] {
+            h.sysctl("net.ipv4.tcp_rmem", &format!("4096 131072 {buf}"))?;
+            h.sysctl("net.ipv4.tcp_wmem", &format!("4096 16384 {buf}"))?;
+        }
+    }
+    let total_rtt: f64 = args.rtt_ms.iter().sum();
+
+    let rate = (args.rate_mbit * 1e6).round() as u64;
+    let mut lines = Vec::new();
+    for (k, &r) in args.rtt_ms.iter().enumerate() {
+        let rtt = Duration::from_nanos((r * 1e6).round() as u64);
+        let mut spec = LinkSpec::with_bdp_queue(rtt, rate);
+        if let Some(q) = args.queue_bytes {
+            spec.queue_limit_bytes = q;
+        }
+        if !args.baseline {
+            let i = k + 1;
+            let l = DelayLine::start(
+                node(i).name(),
+                &ifname(i, true),
+                &ifname(i, false),
+                400,
+                spec,
+            )?;
+            println!(
+                "link {i}: rtt {r:.3} ms, rate {} Mbit/s, queue {} B, realtime {}",
+                args.rate_mbit,
+                spec.queue_limit_bytes,
+                l.stats().realtime
+            );
+            lines.push(l);
+        }
+    }
+    let cpu =
+        |lines: &[DelayLine]| -> Option<Duration> { lines.iter().map(|l| l.cpu_time()).sum() };
 
     // RTT
     let out = a
@@ -129,7 +217,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "-i",
             &args.ping_interval,
         ])
-        .args(["-W", "2", "10.77.2.1"])
+        .args(["-W", "2", &dst])
         .output()?;
     let mut rtts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -141,7 +229,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("no ping replies".into());
     }
     let med = rtts[rtts.len() / 2];
-    let errs: Vec<f64> = rtts.iter().map(|r| r - args.rtt_ms).collect();
+    let errs: Vec<f64> = rtts.iter().map(|r| r - total_rtt).collect();
     let max_abs = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
     println!(
         "ping: n={} min {:.3} median {:.3} max {:.3} ms; median error {:+.3} ms, max |error| {:.3} ms",
@@ -149,13 +237,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rtts[0],
         med,
         rtts[rtts.len() - 1],
-        med - args.rtt_ms,
+        med - total_rtt,
         max_abs
     );
 
     // RTT with microsecond resolution: UDP probes echoed by hostB.
     let echo = b
-        .run_in(|| UdpSocket::bind("10.77.2.1:7007"))?
+        .run_in({
+            let dst = dst.clone();
+            move || UdpSocket::bind(format!("{dst}:7007"))
+        })?
         .map_err(|e| format!("udp bind: {e}"))?;
     let echo_thread = std::thread::spawn(move || {
         rt();
@@ -170,7 +261,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let probe = a
         .run_in(|| UdpSocket::bind("10.77.1.1:0"))?
         .map_err(|e| format!("udp bind: {e}"))?;
-    probe.connect("10.77.2.1:7007")?;
+    probe.connect(format!("{dst}:7007"))?;
     let base = Instant::now();
     let n_probes = args.pings * 2;
     let tx = probe.try_clone()?;
@@ -188,7 +279,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     rt();
-    probe.set_read_timeout(Some(rtt + Duration::from_secs(1)))?;
+    probe.set_read_timeout(Some(Duration::from_secs_f64(total_rtt / 1e3 + 1.0)))?;
     let mut udp: Vec<f64> = Vec::new();
     let mut buf = [0u8; 64];
     while let Ok(n) = probe.recv(&mut buf) {
@@ -215,18 +306,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             med,
             p99,
             last,
-            med - args.rtt_ms,
-            (first - args.rtt_ms).abs().max((last - args.rtt_ms).abs())
+            med - total_rtt,
+            (first - total_rtt).abs().max((last - total_rtt).abs())
         );
     }
 
     // Bulk TCP a -> b
     if args.bulk_secs > 0 {
         let listener = b
-            .run_in(|| TcpListener::bind("10.77.2.1:5001"))?
+            .run_in({
+                let dst = dst.clone();
+                move || TcpListener::bind(format!("{dst}:5001"))
+            })?
             .map_err(|e| format!("listen: {e}"))?;
         let mut conn = a
-            .run_in(|| TcpStream::connect("10.77.2.1:5001"))?
+            .run_in({
+                let dst = dst.clone();
+                move || TcpStream::connect(format!("{dst}:5001"))
+            })?
             .map_err(|e| format!("connect: {e}"))?;
         let (mut srv, _) = listener.accept()?;
         // Per socket (allowed to root even when the algorithm is not in
@@ -255,20 +352,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             total += n as u64;
             if start.elapsed() >= skip {
-                t1.get_or_insert_with(|| {
-                    (Instant::now(), line.as_ref().and_then(|l| l.cpu_time()))
-                });
+                t1.get_or_insert_with(|| (Instant::now(), cpu(&lines)));
                 counted += n as u64;
             }
         }
         sender.join().map_err(|_| "sender panicked")?;
         let elapsed = start.elapsed().as_secs_f64();
-        let cpu_end = line.as_ref().and_then(|l| l.cpu_time());
+        let cpu_end = cpu(&lines);
         if let Some((t, cpu0)) = t1 {
             let secs = t.elapsed().as_secs_f64();
             println!(
                 "bulk ({}): {:.2} Mbit/s payload after {} s warm-up ({:.2} Mbit/s over all {:.1} s); \
-                 emulator thread CPU {:.1}% of a core",
+                 emulator threads' CPU {:.1}% of a core",
                 args.cc,
                 counted as f64 * 8.0 / secs / 1e6,
                 args.skip_secs,
@@ -281,10 +376,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    let Some(line) = line else { return Ok(()) };
-    let s = line.stats();
-    for (name, d) in [("a->b", &s.a_to_b), ("b->a", &s.b_to_a)] {
-        println!(
+    for (k, line) in lines.iter().enumerate() {
+        let s = line.stats();
+        for (dir, d) in [("a->b", &s.a_to_b), ("b->a", &s.b_to_a)] {
+            let name = format!("link {} {dir}", k + 1);
+            println!(
             "{name}: packets {} bytes {} drops {} enobufs {} netlink_errors {} unstamped {} kernel q/user dropped {}/{} lateness mean {:?} max {:?} hist {:?}",
             d.packets,
             d.bytes,
@@ -301,6 +397,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|(_, c)| *c)
                 .collect::<Vec<_>>()
         );
+        }
     }
     Ok(())
 }
