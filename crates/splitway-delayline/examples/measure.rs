@@ -1,11 +1,12 @@
 //! Measure a delay line's accuracy on this machine: builds hostA — link —
-//! hostB from throw-away namespaces, starts a [`DelayLine`], and reports
+//! hostB (or a chain of links) from throw-away namespaces, starts a [`DelayLine`], and reports
 //! ping RTT error, bulk TCP throughput and the emulator thread's CPU.
 //! Needs root.
 //!
 //! ```text
-//! measure [--rtt-ms 215] [--rate-mbit 100] [--pings 100] [--ping-interval 0.05]
-//!         [--bulk-secs 20] [--skip-secs 5] [--cc bbr] [--queue-bytes N]
+//! measure [--rtt-ms 215[,RTT2,...]] [--rate-mbit 100] [--pings 100]
+//!         [--ping-interval 0.05] [--bulk-secs 20] [--skip-secs 5] [--cc bbr]
+//!         [--queue-bytes N] [--tcp-buf N] [--baseline]
 //! ```
 
 use std::io::{Read, Write};

@@ -29,34 +29,40 @@ fn topo() -> Topo {
     let a = Netns::create(&format!("{p}a")).expect("netns a");
     let l = Netns::create(&format!("{p}l")).expect("netns link");
     let b = Netns::create(&format!("{p}b")).expect("netns b");
-    link(&a, "eth0", &["10.77.1.1/24"], &l, "la", &["10.77.1.2/24"]).expect("veth a");
-    link(&l, "lb", &["10.77.2.2/24"], &b, "eth0", &["10.77.2.1/24"]).expect("veth b");
+    let (a4, a6) = (
+        ["10.77.1.1/24", "fd77:1::1/64"],
+        ["10.77.1.2/24", "fd77:1::2/64"],
+    );
+    let (b4, b6) = (
+        ["10.77.2.2/24", "fd77:2::2/64"],
+        ["10.77.2.1/24", "fd77:2::1/64"],
+    );
+    link(&a, "eth0", &a4, &l, "la", &a6).expect("veth a");
+    link(&l, "lb", &b4, &b, "eth0", &b6).expect("veth b");
     l.enable_forwarding().expect("forwarding");
-    a.ip(["route", "add", "default", "via", "10.77.1.2"])
-        .expect("route a");
-    b.ip(["route", "add", "default", "via", "10.77.2.2"])
-        .expect("route b");
+    for (ns, via) in [
+        (&a, "10.77.1.2"),
+        (&b, "10.77.2.2"),
+        (&a, "fd77:1::2"),
+        (&b, "fd77:2::2"),
+    ] {
+        ns.ip(["route", "add", "default", "via", via])
+            .expect("route");
+    }
     Topo { a, link: l, b }
 }
 
 /// Average RTT in ms of `ping -c count -i 0.2` from a to b, or None if no
 /// reply came back.
 fn ping_avg_ms(t: &Topo, count: u32) -> Option<f64> {
-    let out =
-        t.a.command("ping")
-            .args([
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                "10.77.2.1",
-            ])
-            .output()
-            .expect("run ping");
+    ping_to(t, count, "10.77.2.1")
+}
+
+/// Average RTT in ms of `ping` from a to `dst` (v4 or v6).
+fn ping_to(t: &Topo, count: u32, dst: &str) -> Option<f64> {
+    let count = count.to_string();
+    let args = ["-n", "-q", "-c", &count, "-i", "0.2", "-W", "1", dst];
+    let out = t.a.command("ping").args(args).output().expect("run ping");
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("min/avg/max"))?;
     let nums = line.split('=').nth(1)?.trim();
@@ -159,9 +165,23 @@ fn fails_closed_when_the_emulator_dies() {
     let mut line = DelayLine::start(t.link.name(), "la", "lb", 200, spec).expect("start");
     let avg = ping_avg_ms(&t, 2).expect("ping while running");
     assert!((avg - 10.0).abs() < 3.0, "ping avg {avg}");
+    // IPv6 neighbour discovery through the router takes about a second the
+    // first time: warm up before measuring.
+    for _ in 0..5 {
+        if ping_to(&t, 1, "fd77:2::1").is_some() {
+            break;
+        }
+    }
+    let avg6 = ping_to(&t, 2, "fd77:2::1").expect("ping6 while running");
+    assert!((avg6 - 10.0).abs() < 3.0, "ping6 avg {avg6}");
     line.kill_emulator_keep_rules();
     assert!(!line.stats().running);
     assert_eq!(ping_avg_ms(&t, 2), None, "packets passed a dead emulator");
+    assert_eq!(
+        ping_to(&t, 2, "fd77:2::1"),
+        None,
+        "IPv6 passed a dead emulator"
+    );
     drop(line);
     assert!(!iptables_rules(&t.link).contains("NFQUEUE"));
 }
