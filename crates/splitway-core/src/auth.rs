@@ -238,7 +238,10 @@ mod tests {
             t[i] ^= 0x01;
             let err = a.open(&t, NOW, &mut g).unwrap_err();
             assert!(
-                matches!(err, AuthError::BadMac | AuthError::Wire(_) | AuthError::UnknownKey(_)),
+                matches!(
+                    err,
+                    AuthError::BadMac | AuthError::Wire(_) | AuthError::UnknownKey(_)
+                ),
                 "byte {i}: {err:?}"
             );
         }
@@ -303,7 +306,10 @@ mod tests {
         let mut g = ReplayGuard::new(1000, 100);
         // Future-dated by the full window: replayable until NOW + 2000.
         g.check(&header(1, NOW + 1000), NOW).unwrap();
-        assert_eq!(g.check(&header(1, NOW + 1000), NOW + 2000), Err(AuthError::Replay));
+        assert_eq!(
+            g.check(&header(1, NOW + 1000), NOW + 2000),
+            Err(AuthError::Replay)
+        );
         g.check(&header(9, NOW + 2001), NOW + 2001).unwrap();
         assert_eq!(g.len(), 1, "the first nonce was expired");
     }
@@ -313,7 +319,10 @@ mod tests {
         let mut g = ReplayGuard::new(1000, 2);
         g.check(&header(1, NOW), NOW).unwrap();
         g.check(&header(2, NOW), NOW).unwrap();
-        assert_eq!(g.check(&header(3, NOW), NOW), Err(AuthError::ReplayCacheFull));
+        assert_eq!(
+            g.check(&header(3, NOW), NOW),
+            Err(AuthError::ReplayCacheFull)
+        );
     }
 
     #[test]

@@ -420,8 +420,7 @@ fn d_syn_queue() -> u16 {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
@@ -475,7 +474,10 @@ impl Config {
             None => {}
             Some(a) => {
                 if a.keys.is_empty() {
-                    return Err(ConfigError::invalid("auth.keys", "at least one key is required"));
+                    return Err(ConfigError::invalid(
+                        "auth.keys",
+                        "at least one key is required",
+                    ));
                 }
                 let mut ids = HashSet::new();
                 for (i, k) in a.keys.iter().enumerate() {
@@ -485,7 +487,10 @@ impl Config {
                     if bytes.len() < 16 {
                         return Err(ConfigError::invalid(
                             format!("auth.keys[{i}].secret"),
-                            format!("must be at least 16 bytes (32 hex digits), got {}", bytes.len()),
+                            format!(
+                                "must be at least 16 bytes (32 hex digits), got {}",
+                                bytes.len()
+                            ),
                         ));
                     }
                     if !ids.insert(k.id) {
@@ -510,20 +515,32 @@ impl Config {
                     ));
                 }
                 if a.replay_capacity == 0 {
-                    return Err(ConfigError::invalid("auth.replay_capacity", "must be positive"));
+                    return Err(ConfigError::invalid(
+                        "auth.replay_capacity",
+                        "must be positive",
+                    ));
                 }
             }
         }
 
         if let Some(r) = &self.relay {
             if r.header_timeout_ms == 0 {
-                return Err(ConfigError::invalid("relay.header_timeout_ms", "must be positive"));
+                return Err(ConfigError::invalid(
+                    "relay.header_timeout_ms",
+                    "must be positive",
+                ));
             }
             if r.idle_leg_timeout_secs == 0 {
-                return Err(ConfigError::invalid("relay.idle_leg_timeout_secs", "must be positive"));
+                return Err(ConfigError::invalid(
+                    "relay.idle_leg_timeout_secs",
+                    "must be positive",
+                ));
             }
             if r.max_idle_legs == 0 {
-                return Err(ConfigError::invalid("relay.max_idle_legs", "must be positive"));
+                return Err(ConfigError::invalid(
+                    "relay.max_idle_legs",
+                    "must be positive",
+                ));
             }
         }
 
@@ -554,13 +571,22 @@ impl Config {
                 ));
             }
             if p.pool_high > 4096 {
-                return Err(ConfigError::invalid(format!("peer[{i}].pool_high"), "must be at most 4096"));
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].pool_high"),
+                    "must be at most 4096",
+                ));
             }
             if !(p.bandwidth_mbit > 0.0 && p.bandwidth_mbit.is_finite()) {
-                return Err(ConfigError::invalid(format!("peer[{i}].bandwidth_mbit"), "must be positive"));
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].bandwidth_mbit"),
+                    "must be positive",
+                ));
             }
             if !(p.rtt_ms > 0.0 && p.rtt_ms.is_finite()) {
-                return Err(ConfigError::invalid(format!("peer[{i}].rtt_ms"), "must be positive"));
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].rtt_ms"),
+                    "must be positive",
+                ));
             }
         }
 
@@ -568,7 +594,10 @@ impl Config {
             if r.via != "direct" && !peer_names.contains(r.via.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("route[{i}].via"),
-                    format!("no peer named \"{}\" (use a [[peer]] name or \"direct\")", r.via),
+                    format!(
+                        "no peer named \"{}\" (use a [[peer]] name or \"direct\")",
+                        r.via
+                    ),
                 ));
             }
         }
@@ -576,7 +605,10 @@ impl Config {
         let mut listens = HashSet::new();
         for (i, t) in self.transparent.iter().enumerate() {
             if t.port == 0 {
-                return Err(ConfigError::invalid(format!("transparent[{i}].port"), "must not be 0"));
+                return Err(ConfigError::invalid(
+                    format!("transparent[{i}].port"),
+                    "must not be 0",
+                ));
             }
             if t.prefixes.is_empty() {
                 return Err(ConfigError::invalid(
@@ -633,14 +665,20 @@ impl Config {
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
             ("limits.early_syn_pending_total", l.early_syn_pending_total),
-            ("limits.early_syn_pending_per_source", l.early_syn_pending_per_source),
+            (
+                "limits.early_syn_pending_per_source",
+                l.early_syn_pending_per_source,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be positive"));
             }
         }
         if l.early_syn_timeout_ms == 0 {
-            return Err(ConfigError::invalid("limits.early_syn_timeout_ms", "must be positive"));
+            return Err(ConfigError::invalid(
+                "limits.early_syn_timeout_ms",
+                "must be positive",
+            ));
         }
         let f = &self.firewall;
         if f.tproxy_mark == 0 || f.own_mark == 0 || f.tproxy_mark == f.own_mark {
@@ -767,7 +805,10 @@ via = "egress"
         assert_eq!(c.peers[0].pool_low, 4);
         assert_eq!(c.key_ring().unwrap().send_key(), 1);
         assert_eq!(
-            c.route_table().lookup(&"10.0.3.9:80".parse().unwrap()).unwrap().via,
+            c.route_table()
+                .lookup(&"10.0.3.9:80".parse().unwrap())
+                .unwrap()
+                .via,
             NextHop::Peer("egress".into())
         );
     }
@@ -786,7 +827,8 @@ via = "egress"
 
     #[test]
     fn bad_engine_is_named() {
-        let e = err_of(&base().replace("name = \"ingress\"", "name = \"ingress\"\nengine = \"dma\""));
+        let e =
+            err_of(&base().replace("name = \"ingress\"", "name = \"ingress\"\nengine = \"dma\""));
         assert!(e.contains("engine") || e.contains("dma"), "{e}");
     }
 
@@ -797,20 +839,29 @@ via = "egress"
 
     #[test]
     fn small_copy_buffer() {
-        let e = err_of(&base().replace("name = \"ingress\"", "name = \"ingress\"\nbuffer_bytes = 1024"));
+        let e = err_of(&base().replace(
+            "name = \"ingress\"",
+            "name = \"ingress\"\nbuffer_bytes = 1024",
+        ));
         assert!(e.contains("node.buffer_bytes"), "{e}");
     }
 
     #[test]
     fn missing_auth() {
-        let text = base().replace(&format!("[auth]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\n"), "");
+        let text = base().replace(
+            &format!("[auth]\nkeys = [{{ id = 1, secret = \"{KEY}\" }}]\n"),
+            "",
+        );
         assert!(err_of(&text).contains("`auth`"));
     }
 
     #[test]
     fn short_or_non_hex_secret() {
         assert!(err_of(&base().replace(KEY, "abcd")).contains("auth.keys[0].secret"));
-        assert!(err_of(&base().replace(KEY, "not-hex-not-hex-not-hex-not-hex!")).contains("auth.keys[0].secret"));
+        assert!(
+            err_of(&base().replace(KEY, "not-hex-not-hex-not-hex-not-hex!"))
+                .contains("auth.keys[0].secret")
+        );
     }
 
     #[test]
@@ -846,7 +897,10 @@ via = "egress"
     fn duplicate_peer_and_bad_pool() {
         let dup = base() + "\n[[peer]]\nname = \"egress\"\naddr = \"10.0.9.9:5565\"\n";
         assert!(err_of(&dup).contains("peer[1].name"));
-        let pool = base().replace("addr = \"10.0.2.2:5565\"", "addr = \"10.0.2.2:5565\"\npool_low = 9\npool_high = 2");
+        let pool = base().replace(
+            "addr = \"10.0.2.2:5565\"",
+            "addr = \"10.0.2.2:5565\"\npool_low = 9\npool_high = 2",
+        );
         assert!(err_of(&pool).contains("peer[0].pool_low"));
         let addr = base().replace("10.0.2.2:5565", "0.0.0.0:5565");
         assert!(err_of(&addr).contains("peer[0].addr"));
@@ -854,14 +908,19 @@ via = "egress"
 
     #[test]
     fn bad_prefix_is_named() {
-        let e = err_of(&base().replace("prefixes = [\"10.0.3.0/24\"]", "prefixes = [\"10.0.3.0/33\"]"));
+        let e = err_of(&base().replace(
+            "prefixes = [\"10.0.3.0/24\"]",
+            "prefixes = [\"10.0.3.0/33\"]",
+        ));
         assert!(e.contains("prefixes"), "{e}");
     }
 
     #[test]
     fn empty_prefixes_and_zero_port() {
-        assert!(err_of(&base().replace("prefixes = [\"10.0.3.0/24\"]", "prefixes = []"))
-            .contains("transparent[0].prefixes"));
+        assert!(
+            err_of(&base().replace("prefixes = [\"10.0.3.0/24\"]", "prefixes = []"))
+                .contains("transparent[0].prefixes")
+        );
         assert!(err_of(&base().replace("port = 15001", "port = 0")).contains("transparent[0].port"));
     }
 
@@ -873,7 +932,9 @@ via = "egress"
 
     #[test]
     fn explicit_target_needs_route() {
-        let e = err_of(&(base() + "\n[[explicit]]\nlisten = \"127.0.0.1:8080\"\ntarget = \"192.0.2.1:80\"\n"));
+        let e = err_of(
+            &(base() + "\n[[explicit]]\nlisten = \"127.0.0.1:8080\"\ntarget = \"192.0.2.1:80\"\n"),
+        );
         assert!(e.contains("explicit[0].target"), "{e}");
     }
 
@@ -885,8 +946,11 @@ via = "egress"
 
     #[test]
     fn zero_timeout_and_limit() {
-        assert!(err_of(&(base() + "\n[timeouts]\nconnect_ms = 0\n")).contains("timeouts.connect_ms"));
-        assert!(err_of(&(base() + "\n[limits]\nmax_connections = 0\n")).contains("limits.max_connections"));
+        assert!(
+            err_of(&(base() + "\n[timeouts]\nconnect_ms = 0\n")).contains("timeouts.connect_ms")
+        );
+        assert!(err_of(&(base() + "\n[limits]\nmax_connections = 0\n"))
+            .contains("limits.max_connections"));
     }
 
     #[test]

@@ -5,12 +5,18 @@
 //! - [`route`]: the route table (destination → next hop) and the egress allow list.
 //! - [`ports`]: port ranges as written in config.
 //! - [`config`]: the typed, validated configuration file.
+//! - [`pool`]: watermark bookkeeping of pre-established relay legs.
+//! - [`pairing`]: early-SYN legs waiting for their accepted client, bounded.
+//! - [`turbo`]: turbo-start window sizing and route parsing.
 //!
 //! Everything here is tested without a network; the daemon in `splitway-relay`
 //! does the I/O.
 
 pub mod auth;
 pub mod config;
+pub mod pairing;
+pub mod pool;
 pub mod ports;
 pub mod route;
+pub mod turbo;
 pub mod wire;

@@ -90,10 +90,19 @@ mod tests {
 
     #[test]
     fn parses_single_and_ranges() {
-        assert_eq!("80".parse::<PortRange>(), Ok(PortRange { first: 80, last: 80 }));
+        assert_eq!(
+            "80".parse::<PortRange>(),
+            Ok(PortRange {
+                first: 80,
+                last: 80
+            })
+        );
         assert_eq!(
             "8000-8999".parse::<PortRange>(),
-            Ok(PortRange { first: 8000, last: 8999 })
+            Ok(PortRange {
+                first: 8000,
+                last: 8999
+            })
         );
         assert!("0".parse::<PortRange>().is_err());
         assert!("90-80".parse::<PortRange>().is_err());

@@ -135,9 +135,7 @@ pub fn header_len(prefix: &[u8]) -> Result<usize, WireError> {
         if prefix[..n] != MAGIC[..n] {
             return Err(WireError::BadMagic);
         }
-        return Err(WireError::Incomplete {
-            needed: PREFIX_LEN,
-        });
+        return Err(WireError::Incomplete { needed: PREFIX_LEN });
     }
     if prefix[0..4] != MAGIC {
         return Err(WireError::BadMagic);
@@ -271,8 +269,14 @@ mod tests {
     fn truncation_reports_what_is_needed() {
         let good = encode(&sample("10.0.0.1:80"));
         assert_eq!(parse(&good[..3]), Err(WireError::Incomplete { needed: 8 }));
-        assert_eq!(parse(&good[..20]), Err(WireError::Incomplete { needed: 56 }));
-        assert_eq!(parse(&good[..55]), Err(WireError::Incomplete { needed: 56 }));
+        assert_eq!(
+            parse(&good[..20]),
+            Err(WireError::Incomplete { needed: 56 })
+        );
+        assert_eq!(
+            parse(&good[..55]),
+            Err(WireError::Incomplete { needed: 56 })
+        );
         assert_eq!(header_len(b"GE"), Err(WireError::BadMagic));
     }
 
@@ -281,15 +285,23 @@ mod tests {
             any::<[u8; 4]>().prop_map(|a| IpAddr::from(a)),
             any::<[u8; 16]>().prop_map(|a| IpAddr::from(a)),
         ];
-        (ip, 1u16.., any::<u8>(), any::<u8>(), any::<u64>(), any::<[u8; 16]>()).prop_map(
-            |(ip, port, hop_limit, key_id, timestamp_ms, nonce)| Header {
-                dst: SocketAddr::new(ip, port),
-                hop_limit,
-                key_id,
-                timestamp_ms,
-                nonce,
-            },
+        (
+            ip,
+            1u16..,
+            any::<u8>(),
+            any::<u8>(),
+            any::<u64>(),
+            any::<[u8; 16]>(),
         )
+            .prop_map(
+                |(ip, port, hop_limit, key_id, timestamp_ms, nonce)| Header {
+                    dst: SocketAddr::new(ip, port),
+                    hop_limit,
+                    key_id,
+                    timestamp_ms,
+                    nonce,
+                },
+            )
     }
 
     proptest! {

@@ -121,7 +121,11 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Shar
 }
 
 /// Serve the admin API on `listen` until `stop` flips.
-pub async fn serve(listen: &str, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn serve(
+    listen: &str,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     match parse_admin_listen(listen) {
         Some(AdminListen::Tcp(addr)) => {
             let l = TcpListener::bind(addr).await?;

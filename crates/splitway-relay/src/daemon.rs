@@ -18,8 +18,13 @@ use tokio::task::JoinSet;
 
 use crate::firewall::Firewall;
 use crate::flow;
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::resources::Resources;
 use crate::state::Shared;
+use crate::syn_tap;
 use crate::sys::sockopt;
+use crate::turbo::Turbo;
 
 /// Options that are not part of the config file.
 #[derive(Debug, Default, Clone)]
@@ -36,19 +41,27 @@ enum Kind {
 }
 
 fn bind(addr: SocketAddr, transparent: bool) -> anyhow::Result<TcpListener> {
-    let sock = sockopt::listener(&addr, transparent, 4096).with_context(|| format!("cannot listen on {addr}"))?;
+    let sock = sockopt::listener(&addr, transparent, 4096)
+        .with_context(|| format!("cannot listen on {addr}"))?;
     TcpListener::from_std(std::net::TcpListener::from(sock)).context("registering listener")
 }
 
 /// Run a relay until `shutdown` completes, then stop accepting and let open
 /// flows finish for up to `timeouts.shutdown_grace_secs`.
-pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut listeners: Vec<(TcpListener, Kind)> = Vec::new();
     for t in &cfg.transparent {
         let v4 = t.prefixes.iter().any(|p| p.addr().is_ipv4());
         let v6 = t.prefixes.iter().any(|p| p.addr().is_ipv6());
         if v4 {
-            listeners.push((bind(SocketAddr::from(([0, 0, 0, 0], t.port)), true)?, Kind::Transparent));
+            listeners.push((
+                bind(SocketAddr::from(([0, 0, 0, 0], t.port)), true)?,
+                Kind::Transparent,
+            ));
         }
         if v6 {
             listeners.push((
@@ -62,6 +75,10 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
     }
     if let Some(r) = &cfg.relay {
         let l = bind(r.listen, false)?;
+        if cfg.features.turbo_start {
+            // Accepted legs inherit the listener's buffers.
+            let _ = sockopt::set_buffers_force(&l, crate::profile::TURBO_BUFFER_BYTES);
+        }
         if cfg.features.fast_open {
             let _ = sockopt::set_fastopen_listener(&l, 4096);
         }
@@ -72,11 +89,25 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
     } else {
         Some(Firewall::install(&cfg).context("installing nftables rules")?)
     };
+    let turbo = (cfg.features.turbo_start && !cfg.peers.is_empty()).then(|| Turbo::install(&cfg));
     let grace = Duration::from_secs(cfg.timeouts.shutdown_grace_secs);
     let name = cfg.node.name.clone();
-    let shared = Arc::new(Shared::new(cfg));
-
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new();
+    let pools = Pools::start(&cfg, &metrics, &stop_rx);
+    let resources = Resources::new(&cfg);
+    tokio::spawn(resources.clone().refill_loop(stop_rx.clone()));
+    let tap = if cfg.features.early_syn && !cfg.transparent.is_empty() {
+        let (tap, syns) = syn_tap::start(&cfg).context("starting the early-SYN tap")?;
+        Some((tap, syns))
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared::new(cfg, metrics, pools, resources));
+    let tap = tap.map(|(tap, syns)| {
+        tokio::spawn(early_syn_loop(syns, shared.clone(), stop_rx.clone()));
+        tap
+    });
     let mut accept_tasks = JoinSet::new();
     for (l, kind) in listeners {
         tracing::info!(node = %name, addr = ?l.local_addr().ok(), ?kind, "listening");
@@ -98,9 +129,14 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
     let _ = stop_tx.send(true);
     while accept_tasks.join_next().await.is_some() {}
     if tokio::time::timeout(grace, shared.drained()).await.is_err() {
-        tracing::warn!(active = shared.active(), "grace period over; closing remaining flows");
+        tracing::warn!(
+            active = shared.active(),
+            "grace period over; closing remaining flows"
+        );
     }
+    drop(tap);
     drop(firewall);
+    drop(turbo);
     if let Some(path) = &opts.ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -108,7 +144,12 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
     Ok(())
 }
 
-async fn accept_loop(l: TcpListener, kind: Kind, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    l: TcpListener,
+    kind: Kind,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -149,6 +190,25 @@ fn spawn_flow(sock: TcpStream, peer: SocketAddr, kind: Kind, shared: &Arc<Shared
         }
         Kind::Relay => {
             tokio::spawn(flow::relay_leg(shared, sock, peer));
+        }
+    }
+}
+
+/// Start a leg for every SYN the tap reports; expire unclaimed ones.
+async fn early_syn_loop(
+    mut syns: tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            t = syns.recv() => match t {
+                Some(t) => flow::on_syn(&shared, t),
+                None => return,
+            },
+            _ = tick.tick() => flow::expire_early(&shared),
+            _ = stop.changed() => return,
         }
     }
 }

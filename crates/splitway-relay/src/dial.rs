@@ -15,16 +15,32 @@ use crate::sys::sockopt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     Internet,
-    RelayLeg { turbo: bool },
+    /// Between relays; `fast_open`: TCP Fast Open, so the header written
+    /// right after connect rides in the SYN once a cookie is cached.
+    RelayLeg {
+        turbo: bool,
+        fast_open: bool,
+    },
 }
 
 /// Connect to `addr` with `profile`, giving up after `timeout`.
-pub async fn connect(addr: SocketAddr, own_mark: u32, profile: Profile, timeout: Duration) -> io::Result<TcpStream> {
+pub async fn connect(
+    addr: SocketAddr,
+    own_mark: u32,
+    profile: Profile,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
     let sock = sockopt::tcp_socket(&addr)?;
     sockopt::set_mark(&sock, own_mark)?;
     match profile {
         Profile::Internet => profile::internet(&sock)?,
-        Profile::RelayLeg { turbo } => profile::relay_leg(&sock, turbo)?,
+        Profile::RelayLeg { turbo, fast_open } => {
+            profile::relay_leg(&sock, turbo)?;
+            if fast_open {
+                // Best effort: without kernel support this is a plain connect.
+                let _ = sockopt::set_fastopen_connect(&sock);
+            }
+        }
     }
     let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
     match tokio::time::timeout(timeout, sock.connect(addr)).await {

@@ -37,7 +37,11 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Firewall
     let cmd = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,11 +51,17 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Firewall
         })?;
     if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
         w.write_all(text.as_bytes())
-            .map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
+            .map_err(|source| FirewallError::Spawn {
+                cmd: cmd.clone(),
+                source,
+            })?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
+        .map_err(|source| FirewallError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -150,10 +160,16 @@ impl Firewall {
         let table = me.route_table.to_string();
         for (on, fam, local) in [(v4, "-4", "0.0.0.0/0"), (v6, "-6", "::/0")] {
             if on {
-                run("ip", &[fam, "rule", "add", "fwmark", &mark, "lookup", &table], None)?;
                 run(
                     "ip",
-                    &[fam, "route", "replace", "local", local, "dev", "lo", "table", &table],
+                    &[fam, "rule", "add", "fwmark", &mark, "lookup", &table],
+                    None,
+                )?;
+                run(
+                    "ip",
+                    &[
+                        fam, "route", "replace", "local", local, "dev", "lo", "table", &table,
+                    ],
                     None,
                 )?;
             }
@@ -169,7 +185,13 @@ impl Firewall {
         for fam in ["-4", "-6"] {
             // A crashed run may have left several copies; delete until none.
             for _ in 0..64 {
-                if run("ip", &[fam, "rule", "del", "fwmark", &mark, "lookup", &table], None).is_err() {
+                if run(
+                    "ip",
+                    &[fam, "rule", "del", "fwmark", &mark, "lookup", &table],
+                    None,
+                )
+                .is_err()
+                {
                     break;
                 }
             }
@@ -197,7 +219,10 @@ mod tests {
     fn ruleset_has_own_mark_bypass_and_both_families() {
         let t = Transparent {
             port: 15001,
-            prefixes: vec!["10.0.3.7/24".parse().unwrap(), "fd00:3::/64".parse().unwrap()],
+            prefixes: vec![
+                "10.0.3.7/24".parse().unwrap(),
+                "fd00:3::/64".parse().unwrap(),
+            ],
             ports: vec!["80".parse().unwrap(), "8000-8999".parse().unwrap()],
         };
         let s = ruleset("splitway_in", &[t], 0x10, 0x20);

@@ -11,17 +11,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use splitway_core::config::Engine;
-use splitway_core::route::NextHop;
+use std::sync::atomic::Ordering;
+
+use splitway_core::pairing::{FourTuple, Refused};
+use splitway_core::route::{canonical, NextHop};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::dial::{self, Profile};
-use crate::forward::{self, EngineState, FlowReport};
+use crate::forward::{self, FlowReport};
 use crate::leg::{self, DEFAULT_HOP_LIMIT};
 use crate::ratelimit::RateLimit;
 use crate::state::{Shared, Snapshot};
-use crate::sys::pipe::Pipe;
 use crate::sys::sockopt;
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(5);
@@ -35,7 +36,7 @@ fn reset(s: TcpStream) {
 
 /// Why the next hop could not be opened.
 #[derive(Debug)]
-enum HopError {
+pub enum HopError {
     NoRoute,
     UnknownPeer,
     NoKeys,
@@ -45,7 +46,7 @@ enum HopError {
 }
 
 impl HopError {
-    fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             HopError::NoRoute => "no_route",
             HopError::UnknownPeer => "unknown_peer",
@@ -53,70 +54,101 @@ impl HopError {
             HopError::HopLimit => "hop_limit",
             HopError::NotAllowed => "not_allowed",
             HopError::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut => "connect_timeout",
-            HopError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "connect_refused",
+            HopError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connect_refused"
+            }
             HopError::Connect(_) => "connect_error",
         }
     }
 }
 
+/// Open a leg to peer `name` carrying a header for `dst`: a pooled leg if
+/// the pool has a live one (retrying on a fresh leg if the pooled one fails
+/// on the header write), else a fresh connect.
+pub async fn open_leg(
+    shared: &Shared,
+    snap: &Snapshot,
+    name: &str,
+    dst: SocketAddr,
+    hop_limit: u8,
+) -> Result<TcpStream, HopError> {
+    let cfg = &snap.cfg;
+    let peer = cfg.peer(name).ok_or(HopError::UnknownPeer)?;
+    let keys = snap.keys.as_ref().ok_or(HopError::NoKeys)?;
+    if cfg.features.conn_pool {
+        if let Some(pool) = shared.pools.get(name) {
+            if let Some(mut leg) = pool.take() {
+                if leg::send_header(&mut leg, keys, dst, hop_limit)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(leg);
+                }
+            }
+        }
+    }
+    let profile = Profile::RelayLeg {
+        turbo: cfg.features.turbo_start,
+        fast_open: cfg.features.fast_open,
+    };
+    let mut leg = dial::connect(
+        peer.addr,
+        cfg.firewall.own_mark,
+        profile,
+        snap.connect_timeout(),
+    )
+    .await
+    .map_err(HopError::Connect)?;
+    leg::send_header(&mut leg, keys, dst, hop_limit)
+        .await
+        .map_err(HopError::Connect)?;
+    Ok(leg)
+}
+
 /// Open the next hop toward `dst`: a direct connection, or a leg to the
-/// routed peer carrying a header with `hop_limit`.
+/// routed peer carrying a header with `hop_limit` (already decremented for
+/// the hop being taken).
 async fn next_hop(
+    shared: &Shared,
     snap: &Snapshot,
     dst: SocketAddr,
     hop_limit: u8,
     from_peer: bool,
 ) -> Result<TcpStream, HopError> {
     let route = snap.routes.lookup(&dst).ok_or(HopError::NoRoute)?;
-    let cfg = &snap.cfg;
-    let mark = cfg.firewall.own_mark;
     match &route.via {
         NextHop::Direct => {
             if from_peer && !snap.allow.permits(&dst) {
                 return Err(HopError::NotAllowed);
             }
-            dial::connect(dst, mark, Profile::Internet, snap.connect_timeout())
-                .await
-                .map_err(HopError::Connect)
+            dial::connect(
+                dst,
+                snap.cfg.firewall.own_mark,
+                Profile::Internet,
+                snap.connect_timeout(),
+            )
+            .await
+            .map_err(HopError::Connect)
         }
         NextHop::Peer(name) => {
             if hop_limit == 0 {
                 return Err(HopError::HopLimit);
             }
-            let peer = cfg.peer(name).ok_or(HopError::UnknownPeer)?;
-            let keys = snap.keys.as_ref().ok_or(HopError::NoKeys)?;
-            let profile = Profile::RelayLeg {
-                turbo: cfg.features.turbo_start,
-            };
-            let mut leg = dial::connect(peer.addr, mark, profile, snap.connect_timeout())
-                .await
-                .map_err(HopError::Connect)?;
-            leg::send_header(&mut leg, keys, dst, hop_limit - 1)
-                .await
-                .map_err(HopError::Connect)?;
-            Ok(leg)
+            open_leg(shared, snap, name, dst, hop_limit - 1).await
         }
     }
 }
 
-/// The buffers or pipes one connection forwards through.
-fn engine_state(snap: &Snapshot) -> std::io::Result<EngineState> {
-    let n = &snap.cfg.node;
-    Ok(match n.engine {
-        Engine::Copy => EngineState::Copy {
-            a_to_b: vec![0; n.buffer_bytes],
-            b_to_a: vec![0; n.buffer_bytes],
-        },
-        Engine::Splice => EngineState::Splice {
-            a_to_b: Pipe::new(n.pipe_bytes)?,
-            b_to_a: Pipe::new(n.pipe_bytes)?,
-        },
-    })
-}
-
-async fn forward(shared: &Shared, snap: &Snapshot, down: TcpStream, up: TcpStream, dst: SocketAddr, peer: SocketAddr) {
+async fn forward(
+    shared: &Shared,
+    snap: &Snapshot,
+    down: TcpStream,
+    up: TcpStream,
+    dst: SocketAddr,
+    peer: SocketAddr,
+) {
     let m = &shared.metrics;
-    let mut engine = match engine_state(snap) {
+    let mut engine = match shared.resources.get() {
         Ok(e) => e,
         Err(e) => {
             m.failed.with_label_values(&["engine_resources"]).inc();
@@ -129,9 +161,16 @@ async fn forward(shared: &Shared, snap: &Snapshot, down: TcpStream, up: TcpStrea
     m.active.inc();
     let report: FlowReport = forward::relay(&down, &up, snap.flow_timeouts(), &mut engine).await;
     m.active.dec();
-    m.bytes.with_label_values(&["upstream"]).inc_by(report.a_to_b);
-    m.bytes.with_label_values(&["downstream"]).inc_by(report.b_to_a);
-    m.completed.with_label_values(&[report.outcome.as_str()]).inc();
+    shared.resources.put(engine);
+    m.bytes
+        .with_label_values(&["upstream"])
+        .inc_by(report.a_to_b);
+    m.bytes
+        .with_label_values(&["downstream"])
+        .inc_by(report.b_to_a);
+    m.completed
+        .with_label_values(&[report.outcome.as_str()])
+        .inc();
     if snap.cfg.node.log_connections {
         tracing::info!(
             %peer, %dst, up = report.a_to_b, down = report.b_to_a,
@@ -141,7 +180,13 @@ async fn forward(shared: &Shared, snap: &Snapshot, down: TcpStream, up: TcpStrea
 }
 
 /// A connection accepted from a client, bound for `dst`.
-pub async fn client(shared: Arc<Shared>, down: TcpStream, peer: SocketAddr, dst: SocketAddr, kind: &'static str) {
+pub async fn client(
+    shared: Arc<Shared>,
+    down: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    kind: &'static str,
+) {
     let _active = shared.track();
     let m = &shared.metrics;
     m.accepted.with_label_values(&[kind]).inc();
@@ -153,7 +198,16 @@ pub async fn client(shared: Arc<Shared>, down: TcpStream, peer: SocketAddr, dst:
     let _ = crate::profile::internet(&down);
     let snap = shared.snapshot();
     let start = Instant::now();
-    match next_hop(&snap, dst, DEFAULT_HOP_LIMIT + 1, false).await {
+    let early = if kind == "transparent" && snap.cfg.features.early_syn {
+        claim_early(&shared, peer, dst).await
+    } else {
+        None
+    };
+    let hop = match early {
+        Some(leg) => Ok(leg),
+        None => next_hop(&shared, &snap, dst, DEFAULT_HOP_LIMIT + 1, false).await,
+    };
+    match hop {
         Ok(up) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
             forward(&shared, &snap, down, up, dst, peer).await;
@@ -183,6 +237,12 @@ pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr
         return;
     };
     let _ = crate::profile::relay_leg(&leg, snap.cfg.features.turbo_start);
+    let waiting = WaitingLeg::enter(&shared);
+    if waiting.0 > listener.max_idle_legs {
+        m.failed.with_label_values(&["idle_legs_bound"]).inc();
+        reset(leg);
+        return;
+    }
     let header = match leg::read_header(
         &mut leg,
         keys,
@@ -204,6 +264,7 @@ pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr
             return;
         }
     };
+    drop(waiting);
     let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
         m.failed.with_label_values(&["max_connections"]).inc();
         reset(leg);
@@ -211,7 +272,7 @@ pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr
     };
     let start = Instant::now();
     let dst = header.dst;
-    match next_hop(&snap, dst, header.hop_limit, true).await {
+    match next_hop(&shared, &snap, dst, header.hop_limit, true).await {
         Ok(up) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
             forward(&shared, &snap, leg, up, dst, peer).await;
@@ -228,5 +289,92 @@ pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr
             }
             reset(leg);
         }
+    }
+}
+
+/// Counts an inbound leg waiting for its header; `.0` is the count
+/// including this one.
+struct WaitingLeg<'a>(usize, &'a Shared);
+
+impl<'a> WaitingLeg<'a> {
+    fn enter(shared: &'a Shared) -> WaitingLeg<'a> {
+        let n = shared.waiting_legs.fetch_add(1, Ordering::SeqCst) + 1;
+        WaitingLeg(n, shared)
+    }
+}
+
+impl Drop for WaitingLeg<'_> {
+    fn drop(&mut self) {
+        self.1.waiting_legs.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The leg the early-SYN tap started for this client, if any.
+async fn claim_early(shared: &Shared, peer: SocketAddr, dst: SocketAddr) -> Option<TcpStream> {
+    let key = FourTuple {
+        src: canonical(&peer),
+        dst: canonical(&dst),
+    };
+    let m = &shared.metrics;
+    let Some(handle) = shared.pending.take(&key) else {
+        m.early_syn.with_label_values(&["miss"]).inc();
+        return None;
+    };
+    match handle.await {
+        Ok(Ok(leg)) => {
+            m.early_syn.with_label_values(&["hit"]).inc();
+            Some(leg)
+        }
+        _ => {
+            m.early_syn.with_label_values(&["failed"]).inc();
+            None
+        }
+    }
+}
+
+/// Start the next leg for a SYN the tap saw (see `syn_tap`). Bounded by the
+/// pending map; past a bound the connection falls back to connecting after
+/// accept.
+pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
+    let snap = shared.snapshot();
+    if !snap.cfg.features.early_syn {
+        return;
+    }
+    let Some(route) = snap.routes.lookup(&tuple.dst) else {
+        return;
+    };
+    let NextHop::Peer(name) = route.via.clone() else {
+        return;
+    };
+    let m = &shared.metrics;
+    match shared.pending.reserve(&tuple) {
+        Ok(()) => {}
+        Err(Refused::Duplicate) => return,
+        Err(_) => {
+            m.early_syn.with_label_values(&["fallback_bound"]).inc();
+            return;
+        }
+    }
+    m.early_syn.with_label_values(&["started"]).inc();
+    let sh = shared.clone();
+    let handle = tokio::spawn(async move {
+        open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT)
+            .await
+            .map_err(|e| std::io::Error::other(e.reason()))
+    });
+    if let Some(dup) = shared.pending.insert(tuple, handle, leg::now_ms()) {
+        dup.abort();
+    }
+}
+
+/// Tear down early legs whose client never completed its handshake.
+pub fn expire_early(shared: &Shared) {
+    for (_, handle) in shared.pending.expire(leg::now_ms()) {
+        handle.abort();
+        shared
+            .metrics
+            .early_syn
+            .with_label_values(&["expired"])
+            .inc();
     }
 }

@@ -34,7 +34,12 @@ pub fn new_header(dst: SocketAddr, hop_limit: u8) -> Header {
 }
 
 /// Send the sealed header for `dst` on a connected leg.
-pub async fn send_header(leg: &mut TcpStream, keys: &KeyRing, dst: SocketAddr, hop_limit: u8) -> io::Result<()> {
+pub async fn send_header(
+    leg: &mut TcpStream,
+    keys: &KeyRing,
+    dst: SocketAddr,
+    hop_limit: u8,
+) -> io::Result<()> {
     let bytes = keys.seal(&new_header(dst, hop_limit));
     leg.write_all(&bytes).await
 }
@@ -99,7 +104,11 @@ pub async fn read_header(
     Ok(header)
 }
 
-async fn read_exact_by(leg: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), HeaderError> {
+async fn read_exact_by(
+    leg: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), HeaderError> {
     if buf.is_empty() {
         return Ok(());
     }

@@ -5,6 +5,10 @@
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
+//! - [`syn_tap`]: early SYN: NFQUEUE tap that starts the next leg on the client's SYN.
+//! - [`pool`]: pools of pre-established relay legs per peer.
+//! - [`resources`]: buffers and pipes kept ready (worker pools).
+//! - [`turbo`]: turbo-start: large initial windows on routes to peers only.
 //! - [`leg`]: relay legs: sending a header, reading and authenticating one.
 //! - [`dial`]: outbound connects with the right socket profile.
 //! - [`profile`]: what Internet-facing legs and relay legs get.
@@ -21,9 +25,13 @@ pub mod flow;
 pub mod forward;
 pub mod leg;
 pub mod metrics;
+pub mod pool;
 pub mod profile;
 pub mod ratelimit;
+pub mod resources;
 pub mod state;
+pub mod syn_tap;
 pub mod sys;
+pub mod turbo;
 
 pub use daemon::{run, RunOptions};

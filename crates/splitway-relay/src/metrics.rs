@@ -3,7 +3,8 @@
 //! (`splitway_..._total`, units in names).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All of a relay's metrics.
@@ -28,14 +29,20 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     /// Engine in use: 1 on the label of the configured one.
     pub engine: IntGaugeVec,
+    /// Early-SYN events by result (started, hit, miss, fallback_bound,
+    /// expired, failed).
+    pub early_syn: IntCounterVec,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("unique metric name");
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
             c
         };
         let accepted = counter_vec(
@@ -53,33 +60,58 @@ impl Metrics {
             "Connections that failed before forwarding, by reason",
             &["reason"],
         );
-        let bytes = counter_vec("splitway_bytes_total", "Bytes forwarded, by direction", &["direction"]);
+        let bytes = counter_vec(
+            "splitway_bytes_total",
+            "Bytes forwarded, by direction",
+            &["direction"],
+        );
         let header_rejected = counter_vec(
             "splitway_header_rejected_total",
             "Relay legs refused at the header, by reason",
             &["reason"],
         );
-        let active = IntGauge::new("splitway_connections_active", "Split connections being forwarded")
-            .expect("static metric definition");
-        registry.register(Box::new(active.clone())).expect("unique metric name");
+        let active = IntGauge::new(
+            "splitway_connections_active",
+            "Split connections being forwarded",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(active.clone()))
+            .expect("unique metric name");
         let setup_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "splitway_connection_setup_seconds",
                 "Time from accept to the next hop being ready",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
             ]),
         )
         .expect("static metric definition");
-        registry.register(Box::new(setup_seconds.clone())).expect("unique metric name");
+        registry
+            .register(Box::new(setup_seconds.clone()))
+            .expect("unique metric name");
         let accept_errors = IntCounter::new("splitway_accept_errors_total", "Errors from accept()")
             .expect("static metric definition");
-        registry.register(Box::new(accept_errors.clone())).expect("unique metric name");
-        let engine = IntGaugeVec::new(Opts::new("splitway_engine", "Forwarding engine in use"), &["engine"])
-            .expect("static metric definition");
-        registry.register(Box::new(engine.clone())).expect("unique metric name");
+        registry
+            .register(Box::new(accept_errors.clone()))
+            .expect("unique metric name");
+        let engine = IntGaugeVec::new(
+            Opts::new("splitway_engine", "Forwarding engine in use"),
+            &["engine"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(engine.clone()))
+            .expect("unique metric name");
+        let early_syn = counter_vec(
+            "splitway_early_syn_total",
+            "Early-SYN legs and their pairing, by result",
+            &["result"],
+        );
         Metrics {
+            early_syn,
             registry,
             accepted,
             active,

@@ -24,7 +24,7 @@ pub fn relay_leg(s: &impl AsFd, turbo: bool) -> io::Result<()> {
     sockopt::set_nodelay(s)?;
     sockopt::set_keepalive(s, Duration::from_secs(30))?;
     if turbo {
-        sockopt::set_buffers(s, TURBO_BUFFER_BYTES)?;
+        sockopt::set_buffers_force(s, TURBO_BUFFER_BYTES)?;
     }
     Ok(())
 }

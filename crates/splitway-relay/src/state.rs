@@ -11,8 +11,14 @@ use std::time::Duration;
 
 use splitway_core::auth::{KeyRing, ReplayGuard};
 use splitway_core::config::Config;
+use splitway_core::pairing::Pending;
 use splitway_core::route::{AllowList, RouteTable};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::pool::Pools;
+use crate::resources::Resources;
 
 use crate::forward::FlowTimeouts;
 use crate::metrics::Metrics;
@@ -51,6 +57,14 @@ impl Snapshot {
 /// State shared by all tasks of one relay.
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Pre-established legs per peer.
+    pub pools: Pools,
+    /// Buffers and pipes kept ready.
+    pub resources: Arc<Resources>,
+    /// Early-SYN legs waiting for their client's accept.
+    pub pending: Pending<JoinHandle<std::io::Result<TcpStream>>>,
+    /// Inbound legs waiting for their header (bounded).
+    pub waiting_legs: AtomicUsize,
     pub replay: Mutex<ReplayGuard>,
     pub metrics: Metrics,
     pub limit: Arc<Semaphore>,
@@ -59,17 +73,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: Config) -> Shared {
+    pub fn new(cfg: Config, metrics: Metrics, pools: Pools, resources: Arc<Resources>) -> Shared {
         let (window, cap) = cfg
             .auth
             .as_ref()
             .map(|a| (a.max_skew_ms, a.replay_capacity))
             .unwrap_or((30_000, 1_000_000));
         let limit = Arc::new(Semaphore::new(cfg.limits.max_connections));
-        let metrics = Metrics::new();
-        metrics.engine.with_label_values(&[cfg.node.engine.as_str()]).set(1);
+        let l = &cfg.limits;
+        let pending = Pending::new(
+            l.early_syn_pending_total,
+            l.early_syn_pending_per_source,
+            l.early_syn_timeout_ms,
+        );
+        metrics
+            .engine
+            .with_label_values(&[cfg.node.engine.as_str()])
+            .set(1);
         Shared {
             snapshot: RwLock::new(Arc::new(Snapshot::new(cfg))),
+            pools,
+            resources,
+            pending,
+            waiting_legs: AtomicUsize::new(0),
             replay: Mutex::new(ReplayGuard::new(window, cap)),
             metrics,
             limit,
@@ -80,7 +106,10 @@ impl Shared {
 
     /// The current config snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replace the snapshot (reload); existing connections keep theirs.

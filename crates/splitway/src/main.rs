@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use splitway_core::config::{Config, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "splitway", version, about = "Split-TCP relay for overlay networks")]
+#[command(
+    name = "splitway",
+    version,
+    about = "Split-TCP relay for overlay networks"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -40,7 +44,9 @@ enum Cmd {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -49,13 +55,27 @@ fn init_logs(format: LogFormat) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, never shut down on our own.
         return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// Raise the soft open-files limit to the hard limit: every split
+/// connection holds two sockets and, with splice, four pipe ends.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
 }
 
@@ -67,8 +87,10 @@ fn main() -> anyhow::Result<()> {
             ready_file,
             workers,
         } => {
-            let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
+            let cfg =
+                Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
             init_logs(cfg.node.log_format);
+            raise_fd_limit();
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.enable_all().thread_name("splitway-worker");
             if let Some(n) = workers {

@@ -11,7 +11,13 @@ use super::FlowState;
 use crate::sys::sockopt;
 
 /// Move bytes `src` → `dst` until EOF (then send FIN on `dst`) or an error.
-pub async fn pump(src: &TcpStream, dst: &TcpStream, buf: &mut [u8], flow: &FlowState, dir: usize) -> io::Result<()> {
+pub async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buf: &mut [u8],
+    flow: &FlowState,
+    dir: usize,
+) -> io::Result<()> {
     loop {
         src.readable().await?;
         let n = match src.try_read(buf) {

@@ -11,9 +11,9 @@
 pub mod copy;
 pub mod splice;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -102,7 +102,12 @@ impl FlowState {
 }
 
 /// Drive both directions of a split connection to the end.
-pub async fn relay(a: &TcpStream, b: &TcpStream, t: FlowTimeouts, engine: &mut EngineState) -> FlowReport {
+pub async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    t: FlowTimeouts,
+    engine: &mut EngineState,
+) -> FlowReport {
     let flow = FlowState::new();
     let outcome = match engine {
         EngineState::Copy { a_to_b, b_to_a } => {

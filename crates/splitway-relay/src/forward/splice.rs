@@ -19,12 +19,20 @@ use crate::sys::sockopt;
 
 /// Move bytes `src` → `dst` through `pipe` until EOF (then FIN on `dst`) or
 /// an error. `pipe` is empty on entry and on a clean return.
-pub async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, flow: &FlowState, dir: usize) -> io::Result<()> {
+pub async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    flow: &FlowState,
+    dir: usize,
+) -> io::Result<()> {
     let chunk = pipe.capacity();
     loop {
         let n = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || pipe.fill_from(src.as_raw_fd(), chunk)) {
+            match src.try_io(Interest::READABLE, || {
+                pipe.fill_from(src.as_raw_fd(), chunk)
+            }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),

@@ -61,7 +61,16 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     // SAFETY: both fds are open for the duration of the call (callers hold
     // the sockets and the pipe); splice does not retain them.
-    let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags.bits()) };
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            flags.bits(),
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

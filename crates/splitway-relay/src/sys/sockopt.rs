@@ -11,7 +11,11 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 /// A fresh non-blocking TCP socket for `addr`'s family.
 pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     s.set_nonblocking(true)?;
     s.set_cloexec(true)?;
     Ok(s)
@@ -33,7 +37,12 @@ pub fn listener(addr: &SocketAddr, transparent: bool, backlog: i32) -> io::Resul
     Ok(s)
 }
 
-fn setsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: fd is a valid socket for the borrow; the value is a plain int.
     let rc = unsafe {
         libc::setsockopt(
@@ -107,7 +116,12 @@ pub fn set_fastopen_connect(s: &impl AsFd) -> io::Result<()> {
 
 /// TCP_NOTSENT_LOWAT: limit unsent bytes held in the kernel send queue.
 pub fn set_notsent_lowat(s: &impl AsFd, bytes: u32) -> io::Result<()> {
-    setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_NOTSENT_LOWAT, bytes as libc::c_int)
+    setsockopt_int(
+        s.as_fd(),
+        libc::SOL_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        bytes as libc::c_int,
+    )
 }
 
 /// shutdown(SHUT_WR): send our FIN, keep reading.
@@ -195,4 +209,35 @@ pub fn original_dst(s: &impl AsFd) -> io::Result<SocketAddr> {
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an inet socket"))
+}
+
+/// Is an idle connected socket still usable? A pooled leg must have nothing
+/// to read: a FIN (0), a RST (error) or unexpected bytes all mean "dead".
+pub fn idle_alive(s: &impl AsFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: b is writable for one byte; MSG_PEEK leaves the queue intact.
+    let n = unsafe {
+        libc::recv(
+            s.as_fd().as_raw_fd(),
+            b.as_mut_ptr() as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// Socket buffers above `net.core.{r,w}mem_max` (needs CAP_NET_ADMIN),
+/// falling back to the capped options.
+pub fn set_buffers_force(s: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        if setsockopt_int(s.as_fd(), libc::SOL_SOCKET, force, v).is_err() {
+            setsockopt_int(s.as_fd(), libc::SOL_SOCKET, plain, v)?;
+        }
+    }
+    Ok(())
 }

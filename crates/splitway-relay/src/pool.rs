@@ -1,0 +1,298 @@
+//! Pools of pre-established relay legs, one per peer that a route uses.
+//!
+//! Each pool keeps idle, connected legs between its watermarks
+//! ([`splitway_core::pool::Watermarks`]), refilled by a background task, so
+//! a connection to a peer costs no handshake on the long leg. Legs are
+//! one-shot. A leg that died while idle (peer restarted, keep-alive failed,
+//! idle timeout at the peer) is detected before use by a non-blocking peek
+//! and never handed out; a sweep also discards dead and old legs every
+//! second. Watermarks can be changed at run time.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use splitway_core::config::Config;
+use splitway_core::pool::Watermarks;
+use splitway_core::route::NextHop;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::dial::{self, Profile};
+use crate::metrics::Metrics;
+use crate::sys::sockopt;
+
+/// Idle legs older than this are replaced (peers time idle legs out at
+/// `relay.idle_leg_timeout_secs`, 120 s by default).
+pub const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
+
+/// Pool metrics, labelled by peer.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub hits: IntCounterVec,
+    pub misses: IntCounterVec,
+    pub opened: IntCounterVec,
+    pub open_failures: IntCounterVec,
+    pub dead: IntCounterVec,
+    pub idle: IntGaugeVec,
+    pub low: IntGaugeVec,
+    pub high: IntGaugeVec,
+}
+
+impl PoolMetrics {
+    pub fn new(m: &Metrics) -> PoolMetrics {
+        let r = m.registry();
+        let c = |name: &str, help: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &["peer"]).expect("static metric");
+            let _ = r.register(Box::new(v.clone()));
+            v
+        };
+        let g = |name: &str, help: &str| {
+            let v = IntGaugeVec::new(Opts::new(name, help), &["peer"]).expect("static metric");
+            let _ = r.register(Box::new(v.clone()));
+            v
+        };
+        PoolMetrics {
+            hits: c(
+                "splitway_pool_hits_total",
+                "Connections that got a pooled leg",
+            ),
+            misses: c(
+                "splitway_pool_misses_total",
+                "Connections that found the pool empty",
+            ),
+            opened: c(
+                "splitway_pool_legs_opened_total",
+                "Legs opened by the refill task",
+            ),
+            open_failures: c(
+                "splitway_pool_open_failures_total",
+                "Refill connects that failed",
+            ),
+            dead: c(
+                "splitway_pool_dead_legs_total",
+                "Idle legs found dead and discarded",
+            ),
+            idle: g("splitway_pool_idle_legs", "Idle legs ready now"),
+            low: g("splitway_pool_low_watermark", "Low watermark"),
+            high: g("splitway_pool_high_watermark", "High watermark"),
+        }
+    }
+}
+
+/// The pool of one peer.
+pub struct LegPool {
+    pub peer: String,
+    pub addr: SocketAddr,
+    own_mark: u32,
+    turbo: bool,
+    connect_timeout: Duration,
+    marks: Mutex<Watermarks>,
+    idle: Mutex<VecDeque<(Instant, TcpStream)>>,
+    opening: AtomicUsize,
+    wake: Notify,
+    m: PoolMetrics,
+}
+
+impl LegPool {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, TcpStream)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn watermarks(&self) -> Watermarks {
+        *self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change the watermarks; the refill task follows at once.
+    pub fn set_watermarks(&self, w: Watermarks) {
+        *self.marks.lock().unwrap_or_else(|p| p.into_inner()) = w;
+        self.m
+            .low
+            .with_label_values(&[&self.peer])
+            .set(w.low as i64);
+        self.m
+            .high
+            .with_label_values(&[&self.peer])
+            .set(w.high as i64);
+        self.wake.notify_one();
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.lock_idle().len()
+    }
+
+    /// Take a live idle leg, newest first. Dead legs met on the way are
+    /// discarded and counted.
+    pub fn take(&self) -> Option<TcpStream> {
+        let mut got = None;
+        let mut dead = 0;
+        {
+            let mut idle = self.lock_idle();
+            while let Some((_, leg)) = idle.pop_back() {
+                if sockopt::idle_alive(&leg) {
+                    got = Some(leg);
+                    break;
+                }
+                dead += 1;
+            }
+            self.m
+                .idle
+                .with_label_values(&[&self.peer])
+                .set(idle.len() as i64);
+        }
+        if dead > 0 {
+            self.m.dead.with_label_values(&[&self.peer]).inc_by(dead);
+        }
+        match got {
+            Some(_) => self.m.hits.with_label_values(&[&self.peer]).inc(),
+            None => self.m.misses.with_label_values(&[&self.peer]).inc(),
+        }
+        self.wake.notify_one();
+        got
+    }
+
+    /// Discard dead, old and surplus idle legs.
+    fn sweep(&self) {
+        let w = self.watermarks();
+        let mut dead = 0;
+        let mut idle = self.lock_idle();
+        idle.retain(|(since, leg)| {
+            let ok = since.elapsed() < MAX_IDLE_AGE && sockopt::idle_alive(leg);
+            if !ok {
+                dead += 1;
+            }
+            ok
+        });
+        for _ in 0..w.to_close(idle.len()) {
+            idle.pop_front();
+        }
+        self.m
+            .idle
+            .with_label_values(&[&self.peer])
+            .set(idle.len() as i64);
+        drop(idle);
+        if dead > 0 {
+            self.m.dead.with_label_values(&[&self.peer]).inc_by(dead);
+        }
+    }
+
+    /// Keep the pool between its watermarks until `stop` flips.
+    async fn refill_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            self.sweep();
+            let n = self
+                .watermarks()
+                .to_open(self.idle_count(), self.opening.load(Ordering::SeqCst));
+            let mut failed = false;
+            if n > 0 {
+                self.opening.fetch_add(n, Ordering::SeqCst);
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..n {
+                    let me = self.clone();
+                    tasks.spawn(async move {
+                        let r = dial::connect(
+                            me.addr,
+                            me.own_mark,
+                            Profile::RelayLeg {
+                                turbo: me.turbo,
+                                fast_open: false,
+                            },
+                            me.connect_timeout,
+                        )
+                        .await;
+                        me.opening.fetch_sub(1, Ordering::SeqCst);
+                        match r {
+                            Ok(leg) => {
+                                me.m.opened.with_label_values(&[&me.peer]).inc();
+                                let mut idle = me.lock_idle();
+                                idle.push_back((Instant::now(), leg));
+                                me.m.idle
+                                    .with_label_values(&[&me.peer])
+                                    .set(idle.len() as i64);
+                                true
+                            }
+                            Err(_) => {
+                                me.m.open_failures.with_label_values(&[&me.peer]).inc();
+                                false
+                            }
+                        }
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    failed |= !r.unwrap_or(false);
+                }
+            }
+            let wait = if failed {
+                // The peer is down: retry with backoff, not in a loop.
+                let w = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                w
+            } else {
+                backoff = Duration::from_millis(50);
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = self.wake.notified(), if !failed => {},
+                _ = tokio::time::sleep(wait) => {},
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// All pools of a relay, by peer name.
+#[derive(Default, Clone)]
+pub struct Pools {
+    by_peer: HashMap<String, Arc<LegPool>>,
+}
+
+impl Pools {
+    /// Create a pool for every peer that some route uses and start their
+    /// refill tasks. With `features.conn_pool` off, no pool exists.
+    pub fn start(cfg: &Config, metrics: &Metrics, stop: &watch::Receiver<bool>) -> Pools {
+        let mut by_peer = HashMap::new();
+        if !cfg.features.conn_pool {
+            return Pools { by_peer };
+        }
+        let m = PoolMetrics::new(metrics);
+        let table = cfg.route_table();
+        for route in table.routes() {
+            let NextHop::Peer(name) = &route.via else {
+                continue;
+            };
+            if by_peer.contains_key(name) {
+                continue;
+            }
+            let Some(peer) = cfg.peer(name) else { continue };
+            let pool = Arc::new(LegPool {
+                peer: name.clone(),
+                addr: peer.addr,
+                own_mark: cfg.firewall.own_mark,
+                turbo: cfg.features.turbo_start,
+                connect_timeout: Duration::from_millis(cfg.timeouts.connect_ms),
+                marks: Mutex::new(Watermarks::new(peer.pool_low, peer.pool_high)),
+                idle: Mutex::new(VecDeque::new()),
+                opening: AtomicUsize::new(0),
+                wake: Notify::new(),
+                m: m.clone(),
+            });
+            pool.set_watermarks(pool.watermarks());
+            tokio::spawn(pool.clone().refill_loop(stop.clone()));
+            by_peer.insert(name.clone(), pool);
+        }
+        Pools { by_peer }
+    }
+
+    pub fn get(&self, peer: &str) -> Option<&Arc<LegPool>> {
+        self.by_peer.get(peer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<LegPool>> {
+        self.by_peer.values()
+    }
+}
