@@ -316,8 +316,13 @@ async fn claim_early(shared: &Shared, peer: SocketAddr, dst: SocketAddr) -> Opti
         dst: canonical(&dst),
     };
     let m = &shared.metrics;
-    let Some(handle) = shared.pending.take(&key) else {
+    let Some(Some(handle)) = shared.pending.take(&key) else {
         m.early_syn.with_label_values(&["miss"]).inc();
+        // Leave a tombstone so the SYN, if the tap reports it late, starts
+        // no leg.
+        if shared.pending.reserve(&key).is_ok() {
+            shared.pending.insert(key, None, leg::now_ms());
+        }
         return None;
     };
     match handle.await {
@@ -362,7 +367,7 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
             .await
             .map_err(|e| std::io::Error::other(e.reason()))
     });
-    if let Some(dup) = shared.pending.insert(tuple, handle, leg::now_ms()) {
+    if let Some(Some(dup)) = shared.pending.insert(tuple, Some(handle), leg::now_ms()) {
         dup.abort();
     }
 }

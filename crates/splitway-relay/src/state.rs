@@ -61,8 +61,10 @@ pub struct Shared {
     pub pools: Pools,
     /// Buffers and pipes kept ready.
     pub resources: Arc<Resources>,
-    /// Early-SYN legs waiting for their client's accept.
-    pub pending: Pending<JoinHandle<std::io::Result<TcpStream>>>,
+    /// Early-SYN legs waiting for their client's accept. `None` is a
+    /// tombstone: the client was accepted before its SYN reached the tap,
+    /// so a late SYN report must not start a leg nobody will claim.
+    pub pending: Pending<Option<JoinHandle<std::io::Result<TcpStream>>>>,
     /// Inbound legs waiting for their header (bounded).
     pub waiting_legs: AtomicUsize,
     pub replay: Mutex<ReplayGuard>,

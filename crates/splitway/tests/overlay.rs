@@ -21,23 +21,54 @@ fn bulk_both_ways(engine: &str) {
     let cases: [(&str, bool, SocketAddr); 4] = [
         ("transparent v4", false, server_addr(false, 7000)),
         ("transparent v6", true, server_addr(true, 7000)),
-        ("explicit v4", false, format!("{INGRESS4}:8080").parse().unwrap()),
+        (
+            "explicit v4",
+            false,
+            format!("{INGRESS4}:8080").parse().unwrap(),
+        ),
         ("explicit v6", true, "[fd10:1::1]:8080".parse().unwrap()),
     ];
     for (name, v6, addr) in cases {
-        let s = o.connect(addr).unwrap_or_else(|e| panic!("{name}: connect {addr}: {e}"));
+        let s = o
+            .connect(addr)
+            .unwrap_or_else(|e| panic!("{name}: connect {addr}: {e}"));
         let (sent, n, got) = client_duplex(s, 50 * MB, 1).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let srv = if v6 { &rx6 } else { &rx4 }.recv_timeout(Duration::from_secs(30)).expect("server report");
+        let srv = if v6 { &rx6 } else { &rx4 }
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server report");
         assert_eq!(srv.received, 50 * MB, "{name}: server got all bytes");
         assert_eq!(srv.received_sha, sent, "{name}: client→server SHA-256");
         assert_eq!(n, 50 * MB, "{name}: client got all bytes");
         assert_eq!(got, srv.sent_sha, "{name}: server→client SHA-256");
     }
     // Both listener kinds were used and counted by the ingress.
-    assert_eq!(o.metric("ingress", "splitway_connections_accepted_total{kind=\"transparent\"}"), 2.0);
-    assert_eq!(o.metric("ingress", "splitway_connections_accepted_total{kind=\"explicit\"}"), 2.0);
-    assert_eq!(o.metric("egress", "splitway_connections_accepted_total{kind=\"relay\"}"), 4.0);
-    assert!(o.metric("ingress", &format!("splitway_engine{{engine=\"{engine}\"}}")) == 1.0);
+    assert_eq!(
+        o.metric(
+            "ingress",
+            "splitway_connections_accepted_total{kind=\"transparent\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        o.metric(
+            "ingress",
+            "splitway_connections_accepted_total{kind=\"explicit\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        o.metric(
+            "egress",
+            "splitway_connections_accepted_total{kind=\"relay\"}"
+        ),
+        4.0
+    );
+    assert!(
+        o.metric(
+            "ingress",
+            &format!("splitway_engine{{engine=\"{engine}\"}}")
+        ) == 1.0
+    );
 }
 
 #[test]
@@ -73,7 +104,9 @@ fn two_hundred_concurrent_flows_all_complete() {
     let mut seen = 0;
     while let Ok(r) = rx.recv_timeout(Duration::from_secs(20)) {
         assert_eq!(r.received, 64 * 1024);
-        let c = sent.get_mut(&r.received_sha).expect("server got a stream some client sent");
+        let c = sent
+            .get_mut(&r.received_sha)
+            .expect("server got a stream some client sent");
         *c -= 1;
         seen += 1;
         if seen == flows {
@@ -93,9 +126,15 @@ fn client_half_close_still_gets_full_response() {
     s.shutdown(Shutdown::Write).unwrap();
     let (n, got) = recv_stream(&mut s).unwrap();
     let srv = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(srv.received_sha, sent, "request arrived whole after the client's FIN");
+    assert_eq!(
+        srv.received_sha, sent,
+        "request arrived whole after the client's FIN"
+    );
     assert_eq!(n, 5 * MB);
-    assert_eq!(got, srv.sent_sha, "response arrived whole after the client's FIN");
+    assert_eq!(
+        got, srv.sent_sha,
+        "response arrived whole after the client's FIN"
+    );
 }
 
 #[test]
@@ -111,11 +150,18 @@ fn server_half_close_is_carried_and_client_can_keep_sending() {
     let mut c = o.connect(server_addr(false, 7000)).unwrap();
     let mut buf = Vec::new();
     c.read_to_end(&mut buf).unwrap();
-    assert_eq!(buf, b"hello", "server's FIN reached the client after its data");
+    assert_eq!(
+        buf, b"hello",
+        "server's FIN reached the client after its data"
+    );
     let sent = send_stream(&mut c, 2 * MB, 5).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     let (n, sha) = srv.join().unwrap();
-    assert_eq!((n, sha), (2 * MB, sent), "client kept sending after the server's FIN");
+    assert_eq!(
+        (n, sha),
+        (2 * MB, sent),
+        "client kept sending after the server's FIN"
+    );
 }
 
 #[test]
@@ -133,9 +179,18 @@ fn refused_destination_resets_client_quickly() {
             Ok(n) => panic!("v6={v6}: expected a reset, read {n} bytes"),
         }
         // The namespaces add no delay, so the bound is RTT (≈0) + 100 ms.
-        assert!(took < Duration::from_millis(100), "v6={v6}: reset took {took:?}");
+        assert!(
+            took < Duration::from_millis(100),
+            "v6={v6}: reset took {took:?}"
+        );
     }
-    assert_eq!(o.metric("egress", "splitway_connections_failed_total{reason=\"connect_refused\"}"), 2.0);
+    assert_eq!(
+        o.metric(
+            "egress",
+            "splitway_connections_failed_total{reason=\"connect_refused\"}"
+        ),
+        2.0
+    );
 }
 
 /// Open a raw leg to the egress relay from the ingress host.
@@ -168,7 +223,10 @@ fn header_to(dst: &str) -> Header {
 }
 
 fn ring(key_hex: &str) -> KeyRing {
-    KeyRing::new(HashMap::from([(1, Secret::new(hex::decode(key_hex).unwrap()))]), 1)
+    KeyRing::new(
+        HashMap::from([(1, Secret::new(hex::decode(key_hex).unwrap()))]),
+        1,
+    )
 }
 
 #[test]
@@ -196,9 +254,13 @@ fn hostile_legs_are_closed_counted_and_reach_nothing() {
     assert_eq!(accepted(&l), 1, "a valid header reaches the server");
 
     // Forged MAC: signed with another key.
-    let forged = ring("ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100").seal(&header_to("10.10.3.2:7100"));
+    let forged = ring("ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100")
+        .seal(&header_to("10.10.3.2:7100"));
     let r = raw_leg(&o, forged);
-    assert!(matches!(&r, Ok(v) if v.is_empty()) || r.is_err(), "forged leg closed: {r:?}");
+    assert!(
+        matches!(&r, Ok(v) if v.is_empty()) || r.is_err(),
+        "forged leg closed: {r:?}"
+    );
     // Replay of the valid header.
     let _ = raw_leg(&o, valid);
     // Destination outside the allow list (port 10000 > 9999).
@@ -217,8 +279,18 @@ fn hostile_legs_are_closed_counted_and_reach_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(accepted(&l), 0, "no refused leg reached the server");
     assert_eq!(accepted(&l10k), 0, "disallowed destination never contacted");
-    for reason in ["bad_mac", "replay", "not_allowed", "bad_magic", "truncated", "expired"] {
-        let v = o.metric("egress", &format!("splitway_header_rejected_total{{reason=\"{reason}\"}}"));
+    for reason in [
+        "bad_mac",
+        "replay",
+        "not_allowed",
+        "bad_magic",
+        "truncated",
+        "expired",
+    ] {
+        let v = o.metric(
+            "egress",
+            &format!("splitway_header_rejected_total{{reason=\"{reason}\"}}"),
+        );
         assert_eq!(v, 1.0, "rejection `{reason}` counted once");
     }
 }
@@ -246,19 +318,32 @@ fn slow_header_is_cut_off() {
         })
         .unwrap();
     assert!(took < Duration::from_millis(3000), "cut off after {took:?}");
-    assert_eq!(o.metric("egress", "splitway_header_rejected_total{reason=\"header_timeout\"}"), 1.0);
+    assert_eq!(
+        o.metric(
+            "egress",
+            "splitway_header_rejected_total{reason=\"header_timeout\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]
 fn rules_are_removed_on_exit_and_replaced_after_a_crash() {
     let mut o = Overlay::with_relays("splice");
     assert_eq!(
-        leftovers(&o.ingress).iter().filter(|l| l.contains("splitway")).count(),
+        leftovers(&o.ingress)
+            .iter()
+            .filter(|l| l.contains("splitway"))
+            .count(),
         1,
         "one table while running"
     );
     assert!(o.stop_relay("ingress"), "clean exit on SIGTERM");
-    assert_eq!(leftovers(&o.ingress), Vec::<String>::new(), "nothing left after exit");
+    assert_eq!(
+        leftovers(&o.ingress),
+        Vec::<String>::new(),
+        "nothing left after exit"
+    );
 
     // A crash (SIGKILL) leaves rules behind; the next start replaces them.
     o.stop_relay("egress");
@@ -268,8 +353,16 @@ fn rules_are_removed_on_exit_and_replaced_after_a_crash() {
     o.stop_relay("egress");
     o.start_relays("splice", "", "");
     let left = leftovers(&o.ingress);
-    assert_eq!(left.iter().filter(|l| l.contains("splitway")).count(), 1, "{left:?}");
-    assert_eq!(left.iter().filter(|l| l.contains("fwmark")).count(), 2, "one v4 and one v6 rule: {left:?}");
+    assert_eq!(
+        left.iter().filter(|l| l.contains("splitway")).count(),
+        1,
+        "{left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|l| l.contains("fwmark")).count(),
+        2,
+        "one v4 and one v6 rule: {left:?}"
+    );
     // And the restarted relay works.
     let (rx, _h) = serve_echo_hash(o.listen(server_addr(false, 7000)), 1, 1000, 1);
     let mut s = o.connect(server_addr(false, 7000)).unwrap();

@@ -52,17 +52,57 @@ impl Overlay {
         let ns = |s: &str| Netns::create(&format!("{p}{s}")).expect("create netns");
         let (client, ingress, egress, server) = (ns("c"), ns("i"), ns("e"), ns("s"));
         let i = |s: &str| format!("{p}{s}");
-        link(&client, &i("c0"), &["10.10.1.2/24", "fd10:1::2/64"], &ingress, &i("i0"), &["10.10.1.1/24", "fd10:1::1/64"]).unwrap();
-        link(&ingress, &i("i1"), &["10.10.2.1/24", "fd10:2::1/64"], &egress, &i("e0"), &["10.10.2.2/24", "fd10:2::2/64"]).unwrap();
-        link(&egress, &i("e1"), &["10.10.3.1/24", "fd10:3::1/64"], &server, &i("s0"), &["10.10.3.2/24", "fd10:3::2/64"]).unwrap();
-        client.ip(["route", "add", "default", "via", "10.10.1.1"]).unwrap();
-        client.ip(["-6", "route", "add", "default", "via", "fd10:1::1"]).unwrap();
-        server.ip(["route", "add", "default", "via", "10.10.3.1"]).unwrap();
-        server.ip(["-6", "route", "add", "default", "via", "fd10:3::1"]).unwrap();
-        ingress.ip(["route", "add", "10.10.3.0/24", "via", "10.10.2.2"]).unwrap();
-        ingress.ip(["-6", "route", "add", "fd10:3::/64", "via", "fd10:2::2"]).unwrap();
-        egress.ip(["route", "add", "10.10.1.0/24", "via", "10.10.2.1"]).unwrap();
-        egress.ip(["-6", "route", "add", "fd10:1::/64", "via", "fd10:2::1"]).unwrap();
+        link(
+            &client,
+            &i("c0"),
+            &["10.10.1.2/24", "fd10:1::2/64"],
+            &ingress,
+            &i("i0"),
+            &["10.10.1.1/24", "fd10:1::1/64"],
+        )
+        .unwrap();
+        link(
+            &ingress,
+            &i("i1"),
+            &["10.10.2.1/24", "fd10:2::1/64"],
+            &egress,
+            &i("e0"),
+            &["10.10.2.2/24", "fd10:2::2/64"],
+        )
+        .unwrap();
+        link(
+            &egress,
+            &i("e1"),
+            &["10.10.3.1/24", "fd10:3::1/64"],
+            &server,
+            &i("s0"),
+            &["10.10.3.2/24", "fd10:3::2/64"],
+        )
+        .unwrap();
+        client
+            .ip(["route", "add", "default", "via", "10.10.1.1"])
+            .unwrap();
+        client
+            .ip(["-6", "route", "add", "default", "via", "fd10:1::1"])
+            .unwrap();
+        server
+            .ip(["route", "add", "default", "via", "10.10.3.1"])
+            .unwrap();
+        server
+            .ip(["-6", "route", "add", "default", "via", "fd10:3::1"])
+            .unwrap();
+        ingress
+            .ip(["route", "add", "10.10.3.0/24", "via", "10.10.2.2"])
+            .unwrap();
+        ingress
+            .ip(["-6", "route", "add", "fd10:3::/64", "via", "fd10:2::2"])
+            .unwrap();
+        egress
+            .ip(["route", "add", "10.10.1.0/24", "via", "10.10.2.1"])
+            .unwrap();
+        egress
+            .ip(["-6", "route", "add", "fd10:1::/64", "via", "fd10:2::1"])
+            .unwrap();
         ingress.enable_forwarding().unwrap();
         egress.enable_forwarding().unwrap();
         let dir = std::env::temp_dir().join(format!("splitway-test-{p}"));
@@ -188,7 +228,9 @@ listen = "{ADMIN}"
             return false;
         };
         let (_, mut g) = self.relays.remove(pos);
-        g.stop(Duration::from_secs(15)).map(|s| s.success()).unwrap_or(false)
+        g.stop(Duration::from_secs(15))
+            .map(|s| s.success())
+            .unwrap_or(false)
     }
 
     /// Kill a relay with SIGKILL (a crash: no cleanup runs).
@@ -233,7 +275,12 @@ listen = "{ADMIN}"
 
     /// Run `program args` in `role`'s namespace and return stdout.
     pub fn sh(&self, role: &str, program: &str, args: &[&str]) -> String {
-        let out = self.ns(role).command(program).args(args).output().expect("run");
+        let out = self
+            .ns(role)
+            .command(program)
+            .args(args)
+            .output()
+            .expect("run");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -263,7 +310,9 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> String {
         let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
     })
     .unwrap_or_default()
 }
@@ -285,9 +334,7 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(seed: u64) -> Stream {
-        Stream {
-            state: seed | 1,
-        }
+        Stream { state: seed | 1 }
     }
     pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
@@ -343,7 +390,12 @@ pub struct ServerSide {
 /// A server that, per connection, reads until EOF (hashing) and then sends
 /// `reply_len` deterministic bytes (seed = `seed`) and closes. Reports each
 /// connection on the returned channel. Runs `conns` connections, then stops.
-pub fn serve_echo_hash(l: TcpListener, conns: usize, reply_len: usize, seed: u64) -> (mpsc::Receiver<ServerSide>, JoinHandle<()>) {
+pub fn serve_echo_hash(
+    l: TcpListener,
+    conns: usize,
+    reply_len: usize,
+    seed: u64,
+) -> (mpsc::Receiver<ServerSide>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let h = std::thread::spawn(move || {
         let mut workers = Vec::new();
@@ -352,8 +404,12 @@ pub fn serve_echo_hash(l: TcpListener, conns: usize, reply_len: usize, seed: u64
             let tx = tx.clone();
             workers.push(std::thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-                let Ok((received, received_sha)) = recv_stream(&mut s) else { return };
-                let Ok(sent_sha) = send_stream(&mut s, reply_len, seed) else { return };
+                let Ok((received, received_sha)) = recv_stream(&mut s) else {
+                    return;
+                };
+                let Ok(sent_sha) = send_stream(&mut s, reply_len, seed) else {
+                    return;
+                };
                 let _ = s.shutdown(Shutdown::Write);
                 let _ = tx.send(ServerSide {
                     received,
@@ -374,9 +430,14 @@ pub fn serve_echo_hash(l: TcpListener, conns: usize, reply_len: usize, seed: u64
 pub fn serve_duplex(l: TcpListener, conns: usize, len: usize, seed: u64) -> (mpsc::Receiver<ServerSide>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let h = std::thread::spawn(move || {
-        for _ in 0..conns {
+        // Accept until `conns` transfers were reported. A connection that
+        // closes without sending anything (an early-SYN leg whose client was
+        // paired another way) is not a transfer.
+        let reported = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        while reported.load(std::sync::atomic::Ordering::SeqCst) < conns {
             let Ok((s, _)) = l.accept() else { break };
             let tx = tx.clone();
+            let reported = reported.clone();
             std::thread::spawn(move || {
                 let Ok(mut w) = s.try_clone() else { return };
                 let writer = std::thread::spawn(move || {
@@ -387,6 +448,10 @@ pub fn serve_duplex(l: TcpListener, conns: usize, len: usize, seed: u64) -> (mps
                 let mut r = s;
                 let Ok((received, received_sha)) = recv_stream(&mut r) else { return };
                 let Ok(Ok(sent_sha)) = writer.join() else { return };
+                if received == 0 {
+                    return;
+                }
+                reported.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = tx.send(ServerSide {
                     received,
                     received_sha,
@@ -400,7 +465,11 @@ pub fn serve_duplex(l: TcpListener, conns: usize, len: usize, seed: u64) -> (mps
 
 /// Client side of a full-duplex transfer: send `len` bytes (seed) while
 /// reading the reply to EOF. Returns (sent_sha, received bytes, received_sha).
-pub fn client_duplex(s: TcpStream, len: usize, seed: u64) -> std::io::Result<(String, usize, String)> {
+pub fn client_duplex(
+    s: TcpStream,
+    len: usize,
+    seed: u64,
+) -> std::io::Result<(String, usize, String)> {
     let mut w = s.try_clone()?;
     let writer = std::thread::spawn(move || {
         let sha = send_stream(&mut w, len, seed);
@@ -409,7 +478,9 @@ pub fn client_duplex(s: TcpStream, len: usize, seed: u64) -> std::io::Result<(St
     });
     let mut r = s;
     let (n, rsha) = recv_stream(&mut r)?;
-    let ssha = writer.join().map_err(|_| std::io::Error::other("writer panicked"))??;
+    let ssha = writer
+        .join()
+        .map_err(|_| std::io::Error::other("writer panicked"))??;
     Ok((ssha, n, rsha))
 }
 
