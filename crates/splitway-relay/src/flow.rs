@@ -374,12 +374,10 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
 
 /// Tear down early legs whose client never completed its handshake.
 pub fn expire_early(shared: &Shared) {
-    for (_, handle) in shared.pending.expire(leg::now_ms()) {
-        handle.abort();
-        shared
-            .metrics
-            .early_syn
-            .with_label_values(&["expired"])
-            .inc();
+    for (_, entry) in shared.pending.expire(leg::now_ms()) {
+        if let Some(handle) = entry {
+            handle.abort();
+            shared.metrics.early_syn.with_label_values(&["expired"]).inc();
+        }
     }
 }

@@ -59,7 +59,7 @@ fn bulk_both_ways(engine: &str) {
     assert_eq!(
         o.metric(
             "egress",
-            "splitway_connections_accepted_total{kind=\"relay\"}"
+            "splitway_connections_completed_total{outcome=\"closed\"}"
         ),
         4.0
     );
