@@ -436,7 +436,7 @@ impl Config {
 
     /// Parse and validate config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(parse_message(text, &e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -749,6 +749,27 @@ impl Config {
     }
 }
 
+/// A TOML error as the parser prints it (line, snippet, message), with the
+/// value of every `secret = "..."` in the file masked: the snippet may be
+/// the line that holds a key.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let mut msg = e.to_string();
+    let mut rest = text;
+    while let Some(i) = rest.find("secret") {
+        rest = &rest[i + "secret".len()..];
+        let after = rest.trim_start();
+        let Some(after) = after.strip_prefix('=') else { continue };
+        let Some(v) = after.trim_start().strip_prefix('"') else { continue };
+        if let Some(end) = v.find('"') {
+            let value = &v[..end];
+            if !value.is_empty() {
+                msg = msg.replace(value, "<redacted>");
+            }
+        }
+    }
+    msg
+}
+
 /// Where the admin API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminListen {
@@ -870,6 +891,14 @@ via = "egress"
         assert!(!format!("{c:?}").contains(KEY));
         let e = err_of(&base().replace(KEY, "zz112233445566778899aabbccddeeff"));
         assert!(!e.contains("zz1122"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_the_secret_line() {
+        let text = base().replace("keys = [{ id = 1,", "keys = [{ id = 1, ttl = 3,");
+        let e = err_of(&text);
+        assert!(e.contains("ttl") && e.contains("<redacted>"), "{e}");
+        assert!(!e.contains(KEY), "{e}");
     }
 
     #[test]
