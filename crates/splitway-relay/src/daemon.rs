@@ -95,7 +95,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let pools = Pools::start(&cfg, &metrics, &stop_rx);
-    let resources = Resources::new(&cfg);
+    let resources = Resources::new(&cfg, metrics.resources_pooled.clone());
     tokio::spawn(resources.clone().refill_loop(stop_rx.clone()));
     let tap = if cfg.features.early_syn && !cfg.transparent.is_empty() {
         let (tap, syns) = syn_tap::start(&cfg).context("starting the early-SYN tap")?;

@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Early-SYN events by result (started, hit, miss, fallback_bound,
     /// expired, failed).
     pub early_syn: IntCounterVec,
+    /// Connection resources (buffer or pipe pairs) ready in the pool.
+    pub resources_pooled: IntGauge,
 }
 
 impl Metrics {
@@ -110,7 +112,14 @@ impl Metrics {
             "Early-SYN legs and their pairing, by result",
             &["result"],
         );
+        let resources_pooled = IntGauge::new(
+            "splitway_resources_pooled",
+            "Per-connection buffer or pipe pairs ready in the pool",
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(resources_pooled.clone())).expect("unique metric name");
         Metrics {
+            resources_pooled,
             early_syn,
             registry,
             accepted,

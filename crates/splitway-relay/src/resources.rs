@@ -29,10 +29,11 @@ pub struct Resources {
     marks: Watermarks,
     free: Mutex<Vec<EngineState>>,
     wake: Notify,
+    gauge: prometheus::IntGauge,
 }
 
 impl Resources {
-    pub fn new(cfg: &Config) -> Arc<Resources> {
+    pub fn new(cfg: &Config, gauge: prometheus::IntGauge) -> Arc<Resources> {
         Arc::new(Resources {
             enabled: cfg.features.worker_pools,
             engine: cfg.node.engine,
@@ -41,6 +42,7 @@ impl Resources {
             marks: Watermarks::new(LOW, HIGH),
             free: Mutex::new(Vec::new()),
             wake: Notify::new(),
+            gauge,
         })
     }
 
@@ -64,8 +66,12 @@ impl Resources {
     /// Resources for one connection.
     pub fn get(&self) -> std::io::Result<EngineState> {
         if self.enabled {
-            let got = self.lock().pop();
-            if self.lock().len() < self.marks.low {
+            let (got, left) = {
+                let mut free = self.lock();
+                (free.pop(), free.len())
+            };
+            self.gauge.set(left as i64);
+            if left < self.marks.low {
                 self.wake.notify_one();
             }
             if let Some(e) = got {
@@ -90,6 +96,7 @@ impl Resources {
         if clean && free.len() < self.marks.high {
             free.push(e);
         }
+        self.gauge.set(free.len() as i64);
     }
 
     pub fn available(&self) -> usize {
@@ -106,7 +113,11 @@ impl Resources {
             let n = self.marks.to_open(have, 0);
             for _ in 0..n {
                 match self.create() {
-                    Ok(e) => self.lock().push(e),
+                    Ok(e) => {
+                        let mut free = self.lock();
+                        free.push(e);
+                        self.gauge.set(free.len() as i64);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot pre-create connection resources");
                         break;
