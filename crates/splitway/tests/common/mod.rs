@@ -195,6 +195,8 @@ listen = "{ADMIN}"
 
     /// Start a relay in the namespace named by `role` with config `text`.
     pub fn start_relay(&mut self, role: &str, text: &str) {
+        // Replacing a running relay of the same role: stop it first.
+        self.stop_relay(role);
         let cfg = self.dir.join(format!("{role}.toml"));
         let ready = self.dir.join(format!("{role}.ready"));
         let _ = std::fs::remove_file(&ready);
