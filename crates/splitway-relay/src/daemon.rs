@@ -19,18 +19,19 @@ use tokio::task::JoinSet;
 use crate::firewall::Firewall;
 use crate::flow;
 use crate::metrics::Metrics;
-use crate::pool::Pools;
 use crate::resources::Resources;
 use crate::state::Shared;
-use crate::syn_tap;
 use crate::sys::sockopt;
-use crate::turbo::Turbo;
 
 /// Options that are not part of the config file.
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {
     /// Written (with the pid) once listeners are bound and rules installed.
     pub ready_file: Option<PathBuf>,
+    /// The config file, re-read on SIGHUP and `ctl reload`.
+    pub config_path: Option<PathBuf>,
+    /// Reload the config on SIGHUP.
+    pub reload_on_sighup: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,25 +90,29 @@ pub async fn run(
     } else {
         Some(Firewall::install(&cfg).context("installing nftables rules")?)
     };
-    let turbo = (cfg.features.turbo_start && !cfg.peers.is_empty()).then(|| Turbo::install(&cfg));
     let grace = Duration::from_secs(cfg.timeouts.shutdown_grace_secs);
     let name = cfg.node.name.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
-    let pools = Pools::start(&cfg, &metrics, &stop_rx);
     let resources = Resources::new(&cfg, metrics.resources_pooled.clone());
     tokio::spawn(resources.clone().refill_loop(stop_rx.clone()));
-    let tap = if cfg.features.early_syn && !cfg.transparent.is_empty() {
-        let (tap, syns) = syn_tap::start(&cfg).context("starting the early-SYN tap")?;
-        Some((tap, syns))
-    } else {
-        None
-    };
-    let shared = Arc::new(Shared::new(cfg, metrics, pools, resources));
-    let tap = tap.map(|(tap, syns)| {
+    let shared = Arc::new(Shared::new(
+        cfg.clone(),
+        opts.config_path.clone(),
+        metrics,
+        resources,
+        stop_rx.clone(),
+    ));
+    shared
+        .apply(cfg)
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("setting up features (early-SYN tap, turbo-start routes)")?;
+    if let Some(syns) = shared.take_syn_queue() {
         tokio::spawn(early_syn_loop(syns, shared.clone(), stop_rx.clone()));
-        tap
-    });
+    }
+    if opts.reload_on_sighup {
+        tokio::spawn(sighup_loop(shared.clone(), stop_rx.clone()));
+    }
     let mut accept_tasks = JoinSet::new();
     for (l, kind) in listeners {
         tracing::info!(node = %name, addr = ?l.local_addr().ok(), ?kind, "listening");
@@ -134,9 +139,8 @@ pub async fn run(
             "grace period over; closing remaining flows"
         );
     }
-    drop(tap);
+    shared.teardown();
     drop(firewall);
-    drop(turbo);
     if let Some(path) = &opts.ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -159,6 +163,11 @@ async fn accept_loop(
         match accepted {
             Ok((sock, peer)) => {
                 backoff = Duration::from_millis(5);
+                if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    shared.metrics.failed.with_label_values(&["draining"]).inc();
+                    let _ = sockopt::set_linger_zero(&sock);
+                    continue;
+                }
                 spawn_flow(sock, peer, kind, &shared);
             }
             Err(e) => {
@@ -208,6 +217,24 @@ async fn early_syn_loop(
                 None => return,
             },
             _ = tick.tick() => flow::expire_early(&shared),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Reload the config file on every SIGHUP.
+async fn sighup_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; reload only through the admin API");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match crate::control::reload(&shared) {
+                Ok(msg) => tracing::info!("{msg}"),
+                Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),
+            },
             _ = stop.changed() => return,
         }
     }

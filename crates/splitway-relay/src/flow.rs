@@ -22,7 +22,7 @@ use crate::dial::{self, Profile};
 use crate::forward::{self, FlowReport};
 use crate::leg::{self, DEFAULT_HOP_LIMIT};
 use crate::ratelimit::RateLimit;
-use crate::state::{Shared, Snapshot};
+use crate::state::{FlowEntry, Shared, Snapshot};
 use crate::sys::sockopt;
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(5);
@@ -146,6 +146,7 @@ async fn forward(
     up: TcpStream,
     dst: SocketAddr,
     peer: SocketAddr,
+    kind: &'static str,
 ) {
     let m = &shared.metrics;
     let mut engine = match shared.resources.get() {
@@ -159,7 +160,17 @@ async fn forward(
         }
     };
     m.active.inc();
+    let (down, up) = (Arc::new(down), Arc::new(up));
+    let id = shared.register(FlowEntry {
+        kind,
+        peer,
+        dst,
+        started: std::time::SystemTime::now(),
+        down: down.clone(),
+        up: up.clone(),
+    });
     let report: FlowReport = forward::relay(&down, &up, snap.flow_timeouts(), &mut engine).await;
+    shared.unregister(id);
     m.active.dec();
     shared.resources.put(engine);
     m.bytes
@@ -210,7 +221,7 @@ pub async fn client(
     match hop {
         Ok(up) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
-            forward(&shared, &snap, down, up, dst, peer).await;
+            forward(&shared, &snap, down, up, dst, peer, kind).await;
         }
         Err(e) => {
             m.failed.with_label_values(&[e.reason()]).inc();
@@ -275,7 +286,7 @@ pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr
     match next_hop(&shared, &snap, dst, header.hop_limit, true).await {
         Ok(up) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
-            forward(&shared, &snap, leg, up, dst, peer).await;
+            forward(&shared, &snap, leg, up, dst, peer, "relay").await;
         }
         Err(e) => {
             let reason = e.reason();
@@ -377,7 +388,11 @@ pub fn expire_early(shared: &Shared) {
     for (_, entry) in shared.pending.expire(leg::now_ms()) {
         if let Some(handle) = entry {
             handle.abort();
-            shared.metrics.early_syn.with_label_values(&["expired"]).inc();
+            shared
+                .metrics
+                .early_syn
+                .with_label_values(&["expired"])
+                .inc();
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Layout, following a connection:
 //! - [`admin`]: the local HTTP admin API (metrics, status).
+//! - [`control`]: runtime changes (reload, pools, routes, peers, switches, drain).
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
@@ -18,6 +19,7 @@
 //! - [`sys`]: every OS-specific socket and pipe call.
 
 pub mod admin;
+pub mod control;
 pub mod daemon;
 pub mod dial;
 pub mod firewall;

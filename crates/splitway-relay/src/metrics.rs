@@ -117,7 +117,9 @@ impl Metrics {
             "Per-connection buffer or pipe pairs ready in the pool",
         )
         .expect("static metric definition");
-        registry.register(Box::new(resources_pooled.clone())).expect("unique metric name");
+        registry
+            .register(Box::new(resources_pooled.clone()))
+            .expect("unique metric name");
         Metrics {
             resources_pooled,
             early_syn,

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
@@ -121,6 +121,26 @@ impl LegPool {
         self.wake.notify_one();
     }
 
+    /// Counters of this pool: (hits, misses, opened, open failures, dead).
+    pub fn counters(&self) -> [u64; 5] {
+        let p = [self.peer.as_str()];
+        [
+            self.m.hits.with_label_values(&p).get(),
+            self.m.misses.with_label_values(&p).get(),
+            self.m.opened.with_label_values(&p).get(),
+            self.m.open_failures.with_label_values(&p).get(),
+            self.m.dead.with_label_values(&p).get(),
+        ]
+    }
+
+    /// Smoothed RTT (µs) measured on the newest idle leg, if any.
+    pub fn measured_rtt_us(&self) -> Option<u32> {
+        let idle = self.lock_idle();
+        idle.back()
+            .and_then(|(_, leg)| sockopt::tcp_info(leg).ok())
+            .map(|i| i.rtt_us)
+    }
+
     pub fn idle_count(&self) -> usize {
         self.lock_idle().len()
     }
@@ -181,7 +201,11 @@ impl LegPool {
     }
 
     /// Keep the pool between its watermarks until `stop` flips.
-    async fn refill_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn refill_loop(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        mut retire: watch::Receiver<bool>,
+    ) {
         let mut backoff = Duration::from_millis(50);
         loop {
             self.sweep();
@@ -240,59 +264,93 @@ impl LegPool {
                 _ = self.wake.notified(), if !failed => {},
                 _ = tokio::time::sleep(wait) => {},
                 _ = stop.changed() => return,
+                _ = retire.changed() => {
+                    self.lock_idle().clear();
+                    return;
+                }
             }
         }
     }
 }
 
-/// All pools of a relay, by peer name.
-#[derive(Default, Clone)]
+/// All pools of a relay, by peer name. [`Pools::sync`] brings them in line
+/// with a config: pools for peers that routes use (when `conn_pool` is on),
+/// retired pools for peers no longer used, new watermarks for the rest.
 pub struct Pools {
-    by_peer: HashMap<String, Arc<LegPool>>,
+    by_peer: RwLock<HashMap<String, (Arc<LegPool>, watch::Sender<bool>)>>,
+    m: PoolMetrics,
+    stop: watch::Receiver<bool>,
 }
 
 impl Pools {
-    /// Create a pool for every peer that some route uses and start their
-    /// refill tasks. With `features.conn_pool` off, no pool exists.
-    pub fn start(cfg: &Config, metrics: &Metrics, stop: &watch::Receiver<bool>) -> Pools {
-        let mut by_peer = HashMap::new();
-        if !cfg.features.conn_pool {
-            return Pools { by_peer };
+    pub fn new(metrics: &Metrics, stop: &watch::Receiver<bool>) -> Pools {
+        Pools {
+            by_peer: RwLock::new(HashMap::new()),
+            m: PoolMetrics::new(metrics),
+            stop: stop.clone(),
         }
-        let m = PoolMetrics::new(metrics);
-        let table = cfg.route_table();
-        for route in table.routes() {
-            let NextHop::Peer(name) = &route.via else {
-                continue;
-            };
-            if by_peer.contains_key(name) {
+    }
+
+    /// Start, retire or retune pools to match `cfg`.
+    pub fn sync(&self, cfg: &Config) {
+        let mut wanted: HashMap<String, &splitway_core::config::Peer> = HashMap::new();
+        if cfg.features.conn_pool {
+            for route in cfg.route_table().routes() {
+                if let NextHop::Peer(name) = &route.via {
+                    if let Some(peer) = cfg.peer(name) {
+                        wanted.insert(name.clone(), peer);
+                    }
+                }
+            }
+        }
+        let mut map = self.by_peer.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|name, (pool, retire)| {
+            let keep = wanted
+                .get(name)
+                .is_some_and(|p| p.addr == pool.addr && pool.turbo == cfg.features.turbo_start);
+            if !keep {
+                let _ = retire.send(true);
+                pool.lock_idle().clear();
+                self.m.idle.with_label_values(&[name]).set(0);
+            }
+            keep
+        });
+        for (name, peer) in wanted {
+            let w = Watermarks::new(peer.pool_low, peer.pool_high);
+            if let Some((pool, _)) = map.get(&name) {
+                if pool.watermarks() != w {
+                    pool.set_watermarks(w);
+                }
                 continue;
             }
-            let Some(peer) = cfg.peer(name) else { continue };
             let pool = Arc::new(LegPool {
                 peer: name.clone(),
                 addr: peer.addr,
                 own_mark: cfg.firewall.own_mark,
                 turbo: cfg.features.turbo_start,
                 connect_timeout: Duration::from_millis(cfg.timeouts.connect_ms),
-                marks: Mutex::new(Watermarks::new(peer.pool_low, peer.pool_high)),
+                marks: Mutex::new(w),
                 idle: Mutex::new(VecDeque::new()),
                 opening: AtomicUsize::new(0),
                 wake: Notify::new(),
-                m: m.clone(),
+                m: self.m.clone(),
             });
-            pool.set_watermarks(pool.watermarks());
-            tokio::spawn(pool.clone().refill_loop(stop.clone()));
-            by_peer.insert(name.clone(), pool);
+            pool.set_watermarks(w);
+            let (retire_tx, retire_rx) = watch::channel(false);
+            tokio::spawn(pool.clone().refill_loop(self.stop.clone(), retire_rx));
+            map.insert(name, (pool, retire_tx));
         }
-        Pools { by_peer }
     }
 
-    pub fn get(&self, peer: &str) -> Option<&Arc<LegPool>> {
-        self.by_peer.get(peer)
+    pub fn get(&self, peer: &str) -> Option<Arc<LegPool>> {
+        let map = self.by_peer.read().unwrap_or_else(|p| p.into_inner());
+        map.get(peer).map(|(p, _)| p.clone())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<LegPool>> {
-        self.by_peer.values()
+    pub fn all(&self) -> Vec<Arc<LegPool>> {
+        let map = self.by_peer.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map.values().map(|(p, _)| p.clone()).collect();
+        v.sort_by(|a, b| a.peer.cmp(&b.peer));
+        v
     }
 }

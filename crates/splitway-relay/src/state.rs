@@ -1,27 +1,33 @@
 //! What every connection task of one relay shares: the current config
-//! snapshot (routes, allow list, keys), the replay guard, metrics, the
-//! connection limit and the count of active flows.
+//! snapshot (routes, allow list, keys), pools, the replay guard, metrics,
+//! the connection limit, the registry of live flows, and the parts of the
+//! kernel set up for features (turbo-start routes, SYN queue rules).
 //!
 //! A connection takes a [`Snapshot`] when it starts and keeps it, so a
-//! reload changes new connections only.
+//! reload or an admin change affects new connections only. [`Shared::apply`]
+//! is the one way a new config takes effect.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use splitway_core::auth::{KeyRing, ReplayGuard};
 use splitway_core::config::Config;
 use splitway_core::pairing::Pending;
 use splitway_core::route::{AllowList, RouteTable};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
-
-use crate::pool::Pools;
-use crate::resources::Resources;
 
 use crate::forward::FlowTimeouts;
 use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::resources::Resources;
+use crate::syn_tap;
+use crate::turbo::Turbo;
 
 /// An immutable view of the config, with its derived tables.
 #[derive(Debug)]
@@ -54,55 +60,99 @@ impl Snapshot {
     }
 }
 
+/// A live split connection, for the admin API.
+pub struct FlowEntry {
+    pub kind: &'static str,
+    pub peer: SocketAddr,
+    pub dst: SocketAddr,
+    pub started: SystemTime,
+    /// The accepted socket and the next hop.
+    pub down: Arc<TcpStream>,
+    pub up: Arc<TcpStream>,
+}
+
+/// Early-SYN legs waiting for their client's accept. `None` is a tombstone:
+/// the client was accepted before its SYN reached the tap, so a late SYN
+/// report must not start a leg nobody will claim.
+pub type EarlyLegs = Pending<Option<JoinHandle<std::io::Result<TcpStream>>>>;
+
 /// State shared by all tasks of one relay.
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
-    /// Pre-established legs per peer.
+    /// The file SIGHUP and `ctl reload` read.
+    pub config_path: Option<PathBuf>,
     pub pools: Pools,
-    /// Buffers and pipes kept ready.
     pub resources: Arc<Resources>,
-    /// Early-SYN legs waiting for their client's accept. `None` is a
-    /// tombstone: the client was accepted before its SYN reached the tap,
-    /// so a late SYN report must not start a leg nobody will claim.
-    pub pending: Pending<Option<JoinHandle<std::io::Result<TcpStream>>>>,
+    pub pending: EarlyLegs,
     /// Inbound legs waiting for their header (bounded).
     pub waiting_legs: AtomicUsize,
     pub replay: Mutex<ReplayGuard>,
     pub metrics: Metrics,
     pub limit: Arc<Semaphore>,
+    /// Draining: new connections are refused, open ones finish.
+    pub draining: AtomicBool,
+    pub started: SystemTime,
+    flows: Mutex<HashMap<u64, FlowEntry>>,
+    next_flow: AtomicU64,
     active: AtomicUsize,
     idle_notify: Notify,
+    turbo: Mutex<Option<Turbo>>,
+    syn_rules: Mutex<Option<syn_tap::Rules>>,
+    syn_queue: Mutex<Option<tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>>>,
+    syn_queue_started: AtomicBool,
+    /// Flips when the daemon stops; background tasks watch it.
+    pub stop: watch::Receiver<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
-    pub fn new(cfg: Config, metrics: Metrics, pools: Pools, resources: Arc<Resources>) -> Shared {
+    pub fn new(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        metrics: Metrics,
+        resources: Arc<Resources>,
+        stop: watch::Receiver<bool>,
+    ) -> Shared {
         let (window, cap) = cfg
             .auth
             .as_ref()
             .map(|a| (a.max_skew_ms, a.replay_capacity))
             .unwrap_or((30_000, 1_000_000));
         let limit = Arc::new(Semaphore::new(cfg.limits.max_connections));
+        metrics
+            .engine
+            .with_label_values(&[cfg.node.engine.as_str()])
+            .set(1);
         let l = &cfg.limits;
         let pending = Pending::new(
             l.early_syn_pending_total,
             l.early_syn_pending_per_source,
             l.early_syn_timeout_ms,
         );
-        metrics
-            .engine
-            .with_label_values(&[cfg.node.engine.as_str()])
-            .set(1);
         Shared {
-            snapshot: RwLock::new(Arc::new(Snapshot::new(cfg))),
-            pools,
+            pools: Pools::new(&metrics, &stop),
+            config_path,
             resources,
             pending,
             waiting_legs: AtomicUsize::new(0),
             replay: Mutex::new(ReplayGuard::new(window, cap)),
             metrics,
             limit,
+            draining: AtomicBool::new(false),
+            started: SystemTime::now(),
+            flows: Mutex::new(HashMap::new()),
+            next_flow: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle_notify: Notify::new(),
+            turbo: Mutex::new(None),
+            syn_rules: Mutex::new(None),
+            syn_queue: Mutex::new(None),
+            syn_queue_started: AtomicBool::new(false),
+            snapshot: RwLock::new(Arc::new(Snapshot::new(cfg))),
+            stop,
         }
     }
 
@@ -114,10 +164,46 @@ impl Shared {
             .clone()
     }
 
-    /// Replace the snapshot (reload); existing connections keep theirs.
-    pub fn replace(&self, cfg: Config) {
-        let snap = Arc::new(Snapshot::new(cfg));
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+    /// Make `cfg` (already validated) the running config: kernel state for
+    /// features first, then pools, then the snapshot new connections use.
+    pub fn apply(&self, cfg: Config) -> Result<(), String> {
+        // Turbo-start routes follow the peers and the switch.
+        {
+            let mut t = lock(&self.turbo);
+            *t = None; // restore the old routes before pinning new ones
+            if cfg.features.turbo_start && !cfg.peers.is_empty() {
+                *t = Some(Turbo::install(&cfg));
+            }
+        }
+        // The SYN queue is bound once; its rules come and go with the switch.
+        {
+            let mut rules = lock(&self.syn_rules);
+            *rules = None;
+            if cfg.features.early_syn && !cfg.transparent.is_empty() {
+                if !self.syn_queue_started.load(Ordering::SeqCst) {
+                    let rx = syn_tap::start_queue(&cfg).map_err(|e| e.to_string())?;
+                    *lock(&self.syn_queue) = Some(rx);
+                    self.syn_queue_started.store(true, Ordering::SeqCst);
+                }
+                *rules = Some(syn_tap::install_rules(&cfg).map_err(|e| e.to_string())?);
+            }
+        }
+        self.pools.sync(&cfg);
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(cfg));
+        Ok(())
+    }
+
+    /// The SYN channel, once, for the task that serves it.
+    pub fn take_syn_queue(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>> {
+        lock(&self.syn_queue).take()
+    }
+
+    /// Remove kernel state (routes, queue rules) at exit.
+    pub fn teardown(&self) {
+        *lock(&self.turbo) = None;
+        *lock(&self.syn_rules) = None;
     }
 
     /// Mark a connection task as running until the guard drops.
@@ -139,6 +225,25 @@ impl Shared {
             }
             notified.await;
         }
+    }
+
+    /// Register a live flow; returns its id for [`Shared::unregister`].
+    pub fn register(&self, e: FlowEntry) -> u64 {
+        let id = self.next_flow.fetch_add(1, Ordering::Relaxed);
+        lock(&self.flows).insert(id, e);
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        lock(&self.flows).remove(&id);
+    }
+
+    /// Run `f` over the live flows (id order).
+    pub fn with_flows<R>(&self, f: impl FnOnce(Vec<(&u64, &FlowEntry)>) -> R) -> R {
+        let flows = lock(&self.flows);
+        let mut v: Vec<_> = flows.iter().collect();
+        v.sort_by_key(|(id, _)| **id);
+        f(v)
     }
 }
 

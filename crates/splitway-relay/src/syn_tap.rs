@@ -164,12 +164,12 @@ fn shell_words(s: &str) -> Vec<String> {
     out
 }
 
-/// The running tap; its rules are removed on drop.
-pub struct SynTap {
+/// Installed queue rules; removed on drop.
+pub struct Rules {
     node: String,
 }
 
-impl Drop for SynTap {
+impl Drop for Rules {
     fn drop(&mut self) {
         remove_rules(&self.node);
     }
@@ -187,10 +187,10 @@ pub enum TapError {
     Rule(String, String),
 }
 
-/// Bind the queue, install the rules and start the reader thread. SYNs
+/// Bind the queue and start the reader thread (once per process). SYNs
 /// arrive on the returned channel; when it is full they are dropped from
 /// the tap only (the packet itself was already accepted).
-pub fn start(cfg: &Config) -> Result<(SynTap, mpsc::Receiver<FourTuple>), TapError> {
+pub fn start_queue(cfg: &Config) -> Result<mpsc::Receiver<FourTuple>, TapError> {
     let queue_num = cfg.firewall.syn_queue;
     let qerr = |source: std::io::Error| TapError::Queue {
         queue: queue_num,
@@ -215,8 +215,13 @@ pub fn start(cfg: &Config) -> Result<(SynTap, mpsc::Receiver<FourTuple>), TapErr
             }
         })
         .map_err(qerr)?;
+    Ok(rx)
+}
+
+/// Install the queue rules for `cfg`, replacing any this node left.
+pub fn install_rules(cfg: &Config) -> Result<Rules, TapError> {
     remove_rules(&cfg.node.name);
-    let tap = SynTap {
+    let rules = Rules {
         node: cfg.node.name.clone(),
     };
     for (v6, spec) in rule_specs(cfg) {
@@ -232,7 +237,7 @@ pub fn start(cfg: &Config) -> Result<(SynTap, mpsc::Receiver<FourTuple>), TapErr
             ));
         }
     }
-    Ok((tap, rx))
+    Ok(rules)
 }
 
 #[cfg(test)]

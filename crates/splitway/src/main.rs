@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use splitway_core::config::{Config, LogFormat};
 
+mod ctl;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "splitway",
@@ -37,6 +39,8 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Talk to a running relay (status, peers, connections, reload...).
+    Ctl(ctl::CtlArgs),
     /// Run the emulated-WAN laboratory (reproduces the KTCP paper's figures).
     Lab(splitway_lab::LabArgs),
 }
@@ -99,7 +103,11 @@ fn main() -> anyhow::Result<()> {
             let rt = rt.build().context("starting the runtime")?;
             rt.block_on(splitway_relay::run(
                 cfg,
-                splitway_relay::RunOptions { ready_file },
+                splitway_relay::RunOptions {
+                    ready_file,
+                    config_path: Some(config),
+                    reload_on_sighup: true,
+                },
                 shutdown_signal(),
             ))
         }
@@ -108,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
+        Cmd::Ctl(args) => ctl::run(args),
         Cmd::Lab(args) => {
             init_logs(LogFormat::Human);
             splitway_lab::run(args)
