@@ -152,7 +152,8 @@ fn status(shared: &Shared) -> Response {
             "version": env!("CARGO_PKG_VERSION"),
             "engine": c.node.engine.as_str(),
             "uptime_secs": uptime,
-            "active": shared.active(),
+            "active": shared.metrics.active.get(),
+            "tasks": shared.active(),
             "draining": shared.draining.load(std::sync::atomic::Ordering::SeqCst),
             "features": {
                 "early_syn": c.features.early_syn,

@@ -254,15 +254,21 @@ pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr
         reset(leg);
         return;
     }
-    let header = match leg::read_header(
+    // An idle pooled leg waits here; when the relay stops it is closed at
+    // once instead of holding up the shutdown.
+    let mut stop = shared.stop.clone();
+    let read = leg::read_header(
         &mut leg,
         keys,
         &shared.replay,
         Duration::from_secs(listener.idle_leg_timeout_secs),
         Duration::from_millis(listener.header_timeout_ms),
-    )
-    .await
-    {
+    );
+    let header = tokio::select! {
+        r = read => r,
+        _ = stop.wait_for(|s| *s) => Err(leg::HeaderError::ClosedIdle),
+    };
+    let header = match header {
         Ok(h) => h,
         Err(e) => {
             if let Some(reason) = e.reject_reason() {
