@@ -436,7 +436,8 @@ impl Config {
 
     /// Parse and validate config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(parse_message(text, &e)))?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(parse_message(text, &e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -758,8 +759,12 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
     while let Some(i) = rest.find("secret") {
         rest = &rest[i + "secret".len()..];
         let after = rest.trim_start();
-        let Some(after) = after.strip_prefix('=') else { continue };
-        let Some(v) = after.trim_start().strip_prefix('"') else { continue };
+        let Some(after) = after.strip_prefix('=') else {
+            continue;
+        };
+        let Some(v) = after.trim_start().strip_prefix('"') else {
+            continue;
+        };
         if let Some(end) = v.find('"') {
             let value = &v[..end];
             if !value.is_empty() {

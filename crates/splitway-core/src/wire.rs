@@ -282,8 +282,8 @@ mod tests {
 
     fn any_header() -> impl Strategy<Value = Header> {
         let ip = prop_oneof![
-            any::<[u8; 4]>().prop_map(|a| IpAddr::from(a)),
-            any::<[u8; 16]>().prop_map(|a| IpAddr::from(a)),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
         ];
         (
             ip,

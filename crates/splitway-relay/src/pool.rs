@@ -273,11 +273,14 @@ impl LegPool {
     }
 }
 
+/// A running pool and the switch that retires it.
+type PoolHandle = (Arc<LegPool>, watch::Sender<bool>);
+
 /// All pools of a relay, by peer name. [`Pools::sync`] brings them in line
 /// with a config: pools for peers that routes use (when `conn_pool` is on),
 /// retired pools for peers no longer used, new watermarks for the rest.
 pub struct Pools {
-    by_peer: RwLock<HashMap<String, (Arc<LegPool>, watch::Sender<bool>)>>,
+    by_peer: RwLock<HashMap<String, PoolHandle>>,
     m: PoolMetrics,
     stop: watch::Receiver<bool>,
 }

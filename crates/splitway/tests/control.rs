@@ -15,7 +15,8 @@ fn http(ns: &Netns, method: &str, path: &str, body: &str) -> (u16, String) {
     let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
     ns.run_in(move || {
         let addr: SocketAddr = ADMIN.parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("admin reachable");
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("admin reachable");
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
@@ -32,7 +33,9 @@ fn http(ns: &Netns, method: &str, path: &str, body: &str) -> (u16, String) {
 }
 
 fn wait_metric(o: &Overlay, role: &str, sample: &str, want: impl Fn(f64) -> bool) {
-    let ok = wait_until(Duration::from_secs(10), sample, || want(o.metric(role, sample)));
+    let ok = wait_until(Duration::from_secs(10), sample, || {
+        want(o.metric(role, sample))
+    });
     assert!(ok.is_ok(), "{sample} = {}", o.metric(role, sample));
 }
 
@@ -63,23 +66,54 @@ fn pool_watermarks_change_at_run_time() {
     let o = Overlay::with_relays("splice");
     let idle = "splitway_pool_idle_legs{peer=\"egress\"}";
     wait_metric(&o, "ingress", idle, |v| v == 16.0);
-    let (st, body) = http(&o.ingress, "POST", "/peers/egress/pool", r#"{"low": 1, "high": 3}"#);
+    let (st, body) = http(
+        &o.ingress,
+        "POST",
+        "/peers/egress/pool",
+        r#"{"low": 1, "high": 3}"#,
+    );
     assert_eq!(st, 200, "{body}");
     wait_metric(&o, "ingress", idle, |v| v == 3.0);
-    assert_eq!(o.metric("ingress", "splitway_pool_high_watermark{peer=\"egress\"}"), 3.0);
-    let (st, _) = http(&o.ingress, "POST", "/peers/egress/pool", r#"{"low": 20, "high": 24}"#);
+    assert_eq!(
+        o.metric("ingress", "splitway_pool_high_watermark{peer=\"egress\"}"),
+        3.0
+    );
+    let (st, _) = http(
+        &o.ingress,
+        "POST",
+        "/peers/egress/pool",
+        r#"{"low": 20, "high": 24}"#,
+    );
     assert_eq!(st, 200);
     wait_metric(&o, "ingress", idle, |v| v == 24.0);
     // A bad request names the field and changes nothing.
-    let (st, body) = http(&o.ingress, "POST", "/peers/egress/pool", r#"{"low": 9, "high": 2}"#);
+    let (st, body) = http(
+        &o.ingress,
+        "POST",
+        "/peers/egress/pool",
+        r#"{"low": 9, "high": 2}"#,
+    );
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("\"low\""), "{body}");
-    let (st, body) = http(&o.ingress, "POST", "/peers/egress/pool", r#"{"low": 1, "hihg": 2}"#);
+    let (st, body) = http(
+        &o.ingress,
+        "POST",
+        "/peers/egress/pool",
+        r#"{"low": 1, "hihg": 2}"#,
+    );
     assert_eq!(st, 400);
     assert!(body.contains("hihg"), "{body}");
-    let (st, _) = http(&o.ingress, "POST", "/peers/nobody/pool", r#"{"low": 1, "high": 2}"#);
+    let (st, _) = http(
+        &o.ingress,
+        "POST",
+        "/peers/nobody/pool",
+        r#"{"low": 1, "high": 2}"#,
+    );
     assert_eq!(st, 400);
-    assert_eq!(o.metric("ingress", "splitway_pool_high_watermark{peer=\"egress\"}"), 24.0);
+    assert_eq!(
+        o.metric("ingress", "splitway_pool_high_watermark{peer=\"egress\"}"),
+        24.0
+    );
 }
 
 #[test]
@@ -96,14 +130,21 @@ fn early_syn_switched_off_at_run_time() {
     assert_eq!(looked(&o), 1.0, "early SYN in use before");
     let (st, body) = http(&o.ingress, "POST", "/features", r#"{"early_syn": false}"#);
     assert_eq!(st, 200, "{body}");
-    let rules = o.sh("ingress", "iptables-nft", &["-t", "mangle", "-S", "PREROUTING"]);
+    let rules = o.sh(
+        "ingress",
+        "iptables-nft",
+        &["-t", "mangle", "-S", "PREROUTING"],
+    );
     assert!(!rules.contains("NFQUEUE"), "queue rule removed: {rules}");
     let started = o.metric("ingress", "splitway_early_syn_total{result=\"started\"}");
     let s = o.connect(server_addr(false, 7000)).unwrap();
     client_duplex(s, 1000, 1).unwrap();
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(looked(&o), 1.0, "the next connection did not use early SYN");
-    assert_eq!(o.metric("ingress", "splitway_early_syn_total{result=\"started\"}"), started);
+    assert_eq!(
+        o.metric("ingress", "splitway_early_syn_total{result=\"started\"}"),
+        started
+    );
     let (st, body) = http(&o.ingress, "GET", "/status", "");
     assert_eq!(st, 200);
     assert!(body.contains("\"early_syn\": false"), "{body}");
@@ -122,31 +163,61 @@ fn reload_with_bad_file_keeps_serving_and_good_file_reroutes_new_flows() {
     let long = paced_client(o.connect(server_addr(false, 7000)).unwrap(), 30);
     std::thread::sleep(Duration::from_secs(1));
 
-    std::fs::write(&cfg_path, good.replace("via = \"egress\"", "via = \"nowhere\"")).unwrap();
+    std::fs::write(
+        &cfg_path,
+        good.replace("via = \"egress\"", "via = \"nowhere\""),
+    )
+    .unwrap();
     let (st, body) = http(&o.ingress, "POST", "/reload", "");
     assert_eq!(st, 400, "{body}");
-    assert!(body.contains("route[0].via") && body.contains("nowhere"), "{body}");
+    assert!(
+        body.contains("route[0].via") && body.contains("nowhere"),
+        "{body}"
+    );
     // Still serving with the old config.
-    let relayed = o.metric("egress", "splitway_connections_accepted_total{kind=\"relay\"}");
+    let relayed = o.metric(
+        "egress",
+        "splitway_connections_accepted_total{kind=\"relay\"}",
+    );
     let mut s = o.connect(server_addr(false, 7000)).unwrap();
     s.write_all(b"x").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(recv_stream(&mut s).unwrap().0, 1000);
 
     // A good file: the server's prefix now goes direct from the ingress.
-    std::fs::write(&cfg_path, good.replace("via = \"egress\"", "via = \"direct\"")).unwrap();
-    o.sh("ingress", "pkill", &["-HUP", "-f", cfg_path.to_str().unwrap()]);
+    std::fs::write(
+        &cfg_path,
+        good.replace("via = \"egress\"", "via = \"direct\""),
+    )
+    .unwrap();
+    o.sh(
+        "ingress",
+        "pkill",
+        &["-HUP", "-f", cfg_path.to_str().unwrap()],
+    );
     let ok = wait_until(Duration::from_secs(5), "reload applied", || {
-        http(&o.ingress, "GET", "/routes", "").1.contains("\"via\": \"direct\"")
+        http(&o.ingress, "GET", "/routes", "")
+            .1
+            .contains("\"via\": \"direct\"")
     });
     assert!(ok.is_ok(), "SIGHUP reload applied");
-    let completed_before = o.metric("egress", "splitway_connections_completed_total{outcome=\"closed\"}");
+    let completed_before = o.metric(
+        "egress",
+        "splitway_connections_completed_total{outcome=\"closed\"}",
+    );
     let mut s = o.connect(server_addr(false, 7000)).unwrap();
     s.write_all(b"y").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(recv_stream(&mut s).unwrap().0, 1000, "new flow works on the new route");
     assert_eq!(
-        o.metric("egress", "splitway_connections_completed_total{outcome=\"closed\"}"),
+        recv_stream(&mut s).unwrap().0,
+        1000,
+        "new flow works on the new route"
+    );
+    assert_eq!(
+        o.metric(
+            "egress",
+            "splitway_connections_completed_total{outcome=\"closed\"}"
+        ),
         completed_before,
         "the new flow did not cross the egress relay"
     );
@@ -159,7 +230,10 @@ fn reload_with_bad_file_keeps_serving_and_good_file_reroutes_new_flows() {
     while let Ok(r) = rx.recv_timeout(Duration::from_secs(5)) {
         got.push(r.received_sha);
     }
-    assert!(got.contains(&sent_sha), "30 s transfer arrived whole across reloads");
+    assert!(
+        got.contains(&sent_sha),
+        "30 s transfer arrived whole across reloads"
+    );
 }
 
 #[test]
@@ -173,11 +247,25 @@ fn drain_finishes_open_flows_and_refuses_new_ones() {
     let mut s = o.connect(server_addr(false, 7000)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let r = recv_stream(&mut s);
-    assert!(r.is_err() || r.as_ref().is_ok_and(|(n, _)| *n == 0), "new connection refused: {r:?}");
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|(n, _)| *n == 0),
+        "new connection refused: {r:?}"
+    );
     let (sha, n) = open.join().unwrap();
     assert_eq!(n, 1000, "open flow finished");
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap().received_sha, sha);
-    assert_eq!(o.metric("ingress", "splitway_connections_failed_total{reason=\"draining\"}"), 1.0);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .received_sha,
+        sha
+    );
+    assert_eq!(
+        o.metric(
+            "ingress",
+            "splitway_connections_failed_total{reason=\"draining\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -189,14 +277,24 @@ fn ctl_prints_per_leg_tcp_state_of_a_live_transfer() {
     let bin = env!("CARGO_BIN_EXE_splitway");
     let out = o.sh("ingress", bin, &["ctl", "--admin", ADMIN, "connections"]);
     assert!(out.contains("transparent 10.10.1.2:"), "{out}");
-    assert!(out.contains("down  rtt:") && out.contains("up    rtt:") && out.contains("cwnd:"), "{out}");
-    let json = o.sh("ingress", bin, &["ctl", "--admin", ADMIN, "--json", "connections"]);
+    assert!(
+        out.contains("down  rtt:") && out.contains("up    rtt:") && out.contains("cwnd:"),
+        "{out}"
+    );
+    let json = o.sh(
+        "ingress",
+        bin,
+        &["ctl", "--admin", ADMIN, "--json", "connections"],
+    );
     let v: serde_json::Value = serde_json::from_str(&json).expect("ctl --json prints JSON");
     let c = &v["connections"][0];
     assert!(c["down"]["bytes_received"].as_u64().unwrap() > 0, "{json}");
     assert!(c["up"]["cwnd"].as_u64().unwrap() >= 10, "{json}");
     let peers = o.sh("ingress", bin, &["ctl", "--admin", ADMIN, "peers"]);
-    assert!(peers.contains("egress") && peers.contains("10.10.2.2:5565"), "{peers}");
+    assert!(
+        peers.contains("egress") && peers.contains("10.10.2.2:5565"),
+        "{peers}"
+    );
     live.join().unwrap();
 }
 
@@ -217,14 +315,37 @@ fn metrics_parse_with_a_prometheus_parser() {
             .iter()
             .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
             .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
                 _ => f64::NAN,
             })
     };
-    assert_eq!(find("splitway_bytes_total", ("direction", "upstream")), Some(3000.0));
-    assert_eq!(find("splitway_bytes_total", ("direction", "downstream")), Some(5000.0));
-    assert_eq!(find("splitway_connections_completed_total", ("outcome", "closed")), Some(1.0));
+    assert_eq!(
+        find("splitway_bytes_total", ("direction", "upstream")),
+        Some(3000.0)
+    );
+    assert_eq!(
+        find("splitway_bytes_total", ("direction", "downstream")),
+        Some(5000.0)
+    );
+    assert_eq!(
+        find(
+            "splitway_connections_completed_total",
+            ("outcome", "closed")
+        ),
+        Some(1.0)
+    );
     assert_eq!(find("splitway_engine", ("engine", "copy")), Some(1.0));
-    assert!(scrape.samples.iter().any(|s| s.metric == "splitway_connection_setup_seconds"), "histogram exported");
-    assert!(scrape.docs.contains_key("splitway_pool_hits_total"), "pool metrics documented");
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "splitway_connection_setup_seconds"),
+        "histogram exported"
+    );
+    assert!(
+        scrape.docs.contains_key("splitway_pool_hits_total"),
+        "pool metrics documented"
+    );
 }

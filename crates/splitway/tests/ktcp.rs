@@ -45,11 +45,14 @@ fn one_transfer(o: &Overlay, port: u16) {
     s.shutdown(Shutdown::Write).unwrap();
     let (n, _) = recv_stream(&mut s).unwrap();
     assert_eq!(n, 10_000);
-    rx.recv_timeout(Duration::from_secs(5)).expect("server saw the flow");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server saw the flow");
 }
 
 fn wait_metric(o: &Overlay, role: &str, sample: &str, want: impl Fn(f64) -> bool) -> f64 {
-    let ok = wait_until(Duration::from_secs(10), sample, || want(o.metric(role, sample)));
+    let ok = wait_until(Duration::from_secs(10), sample, || {
+        want(o.metric(role, sample))
+    });
     let v = o.metric(role, sample);
     assert!(ok.is_ok(), "{sample} = {v}");
     v
@@ -59,24 +62,43 @@ fn wait_metric(o: &Overlay, role: &str, sample: &str, want: impl Fn(f64) -> bool
 fn pool_fills_to_high_and_refills_below_low() {
     let mut o = Overlay::new();
     o.start_relays("splice", "", "");
-    o.start_relay("ingress", &ingress_config(&ingress_with("early_syn = false", POOL)));
+    o.start_relay(
+        "ingress",
+        &ingress_config(&ingress_with("early_syn = false", POOL)),
+    );
     let idle = "splitway_pool_idle_legs{peer=\"egress\"}";
     wait_metric(&o, "ingress", idle, |v| v == 5.0);
     // Four one-shot legs used: 1 left, below low (2), so it refills to 5.
     for i in 0..4 {
         one_transfer(&o, 7000 + i);
     }
-    assert_eq!(o.metric("ingress", "splitway_pool_hits_total{peer=\"egress\"}"), 4.0);
+    assert_eq!(
+        o.metric("ingress", "splitway_pool_hits_total{peer=\"egress\"}"),
+        4.0
+    );
     wait_metric(&o, "ingress", idle, |v| v == 5.0);
-    assert!(o.metric("ingress", "splitway_pool_legs_opened_total{peer=\"egress\"}") >= 9.0);
+    assert!(
+        o.metric(
+            "ingress",
+            "splitway_pool_legs_opened_total{peer=\"egress\"}"
+        ) >= 9.0
+    );
 }
 
 #[test]
 fn dead_idle_legs_are_never_used() {
     let mut o = Overlay::new();
     o.start_relays("splice", "", "");
-    o.start_relay("ingress", &ingress_config(&ingress_with("early_syn = false", POOL)));
-    wait_metric(&o, "ingress", "splitway_pool_idle_legs{peer=\"egress\"}", |v| v == 5.0);
+    o.start_relay(
+        "ingress",
+        &ingress_config(&ingress_with("early_syn = false", POOL)),
+    );
+    wait_metric(
+        &o,
+        "ingress",
+        "splitway_pool_idle_legs{peer=\"egress\"}",
+        |v| v == 5.0,
+    );
     // The egress restarts: every pooled leg dies.
     let egress_cfg = std::fs::read_to_string(o.dir.join("egress.toml")).unwrap();
     assert!(o.stop_relay("egress"));
@@ -92,7 +114,12 @@ fn dead_idle_legs_are_never_used() {
         .sum();
     assert_eq!(failed, 0.0, "no connection failed");
     // And the pool refills from the new egress.
-    wait_metric(&o, "ingress", "splitway_pool_idle_legs{peer=\"egress\"}", |v| v == 5.0);
+    wait_metric(
+        &o,
+        "ingress",
+        "splitway_pool_idle_legs{peer=\"egress\"}",
+        |v| v == 5.0,
+    );
 }
 
 /// `cwnd:` of established sockets whose local or peer address contains `addr`.
@@ -103,7 +130,10 @@ fn cwnds(o: &Overlay, role: &str, addr: &str) -> Vec<u32> {
     while let Some(l) = lines.next() {
         let info = lines.peek().copied().unwrap_or("");
         if l.contains(addr) {
-            if let Some(c) = info.split_whitespace().find_map(|w| w.strip_prefix("cwnd:")) {
+            if let Some(c) = info
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("cwnd:"))
+            {
                 if let Ok(c) = c.parse() {
                     res.push(c);
                 }
@@ -117,21 +147,41 @@ fn cwnds(o: &Overlay, role: &str, addr: &str) -> Vec<u32> {
 fn turbo_start_widens_relay_legs_only() {
     let mut o = Overlay::new();
     o.start_relays("splice", "", "");
-    o.start_relay("ingress", &ingress_config(&ingress_with("early_syn = false", POOL)));
+    o.start_relay(
+        "ingress",
+        &ingress_config(&ingress_with("early_syn = false", POOL)),
+    );
     // 100 Mbit/s × 50 ms = 432 segments of 1448 bytes.
     let route = o.sh("ingress", "ip", &["route", "show", "10.10.2.2/32"]);
-    assert!(route.contains("initcwnd 432") && route.contains("initrwnd 432"), "{route}");
-    wait_metric(&o, "ingress", "splitway_pool_idle_legs{peer=\"egress\"}", |v| v == 5.0);
+    assert!(
+        route.contains("initcwnd 432") && route.contains("initrwnd 432"),
+        "{route}"
+    );
+    wait_metric(
+        &o,
+        "ingress",
+        "splitway_pool_idle_legs{peer=\"egress\"}",
+        |v| v == 5.0,
+    );
     let legs = cwnds(&o, "ingress", "10.10.2.2:5565");
-    assert!(!legs.is_empty() && legs.iter().all(|c| *c == 432), "relay legs: {legs:?}");
+    assert!(
+        !legs.is_empty() && legs.iter().all(|c| *c == 432),
+        "relay legs: {legs:?}"
+    );
     // A client-facing connection keeps the default window.
     let _l = o.listen(server_addr(false, 7000));
     let _c = o.connect(server_addr(false, 7000)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let client = cwnds(&o, "ingress", "10.10.1.2:");
-    assert!(!client.is_empty() && client.iter().all(|c| *c == 10), "client legs: {client:?}");
+    assert!(
+        !client.is_empty() && client.iter().all(|c| *c == 10),
+        "client legs: {client:?}"
+    );
     let server = cwnds(&o, "egress", "10.10.3.2:7000");
-    assert!(!server.is_empty() && server.iter().all(|c| *c == 10), "server legs: {server:?}");
+    assert!(
+        !server.is_empty() && server.iter().all(|c| *c == 10),
+        "server legs: {server:?}"
+    );
     // Restored on exit.
     drop(_c);
     assert!(o.stop_relay("ingress"));
@@ -150,12 +200,23 @@ fn every_switch_off_is_visibly_off() {
     }
     let m = o.metrics("ingress");
     assert!(!m.contains("splitway_pool_idle_legs"), "no pool exists");
-    assert!(!m.contains("splitway_early_syn_total{"), "early SYN never ran");
-    let rules = o.sh("ingress", "iptables-nft", &["-t", "mangle", "-S", "PREROUTING"]);
+    assert!(
+        !m.contains("splitway_early_syn_total{"),
+        "early SYN never ran"
+    );
+    let rules = o.sh(
+        "ingress",
+        "iptables-nft",
+        &["-t", "mangle", "-S", "PREROUTING"],
+    );
     assert!(!rules.contains("NFQUEUE"), "no SYN queue rule: {rules}");
     let route = o.sh("ingress", "ip", &["route", "show", "10.10.2.2/32"]);
     assert!(route.trim().is_empty(), "no turbo route: {route}");
-    assert_eq!(o.metric("ingress", "splitway_resources_pooled"), 0.0, "no resources pooled");
+    assert_eq!(
+        o.metric("ingress", "splitway_resources_pooled"),
+        0.0,
+        "no resources pooled"
+    );
 }
 
 #[test]
@@ -163,8 +224,15 @@ fn early_syn_tap_sees_syns_and_pairs_or_falls_back() {
     let mut o = Overlay::new();
     o.start_relays("splice", "", "");
     o.start_relay("ingress", &ingress_config(&ingress_with("", POOL)));
-    let rules = o.sh("ingress", "iptables-nft", &["-t", "mangle", "-S", "PREROUTING"]);
-    assert!(rules.contains("NFQUEUE") && rules.contains("--queue-bypass"), "{rules}");
+    let rules = o.sh(
+        "ingress",
+        "iptables-nft",
+        &["-t", "mangle", "-S", "PREROUTING"],
+    );
+    assert!(
+        rules.contains("NFQUEUE") && rules.contains("--queue-bypass"),
+        "{rules}"
+    );
     let n = 5;
     for i in 0..n {
         one_transfer(&o, 7000 + i);
@@ -172,11 +240,19 @@ fn early_syn_tap_sees_syns_and_pairs_or_falls_back() {
     let started = o.metric("ingress", "splitway_early_syn_total{result=\"started\"}");
     let hit = o.metric("ingress", "splitway_early_syn_total{result=\"hit\"}");
     let miss = o.metric("ingress", "splitway_early_syn_total{result=\"miss\"}");
-    assert_eq!(hit + miss, n as f64, "every accepted connection looked for its early leg");
+    assert_eq!(
+        hit + miss,
+        n as f64,
+        "every accepted connection looked for its early leg"
+    );
     assert!(started >= 1.0, "the tap saw SYNs (started {started})");
     assert!(hit <= started);
     // Rules go away with the relay.
     assert!(o.stop_relay("ingress"));
-    let rules = o.sh("ingress", "iptables-nft", &["-t", "mangle", "-S", "PREROUTING"]);
+    let rules = o.sh(
+        "ingress",
+        "iptables-nft",
+        &["-t", "mangle", "-S", "PREROUTING"],
+    );
     assert!(!rules.contains("splitway"), "{rules}");
 }

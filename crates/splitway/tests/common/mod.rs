@@ -429,7 +429,12 @@ pub fn serve_echo_hash(
 
 /// A server that sends `len` bytes while reading everything the client sends,
 /// both at once (full duplex). Reports per connection.
-pub fn serve_duplex(l: TcpListener, conns: usize, len: usize, seed: u64) -> (mpsc::Receiver<ServerSide>, JoinHandle<()>) {
+pub fn serve_duplex(
+    l: TcpListener,
+    conns: usize,
+    len: usize,
+    seed: u64,
+) -> (mpsc::Receiver<ServerSide>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let h = std::thread::spawn(move || {
         // Accept until `conns` transfers were reported. A connection that
@@ -448,8 +453,12 @@ pub fn serve_duplex(l: TcpListener, conns: usize, len: usize, seed: u64) -> (mps
                     sha
                 });
                 let mut r = s;
-                let Ok((received, received_sha)) = recv_stream(&mut r) else { return };
-                let Ok(Ok(sent_sha)) = writer.join() else { return };
+                let Ok((received, received_sha)) = recv_stream(&mut r) else {
+                    return;
+                };
+                let Ok(Ok(sent_sha)) = writer.join() else {
+                    return;
+                };
                 if received == 0 {
                     return;
                 }
