@@ -354,6 +354,21 @@ pub fn run(args: LabArgs) -> Result<()> {
         "{}",
         report::table::emulation(&rep.emulation, "emulation check (before the runs)")
     );
+    if let Some(a) = &rep.emulation_after {
+        print!("{}", report::table::rtt_after(a));
+    }
+    for l in &rep.emulation_stats {
+        let bad = if !l.running || l.enobufs > 0 {
+            "  !!!"
+        } else {
+            ""
+        };
+        println!(
+            "  delay line {}: {} packets, {} dropped by the queue limit, {} lost to netlink overflow, \
+             max verdict lateness {} us, realtime {}{bad}",
+            l.link, l.packets, l.drops, l.enobufs, l.max_lateness_us, l.realtime
+        );
+    }
     rep.write_json(&st.json)?;
     let charts = report::charts::write(&rep, &st.out)?;
     println!(

@@ -100,6 +100,7 @@ impl Testbed {
         let err = out.try_clone()?;
         let mut cmd = self.ns(node).command(program);
         cmd.args(args)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
