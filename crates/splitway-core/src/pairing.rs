@@ -3,8 +3,10 @@
 //!
 //! Entries are keyed by the connection's 4-tuple. The map is bounded per
 //! source address and in total, so a SYN flood can not make the relay open
-//! unbounded legs: past a bound, [`Pending::insert`] refuses and the relay
-//! falls back to connecting after accept. Entries not claimed within the
+//! unbounded legs: past a bound, [`Pending::try_insert`] refuses and the relay
+//! falls back to connecting after accept. Inserting for a SYN and claiming
+//! (or marking) for an accept are each one locked step, so the two can
+//! race without both starting a leg. Entries not claimed within the
 //! timeout are expired by [`Pending::expire`]. Time comes from the caller.
 //! The map is sharded by key hash so the SYN tap and accepting workers
 //! rarely contend.
@@ -84,15 +86,8 @@ impl<V> Pending<V> {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Can a leg for `key` be recorded? Reserves its slot if so; the caller
-    /// must then [`Pending::insert`] or [`Pending::release`].
-    pub fn reserve(&self, key: &FourTuple) -> Result<(), Refused> {
-        if Self::lock(&self.shards[shard_of(key)])
-            .entries
-            .contains_key(key)
-        {
-            return Err(Refused::Duplicate);
-        }
+    /// Take a slot in the bounds; the caller holds the key's shard lock.
+    fn reserve_locked(&self, key: &FourTuple) -> Result<(), Refused> {
         let mut total = Self::lock(&self.total);
         if *total >= self.max_total {
             return Err(Refused::TotalBound);
@@ -107,8 +102,8 @@ impl<V> Pending<V> {
         Ok(())
     }
 
-    /// Give back a slot reserved with [`Pending::reserve`] and not used.
-    pub fn release(&self, key: &FourTuple) {
+    /// Give back a slot taken by an entry that is gone.
+    fn release(&self, key: &FourTuple) {
         let mut total = Self::lock(&self.total);
         *total = total.saturating_sub(1);
         let mut ps = Self::lock(&self.per_source);
@@ -120,19 +115,36 @@ impl<V> Pending<V> {
         }
     }
 
-    /// Record a leg in a reserved slot. A duplicate (raced) is handed back.
-    pub fn insert(&self, key: FourTuple, value: V, now_ms: u64) -> Option<V> {
+    /// Record `value` for `key` if the key is new and the bounds allow it;
+    /// the check and the insert are one step, so a concurrent
+    /// [`Pending::take_or_mark`] sees either nothing or the entry.
+    pub fn try_insert(&self, key: FourTuple, value: V, now_ms: u64) -> Result<(), Refused> {
         let mut shard = Self::lock(&self.shards[shard_of(&key)]);
         if shard.entries.contains_key(&key) {
-            drop(shard);
-            self.release(&key);
-            return Some(value);
+            return Err(Refused::Duplicate);
         }
+        self.reserve_locked(&key)?;
         shard.entries.insert(key, (now_ms, value));
+        Ok(())
+    }
+
+    /// Claim the entry for `key` if there is one; otherwise leave `mark` in
+    /// its place (bounds permitting), so a late [`Pending::try_insert`] for
+    /// the same key is refused as a duplicate. One step, like `try_insert`.
+    pub fn take_or_mark(&self, key: &FourTuple, mark: V, now_ms: u64) -> Option<V> {
+        let mut shard = Self::lock(&self.shards[shard_of(key)]);
+        if let Some((_, v)) = shard.entries.remove(key) {
+            drop(shard);
+            self.release(key);
+            return Some(v);
+        }
+        if self.reserve_locked(key).is_ok() {
+            shard.entries.insert(*key, (now_ms, mark));
+        }
         None
     }
 
-    /// Claim the leg for an accepted connection, if one is pending.
+    /// Claim the entry for `key`, if any.
     pub fn take(&self, key: &FourTuple) -> Option<V> {
         let v = Self::lock(&self.shards[shard_of(key)]).entries.remove(key);
         v.map(|(_, v)| {
@@ -186,9 +198,7 @@ mod tests {
     }
 
     fn add(p: &Pending<u32>, k: FourTuple, v: u32, now: u64) -> Result<(), Refused> {
-        p.reserve(&k)?;
-        assert!(p.insert(k, v, now).is_none());
-        Ok(())
+        p.try_insert(k, v, now)
     }
 
     #[test]
@@ -223,8 +233,49 @@ mod tests {
         let p = Pending::new(10, 10, 1000);
         let k = key("10.0.0.1:5000", "10.0.3.2:80");
         add(&p, k, 1, 0).unwrap();
-        assert_eq!(p.reserve(&k), Err(Refused::Duplicate));
+        assert_eq!(add(&p, k, 2, 0), Err(Refused::Duplicate));
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn accept_before_syn_report_leaves_a_mark_that_blocks_the_late_syn() {
+        let p = Pending::new(10, 10, 1000);
+        let k = key("10.0.0.1:5000", "10.0.3.2:80");
+        assert_eq!(p.take_or_mark(&k, 0, 0), None, "nothing pending yet");
+        assert_eq!(
+            add(&p, k, 7, 1),
+            Err(Refused::Duplicate),
+            "the late SYN starts nothing"
+        );
+        assert_eq!(p.expire(1000), vec![(k, 0)], "the mark expires");
+        assert!(p.is_empty());
+        add(&p, k, 7, 1000).unwrap();
+        assert_eq!(
+            p.take_or_mark(&k, 0, 1000),
+            Some(7),
+            "claimed, no mark left"
+        );
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn concurrent_syn_and_accept_pair_exactly_once() {
+        use std::sync::Arc;
+        for i in 0..200u16 {
+            let p = Arc::new(Pending::new(10, 10, 1000));
+            let k = key(&format!("10.0.0.1:{}", 1000 + i), "10.0.3.2:80");
+            let p2 = p.clone();
+            let syn = std::thread::spawn(move || p2.try_insert(k, 1, 0).is_ok());
+            let got = p.take_or_mark(&k, 0, 0);
+            let inserted = syn.join().unwrap();
+            // Either the accept claimed the SYN's leg, or the SYN saw the mark.
+            assert_eq!(inserted, got == Some(1), "round {i}");
+            if !inserted {
+                assert_eq!(p.len(), 1, "only the mark is left");
+            } else {
+                assert!(p.is_empty());
+            }
+        }
     }
 
     #[test]

@@ -326,23 +326,19 @@ impl Drop for WaitingLeg<'_> {
     }
 }
 
-/// The leg the early-SYN tap started for this client, if any.
+/// The leg the early-SYN tap started for this client, if any. Without one,
+/// a mark is left so a late SYN report for this 4-tuple starts nothing.
 async fn claim_early(shared: &Shared, peer: SocketAddr, dst: SocketAddr) -> Option<TcpStream> {
     let key = FourTuple {
         src: canonical(&peer),
         dst: canonical(&dst),
     };
     let m = &shared.metrics;
-    let Some(Some(handle)) = shared.pending.take(&key) else {
+    let Some(Some(leg)) = shared.pending.take_or_mark(&key, None, leg::now_ms()) else {
         m.early_syn.with_label_values(&["miss"]).inc();
-        // Leave a tombstone so the SYN, if the tap reports it late, starts
-        // no leg.
-        if shared.pending.reserve(&key).is_ok() {
-            shared.pending.insert(key, None, leg::now_ms());
-        }
         return None;
     };
-    match handle.await {
+    match leg.await {
         Ok(Ok(leg)) => {
             m.early_syn.with_label_values(&["hit"]).inc();
             Some(leg)
@@ -369,7 +365,8 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
         return;
     };
     let m = &shared.metrics;
-    match shared.pending.reserve(&tuple) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    match shared.pending.try_insert(tuple, Some(rx), leg::now_ms()) {
         Ok(()) => {}
         Err(Refused::Duplicate) => return,
         Err(_) => {
@@ -379,21 +376,21 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     }
     m.early_syn.with_label_values(&["started"]).inc();
     let sh = shared.clone();
-    let handle = tokio::spawn(async move {
-        open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT)
+    tokio::spawn(async move {
+        let leg = open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT)
             .await
-            .map_err(|e| std::io::Error::other(e.reason()))
+            .map_err(|e| std::io::Error::other(e.reason()));
+        // If the entry expired meanwhile, the receiver is gone and the leg
+        // is closed here.
+        let _ = tx.send(leg);
     });
-    if let Some(Some(dup)) = shared.pending.insert(tuple, Some(handle), leg::now_ms()) {
-        dup.abort();
-    }
 }
 
 /// Tear down early legs whose client never completed its handshake.
 pub fn expire_early(shared: &Shared) {
     for (_, entry) in shared.pending.expire(leg::now_ms()) {
-        if let Some(handle) = entry {
-            handle.abort();
+        // Dropping the receiver closes the leg (now, or when it connects).
+        if entry.is_some() {
             shared
                 .metrics
                 .early_syn

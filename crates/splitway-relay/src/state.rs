@@ -20,7 +20,6 @@ use splitway_core::pairing::Pending;
 use splitway_core::route::{AllowList, RouteTable};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
-use tokio::task::JoinHandle;
 
 use crate::forward::FlowTimeouts;
 use crate::metrics::Metrics;
@@ -74,7 +73,7 @@ pub struct FlowEntry {
 /// Early-SYN legs waiting for their client's accept. `None` is a tombstone:
 /// the client was accepted before its SYN reached the tap, so a late SYN
 /// report must not start a leg nobody will claim.
-pub type EarlyLegs = Pending<Option<JoinHandle<std::io::Result<TcpStream>>>>;
+pub type EarlyLegs = Pending<Option<tokio::sync::oneshot::Receiver<std::io::Result<TcpStream>>>>;
 
 /// State shared by all tasks of one relay.
 pub struct Shared {
