@@ -36,11 +36,12 @@ impl Lock {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
                 "another `splitway lab` is running (pid {}, holding {LOCK_PATH}); wait for it or stop it",
-                holder.trim()
+                holder.trim_matches(|c: char| c.is_whitespace() || c == '\0')
             ),
             Err((_, e)) => bail!("cannot lock {LOCK_PATH}: {e}"),
         };
         let _ = lock.set_len(0);
+        let _ = std::io::Seek::seek(&mut *lock, std::io::SeekFrom::Start(0));
         let _ = writeln!(&mut *lock, "{}", std::process::id());
         Ok(Lock { _lock: lock })
     }
