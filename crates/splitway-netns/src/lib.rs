@@ -204,9 +204,26 @@ impl Drop for Netns {
 
 /// Connect `a` and `b` with a veth pair named `a_if`/`b_if`, assign the given
 /// addresses (CIDR strings, v4 or v6, any number) and bring both ends up.
-pub fn link(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) -> Result<()> {
+pub fn link(
+    a: &Netns,
+    a_if: &str,
+    a_addrs: &[&str],
+    b: &Netns,
+    b_if: &str,
+    b_addrs: &[&str],
+) -> Result<()> {
     ip([
-        "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns",
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
         b.name(),
     ])?;
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
@@ -275,7 +292,9 @@ impl ChildGuard {
 
     /// Has the child exited? Returns its status if so.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Send SIGTERM and wait up to `grace` for exit, then SIGKILL.

@@ -368,7 +368,11 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     match shared.pending.try_insert(tuple, Some(rx), leg::now_ms()) {
         Ok(()) => {}
-        Err(Refused::Duplicate) => return,
+        Err(Refused::Duplicate) => {
+            // Its client was accepted first (or this is a retransmit).
+            m.early_syn.with_label_values(&["late"]).inc();
+            return;
+        }
         Err(_) => {
             m.early_syn.with_label_values(&["fallback_bound"]).inc();
             return;

@@ -29,8 +29,8 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     /// Engine in use: 1 on the label of the configured one.
     pub engine: IntGaugeVec,
-    /// Early-SYN events by result (started, hit, miss, fallback_bound,
-    /// expired, failed).
+    /// Early-SYN events by result (started, late, hit, miss,
+    /// fallback_bound, expired, failed).
     pub early_syn: IntCounterVec,
     /// Connection resources (buffer or pipe pairs) ready in the pool.
     pub resources_pooled: IntGauge,

@@ -57,19 +57,18 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Install SIGTERM/SIGINT handlers now (so a signal that arrives while the
+/// relay starts up is not fatal), and return a future that completes on one.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers, never shut down on our own.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
 
 /// Raise the soft open-files limit to the hard limit: every split
@@ -101,15 +100,15 @@ fn main() -> anyhow::Result<()> {
                 rt.worker_threads(n.max(1));
             }
             let rt = rt.build().context("starting the runtime")?;
-            rt.block_on(splitway_relay::run(
-                cfg,
-                splitway_relay::RunOptions {
+            rt.block_on(async move {
+                let stop = shutdown_signal()?;
+                let opts = splitway_relay::RunOptions {
                     ready_file,
                     config_path: Some(config),
                     reload_on_sighup: true,
-                },
-                shutdown_signal(),
-            ))
+                };
+                splitway_relay::run(cfg, opts, stop).await
+            })
         }
         Cmd::Check { config } => {
             Config::load(&config).with_context(|| format!("loading {}", config.display()))?;

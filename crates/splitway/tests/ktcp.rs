@@ -245,7 +245,10 @@ fn early_syn_tap_sees_syns_and_pairs_or_falls_back() {
         n as f64,
         "every accepted connection looked for its early leg"
     );
-    assert!(started >= 1.0, "the tap saw SYNs (started {started})");
+    let late = o.metric("ingress", "splitway_early_syn_total{result=\"late\"}");
+    // Every SYN reached the tap: it either started a leg or found its
+    // client already accepted (zero-delay namespaces make that race close).
+    assert!(started + late >= n as f64, "the tap saw every SYN (started {started}, late {late})");
     assert!(hit <= started);
     // Rules go away with the relay.
     assert!(o.stop_relay("ingress"));

@@ -518,3 +518,105 @@ pub fn leftovers(ns: &Netns) -> Vec<String> {
     }
     out
 }
+
+/// What `/proc` says about one process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcStat {
+    /// Resident set size, KiB (`VmRSS`).
+    pub rss_kb: u64,
+    /// Open file descriptors.
+    pub fds: usize,
+    /// Of those, pipe ends.
+    pub pipes: usize,
+    /// User + system CPU time, seconds.
+    pub cpu_secs: f64,
+}
+
+/// Read RSS, fd count and CPU time of `pid` from `/proc`.
+pub fn proc_stat(pid: u32) -> ProcStat {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let mut fds = 0;
+    let mut pipes = 0;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in rd.flatten() {
+            fds += 1;
+            if std::fs::read_link(e.path())
+                .map(|t| t.to_string_lossy().starts_with("pipe:"))
+                .unwrap_or(false)
+            {
+                pipes += 1;
+            }
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime is
+    // field 14, stime 15 (1-based), i.e. 11 and 12 after ") ".
+    let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ProcStat {
+        rss_kb,
+        fds,
+        pipes,
+        cpu_secs: (ticks(11) + ticks(12)) / tck,
+    }
+}
+
+impl Overlay {
+    /// Pid of the relay running in `role` (written to its ready file).
+    pub fn relay_pid(&self, role: &str) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(format!("{role}.ready")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `/proc` figures of the relay running in `role`.
+    pub fn relay_stat(&self, role: &str) -> ProcStat {
+        self.relay_pid(role).map(proc_stat).unwrap_or_default()
+    }
+
+    /// Set the relay's `RLIMIT_NOFILE` (soft and hard) with `prlimit`.
+    pub fn set_relay_nofile(&self, role: &str, n: u64) {
+        let pid = self.relay_pid(role).expect("relay running");
+        let st = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg(format!("--nofile={n}:{n}"))
+            .status()
+            .expect("run prlimit");
+        assert!(st.success(), "prlimit failed");
+    }
+
+    /// The namespace of `role` ("client", "ingress", "egress", "server").
+    pub fn netns(&self, role: &str) -> &Netns {
+        self.ns(role)
+    }
+}
+
+/// Raise this process's `RLIMIT_NOFILE` to at least `n` (tests run as root).
+pub fn raise_nofile(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n as libc::rlim_t,
+        rlim_max: n as libc::rlim_t,
+    };
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to rlimit structs.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
+        if (cur.rlim_cur as u64) < n {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
