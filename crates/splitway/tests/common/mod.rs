@@ -188,7 +188,7 @@ listen = "{ADMIN}"
         match role {
             "client" => &self.client,
             "ingress" => &self.ingress,
-            "egress" => &self.egress,
+            "egress" | "transit" => &self.egress,
             _ => &self.server,
         }
     }

@@ -1,0 +1,106 @@
+//! A chain of three relays: ingress → transit → egress, with the transit
+//! relay re-signing the header and spending one hop.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use splitway_core::auth::{KeyRing, Secret};
+use splitway_core::wire::Header;
+
+const TRANSIT_ADMIN: &str = "127.0.0.1:9901";
+
+/// Ingress routes to the transit (egress host, port 5566); the transit
+/// routes to the egress relay (port 5565), which connects to the server.
+fn chain() -> Overlay {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "", "");
+    let transit = format!(
+        r#"
+[node]
+name = "transit"
+[auth]
+keys = [{{ id = 1, secret = "{KEY}" }}]
+[relay]
+listen = "0.0.0.0:5566"
+[[peer]]
+name = "egress"
+addr = "{EGRESS_LEG}"
+[[route]]
+prefix = "10.10.3.0/24"
+via = "egress"
+[admin]
+listen = "{TRANSIT_ADMIN}"
+"#
+    );
+    o.start_relay("transit", &transit);
+    let ingress = std::fs::read_to_string(o.dir.join("ingress.toml"))
+        .unwrap()
+        .replace("addr = \"10.10.2.2:5565\"", "addr = \"10.10.2.2:5566\"");
+    o.start_relay("ingress", &ingress);
+    o
+}
+
+#[test]
+fn three_relay_chain_carries_bytes_intact_through_the_transit() {
+    let o = chain();
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7000)), 3, 3 << 20, 8);
+    for i in 0..3 {
+        let s = o.connect(server_addr(false, 7000)).unwrap();
+        let (sent, n, got) = client_duplex(s, 2 << 20, i).unwrap();
+        let srv = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((srv.received, srv.received_sha), (2 << 20, sent));
+        assert_eq!((n, got), (3 << 20, srv.sent_sha));
+    }
+    let transit = metric_value(
+        &http_get(&o.egress, TRANSIT_ADMIN, "/metrics"),
+        "splitway_connections_completed_total{outcome=\"closed\"}",
+    );
+    assert_eq!(transit, 3.0, "all three flows crossed the transit relay");
+    assert_eq!(o.metric("egress", "splitway_connections_completed_total{outcome=\"closed\"}"), 3.0);
+}
+
+#[test]
+fn transit_refuses_a_header_with_no_hops_left() {
+    let o = chain();
+    let l = o.listen(server_addr(false, 7000));
+    l.set_nonblocking(true).unwrap();
+    let ring = KeyRing::new(HashMap::from([(1, Secret::new(hex::decode(KEY).unwrap()))]), 1);
+    let header = |hop_limit| {
+        ring.seal(&Header {
+            dst: server_addr(false, 7000),
+            hop_limit,
+            key_id: 1,
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+            nonce: rand::random(),
+        })
+    };
+    let send = |bytes: Vec<u8>| {
+        let addr: SocketAddr = "10.10.2.2:5566".parse().unwrap();
+        o.ingress
+            .run_in(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&bytes).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+            })
+            .unwrap()
+    };
+    send(header(0));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(l.accept().is_err(), "nothing reached the server");
+    let m = http_get(&o.egress, TRANSIT_ADMIN, "/metrics");
+    assert_eq!(metric_value(&m, "splitway_header_rejected_total{reason=\"hop_limit\"}"), 1.0);
+    // With one hop left it goes through (the transit spends it).
+    send(header(1));
+    let ok = splitway_netns::wait_until(Duration::from_secs(3), "server accept", || l.accept().is_ok());
+    assert!(ok.is_ok(), "a header with a hop left is forwarded");
+}
