@@ -39,8 +39,51 @@ pub struct LinkStats {
     pub drops: u64,
     pub enobufs: u64,
     pub max_lateness_us: u64,
+    /// Packets released more than 1 ms after their scheduled time.
+    pub late_over_1ms: u64,
     pub realtime: bool,
     pub running: bool,
+}
+
+/// Packets in histogram buckets that lie entirely above `limit`.
+pub fn late_over(hist: &[(Duration, u64)], limit: Duration) -> u64 {
+    let mut lower = Duration::ZERO;
+    let mut n = 0;
+    for &(upper, count) in hist {
+        if lower >= limit {
+            n += count;
+        }
+        lower = upper;
+    }
+    n
+}
+
+/// Share of late packets above which the report shouts.
+pub const LATE_SHARE_TOLERANCE: f64 = 0.001;
+
+impl LinkStats {
+    /// A warning if this link's emulator died or was often late.
+    pub fn warning(&self) -> Option<String> {
+        if !self.running {
+            return Some(format!(
+                "delay line {}: the emulator died (the link dropped everything)",
+                self.link
+            ));
+        }
+        let share = self.late_over_1ms as f64 / self.packets.max(1) as f64;
+        if share > LATE_SHARE_TOLERANCE || self.enobufs > 0 {
+            return Some(format!(
+                "delay line {}: {} packets ({:.2}%) released over 1 ms late (worst {:.1} ms), {} netlink overflows: \
+                 the machine was too busy for the emulation",
+                self.link,
+                self.late_over_1ms,
+                share * 100.0,
+                self.max_lateness_us as f64 / 1e3,
+                self.enobufs
+            ));
+        }
+        None
+    }
 }
 
 pub struct Emulation {
@@ -86,6 +129,13 @@ impl Emulation {
                     enobufs: s.a_to_b.enobufs + s.b_to_a.enobufs,
                     max_lateness_us: s.a_to_b.max_lateness.max(s.b_to_a.max_lateness).as_micros()
                         as u64,
+                    late_over_1ms: late_over(
+                        &s.a_to_b.lateness_histogram,
+                        Duration::from_millis(1),
+                    ) + late_over(
+                        &s.b_to_a.lateness_histogram,
+                        Duration::from_millis(1),
+                    ),
                     realtime: s.realtime,
                     running: s.running,
                 }
@@ -99,5 +149,35 @@ impl Emulation {
             .iter()
             .find(|(_, dl)| !dl.stats().running)
             .map(|(n, _)| n.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_packets_count_buckets_above_the_limit() {
+        let ms = Duration::from_millis;
+        let hist = vec![(ms(0), 0), (ms(1), 100), (ms(2), 3), (Duration::MAX, 2)];
+        assert_eq!(late_over(&hist, ms(1)), 5);
+        assert_eq!(late_over(&hist, ms(2)), 2);
+        let s = LinkStats {
+            link: "a-b".into(),
+            packets: 1000,
+            drops: 0,
+            enobufs: 0,
+            max_lateness_us: 3000,
+            late_over_1ms: 5,
+            realtime: true,
+            running: true,
+        };
+        assert!(s.warning().is_some());
+        assert!(LinkStats {
+            late_over_1ms: 1,
+            ..s.clone()
+        }
+        .warning()
+        .is_none());
     }
 }

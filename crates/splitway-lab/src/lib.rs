@@ -348,6 +348,13 @@ pub fn run(args: LabArgs) -> Result<()> {
     let mut rep = report::Report::build(lab, &st.topo, check, infos, &st.sizes, &outcome.points);
     rep.emulation_stats = emu_stats;
     rep.emulation_after = after;
+    rep.warnings = rep.emulation.warnings.clone();
+    if let Some(a) = &rep.emulation_after {
+        rep.warnings
+            .extend(a.warnings.iter().map(|w| format!("after the runs: {w}")));
+    }
+    rep.warnings
+        .extend(rep.emulation_stats.iter().filter_map(|l| l.warning()));
     print!("{}", report::table::render(&rep));
     println!();
     print!(
@@ -358,16 +365,18 @@ pub fn run(args: LabArgs) -> Result<()> {
         print!("{}", report::table::rtt_after(a));
     }
     for l in &rep.emulation_stats {
-        let bad = if !l.running || l.enobufs > 0 {
-            "  !!!"
-        } else {
-            ""
-        };
         println!(
-            "  delay line {}: {} packets, {} dropped by the queue limit, {} lost to netlink overflow, \
-             max verdict lateness {} us, realtime {}{bad}",
-            l.link, l.packets, l.drops, l.enobufs, l.max_lateness_us, l.realtime
+            "  delay line {}: {} packets, {} dropped by the queue limit, {} released over 1 ms late (worst {:.1} ms), realtime {}",
+            l.link,
+            l.packets,
+            l.drops,
+            l.late_over_1ms,
+            l.max_lateness_us as f64 / 1e3,
+            l.realtime
         );
+        if let Some(w) = l.warning() {
+            println!("  !!! EMULATION OFF during the runs: {w}");
+        }
     }
     rep.write_json(&st.json)?;
     let charts = report::charts::write(&rep, &st.out)?;

@@ -212,3 +212,47 @@ fn run_into(tb: &Testbed, configs: &mut [Running], plan: &Plan, points: &mut Poi
     progress.finish();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Sample {
+        Sample {
+            connect_ms: 1.0,
+            ttfb_ms: 2.0,
+            total_ms: 3.0,
+        }
+    }
+
+    #[test]
+    fn eta_uses_per_point_means_then_overall() {
+        let mut pts = Points::new();
+        assert_eq!(eta(&pts, &[(0, 0)]), None);
+        pts.insert(
+            (0, 0),
+            Point {
+                samples: vec![sample(), sample()],
+                failures: vec![],
+                secs: 2.0,
+            },
+        );
+        pts.insert(
+            (1, 0),
+            Point {
+                samples: vec![sample()],
+                failures: vec![],
+                secs: 4.0,
+            },
+        );
+        // (0,0): 1 s each; (1,0): 4 s; unseen (2,0): overall 6 s / 3 = 2 s
+        let e = eta(&pts, &[(0, 0), (1, 0), (2, 0)]).unwrap();
+        assert!((e.as_secs_f64() - 7.0).abs() < 1e-9, "{e:?}");
+    }
+
+    #[test]
+    fn durations_print_short() {
+        assert_eq!(fmt_dur(Duration::from_secs(65)), "1m05s");
+        assert_eq!(fmt_dur(Duration::from_secs(3725)), "1h02m");
+    }
+}

@@ -75,7 +75,7 @@ pub fn svg(r: &Report, metric: Metric) -> String {
     let nsize = r.bounds.len().max(1);
     let bar_w = 16.0;
     let group_w = bar_w * nconf as f64 + 24.0;
-    let (left, right, top, bottom) = (60.0, 190.0, 40.0, 50.0);
+    let (left, right, top, bottom) = (60.0, 190.0, 52.0, 50.0);
     let plot_w = group_w * nsize as f64;
     let plot_h = 320.0;
     let width = left + plot_w + right;
@@ -106,6 +106,20 @@ pub fn svg(r: &Report, metric: Metric) -> String {
         s,
         r#"<text x="{left}" y="22" font-size="14">{}</text>"#,
         esc(title)
+    );
+    let t = &r.topology;
+    let rtts: Vec<String> = t.links.iter().map(|l| format!("{}", l.rtt_ms)).collect();
+    let _ = writeln!(
+        s,
+        r##"<text x="{left}" y="38" font-size="11" fill="#555">path RTT {} ms (client-ingress / ingress-egress / egress-server), {} Mbit/s bottleneck, cc {}, {} runs; bound {}</text>"##,
+        rtts.join(" / "),
+        t.bottleneck_mbit,
+        esc(&r.lab.congestion_control),
+        r.lab.runs,
+        match metric {
+            Metric::Ttfb => "r1 + R",
+            Metric::Total => "r1 + R + S/B",
+        }
     );
     // grid and y axis
     let mut v = 0.0;

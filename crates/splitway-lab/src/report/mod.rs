@@ -74,6 +74,9 @@ pub struct Report {
     pub emulation: EmulationCheck,
     /// RTTs probed again after the runs (drift check).
     pub emulation_after: Option<crate::measure::RttCheck>,
+    /// Every emulation warning (before, during and after the runs); empty
+    /// when the emulation held its goals throughout.
+    pub warnings: Vec<String>,
     /// Counters of each link's delay line over the whole lab.
     pub emulation_stats: Vec<crate::emulation::LinkStats>,
     pub configs: Vec<ConfigInfo>,
@@ -134,6 +137,7 @@ impl Report {
             },
             emulation,
             emulation_after: None,
+            warnings: Vec::new(),
             emulation_stats: Vec::new(),
             configs,
             results,
