@@ -235,6 +235,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     host::ensure_tools(&tools)?;
     let _cc = host::CongestionGuard::ensure(&args.cc)?;
     let started = Instant::now();
+    let load_start = report::loadavg();
     let started_unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -344,6 +345,11 @@ pub fn run(args: LabArgs) -> Result<()> {
         congestion_control: args.cc.clone(),
         tcp_metrics_flushed_per_run: !args.keep_tcp_metrics,
         interrupted: outcome.stopped.is_some(),
+        loadavg_start: load_start,
+        loadavg_end: report::loadavg(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
     };
     let mut rep = report::Report::build(lab, &st.topo, check, infos, &st.sizes, &outcome.points);
     rep.emulation_stats = emu_stats;
@@ -390,7 +396,13 @@ pub fn run(args: LabArgs) -> Result<()> {
             .join(", "),
         logs.display()
     );
-    println!("lab took {}", runner::fmt_dur(started.elapsed()));
+    println!(
+        "lab took {}; load average {:.1} at start, {:.1} at end, {} CPUs",
+        runner::fmt_dur(started.elapsed()),
+        rep.lab.loadavg_start,
+        rep.lab.loadavg_end,
+        rep.lab.cpus
+    );
     if let Some(why) = outcome.stopped {
         bail!("the lab stopped early ({why}); partial results were written");
     }

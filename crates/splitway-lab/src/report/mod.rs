@@ -64,6 +64,19 @@ pub struct LabInfo {
     pub congestion_control: String,
     pub tcp_metrics_flushed_per_run: bool,
     pub interrupted: bool,
+    /// The host's 1-minute load average at start and end (other work on
+    /// the machine disturbs the emulation; see `warnings`).
+    pub loadavg_start: f64,
+    pub loadavg_end: f64,
+    pub cpus: usize,
+}
+
+/// The host's 1-minute load average.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 /// Everything `results.json` holds.
