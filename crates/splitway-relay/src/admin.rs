@@ -360,6 +360,9 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Shar
     let _ = s.shutdown().await;
 }
 
+/// Pause after a failed admin `accept` (e.g. out of file descriptors).
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serve the admin API on `listen` until `stop` flips.
 pub async fn serve(
     listen: &str,
@@ -372,7 +375,12 @@ pub async fn serve(
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        r = l.accept() => if let Ok((s, _)) = r { tokio::spawn(serve_one(s, shared.clone())); },
+                        r = l.accept() => match r {
+                            Ok((s, _)) => { tokio::spawn(serve_one(s, shared.clone())); }
+                            // Out of fds: the request stays queued; retry
+                            // later instead of spinning on the error.
+                            Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
+                        },
                         _ = stop.changed() => return,
                     }
                 }
@@ -384,7 +392,12 @@ pub async fn serve(
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        r = l.accept() => if let Ok((s, _)) = r { tokio::spawn(serve_one(s, shared.clone())); },
+                        r = l.accept() => match r {
+                            Ok((s, _)) => { tokio::spawn(serve_one(s, shared.clone())); }
+                            // Out of fds: the request stays queued; retry
+                            // later instead of spinning on the error.
+                            Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
+                        },
                         _ = stop.changed() => { let _ = std::fs::remove_file(&path); return; }
                     }
                 }
