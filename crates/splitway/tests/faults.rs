@@ -609,21 +609,28 @@ fn fd_exhaustion_backs_off_refuses_cleanly_and_recovers() {
     assert_eq!(held.len(), 40, "the kernel completes handshakes regardless");
     thread::sleep(Duration::from_secs(2));
     let at_limit = o.relay_stat("ingress");
-    // An admin request queued meanwhile must not make any accept loop spin.
+    let cpu_over = |secs: u64| {
+        let c0 = o.relay_stat("ingress").cpu_secs;
+        thread::sleep(Duration::from_secs(secs));
+        o.relay_stat("ingress").cpu_secs - c0
+    };
+    // Client connections wait in the listen queue: the accept loop backs off.
+    let cpu_queued = cpu_over(4);
+    // An admin request queued meanwhile must not make its accept loop spin.
     let admin: SocketAddr = ADMIN.parse().unwrap();
     let probe = o
         .netns("ingress")
         .run_in(move || TcpStream::connect_timeout(&admin, Duration::from_secs(2)))
         .unwrap();
-    let cpu0 = o.relay_stat("ingress").cpu_secs;
-    thread::sleep(Duration::from_secs(5));
-    let cpu = o.relay_stat("ingress").cpu_secs - cpu0;
+    let cpu_admin = cpu_over(4);
     eprintln!(
-        "FIGURE fd exhaustion: limit {limit}, ingress at {} fds; CPU {cpu:.2} s over 5 s while exhausted",
+        "FIGURE fd exhaustion: limit {limit}, ingress at {} fds; CPU {cpu_queued:.2} s / 4 s with clients queued, \
+         {cpu_admin:.2} s / 4 s with an admin request queued too",
         at_limit.fds
     );
     assert!(at_limit.fds as u64 >= limit - 2, "the limit was reached");
-    assert!(cpu < 0.5, "busy loop: {cpu} s CPU in 5 s");
+    assert!(cpu_queued < 0.4, "busy loop: {cpu_queued} s CPU in 4 s");
+    assert!(cpu_admin < 0.4, "busy loop (admin): {cpu_admin} s CPU in 4 s");
     // Refused cleanly: each held connection either is being forwarded, was
     // reset, or still waits in the listen queue; none half-served.
     let mut reset = 0;
@@ -638,6 +645,9 @@ fn fd_exhaustion_backs_off_refuses_cleanly_and_recovers() {
     }
     drop(probe);
     drop(held);
+    // The server side closes too (else the flows stay half-open, legitimately).
+    stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
     // Recovers by itself once descriptors free up.
     let t = Instant::now();
     let ok = wait_until(Duration::from_secs(20), "a flow after recovery", || {
@@ -648,8 +658,6 @@ fn fd_exhaustion_backs_off_refuses_cleanly_and_recovers() {
         t.elapsed()
     );
     assert!(ok.is_ok(), "no recovery");
-    stop.store(true, Ordering::SeqCst);
-    let _ = server.join();
     let errors = o.metric("ingress", "splitway_accept_errors_total");
     let log = o.log("ingress");
     let lines = log.matches("accept failed").count();
@@ -800,12 +808,13 @@ fn syn_flood_from_one_and_many_sources_keeps_early_syn_bounds() {
     });
     wait_metric(&o, "egress", "splitway_connections_active", 5, |v| v == 0.0);
     // Bounds are free again: new SYNs start early legs, none fall back.
-    let (s2, b2) = (es("started"), es("fallback_bound"));
+    // (A SYN the tap reports after its client was accepted counts `late`.)
+    let (s2, b2) = (es("started") + es("late"), es("fallback_bound"));
     for _ in 0..3 {
         one_transfer(&o, 7000, 1000).unwrap();
     }
     assert_eq!(es("fallback_bound"), b2, "no fallback after the flood");
-    assert!(es("started") >= s2 + 3.0);
+    assert!(es("started") + es("late") >= s2 + 3.0);
     let after = fds_net(&o, "ingress");
     eprintln!("FIGURE SYN flood over: ingress fds (without idle pool legs) {base} -> {after}");
     assert!(after <= base + 8, "{base} -> {after}");
