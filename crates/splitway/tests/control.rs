@@ -32,13 +32,6 @@ fn http(ns: &Netns, method: &str, path: &str, body: &str) -> (u16, String) {
     .unwrap()
 }
 
-fn wait_metric(o: &Overlay, role: &str, sample: &str, want: impl Fn(f64) -> bool) {
-    let ok = wait_until(Duration::from_secs(10), sample, || {
-        want(o.metric(role, sample))
-    });
-    assert!(ok.is_ok(), "{sample} = {}", o.metric(role, sample));
-}
-
 /// A client that sends `secs` seconds of data at a steady pace, then half-
 /// closes and reads the reply; returns (sent sha, reply bytes).
 fn paced_client(s: TcpStream, secs: u64) -> std::thread::JoinHandle<(String, usize)> {
@@ -65,7 +58,7 @@ fn paced_client(s: TcpStream, secs: u64) -> std::thread::JoinHandle<(String, usi
 fn pool_watermarks_change_at_run_time() {
     let o = Overlay::with_relays("splice");
     let idle = "splitway_pool_idle_legs{peer=\"egress\"}";
-    wait_metric(&o, "ingress", idle, |v| v == 16.0);
+    o.wait_metric("ingress", idle, |v| v == 16.0);
     let (st, body) = http(
         &o.ingress,
         "POST",
@@ -73,7 +66,7 @@ fn pool_watermarks_change_at_run_time() {
         r#"{"low": 1, "high": 3}"#,
     );
     assert_eq!(st, 200, "{body}");
-    wait_metric(&o, "ingress", idle, |v| v == 3.0);
+    o.wait_metric("ingress", idle, |v| v == 3.0);
     assert_eq!(
         o.metric("ingress", "splitway_pool_high_watermark{peer=\"egress\"}"),
         3.0
@@ -85,7 +78,7 @@ fn pool_watermarks_change_at_run_time() {
         r#"{"low": 20, "high": 24}"#,
     );
     assert_eq!(st, 200);
-    wait_metric(&o, "ingress", idle, |v| v == 24.0);
+    o.wait_metric("ingress", idle, |v| v == 24.0);
     // A bad request names the field and changes nothing.
     let (st, body) = http(
         &o.ingress,

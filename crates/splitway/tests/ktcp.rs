@@ -8,7 +8,6 @@ use std::net::Shutdown;
 use std::time::Duration;
 
 use common::*;
-use splitway_netns::wait_until;
 
 const POOL: &str = "[[peer]]\nname = \"egress\"\naddr = \"10.10.2.2:5565\"\npool_low = 2\npool_high = 5\nbandwidth_mbit = 100\nrtt_ms = 50\n";
 
@@ -49,15 +48,6 @@ fn one_transfer(o: &Overlay, port: u16) {
         .expect("server saw the flow");
 }
 
-fn wait_metric(o: &Overlay, role: &str, sample: &str, want: impl Fn(f64) -> bool) -> f64 {
-    let ok = wait_until(Duration::from_secs(10), sample, || {
-        want(o.metric(role, sample))
-    });
-    let v = o.metric(role, sample);
-    assert!(ok.is_ok(), "{sample} = {v}");
-    v
-}
-
 #[test]
 fn pool_fills_to_high_and_refills_below_low() {
     let mut o = Overlay::new();
@@ -67,7 +57,7 @@ fn pool_fills_to_high_and_refills_below_low() {
         &ingress_config(&ingress_with("early_syn = false", POOL)),
     );
     let idle = "splitway_pool_idle_legs{peer=\"egress\"}";
-    wait_metric(&o, "ingress", idle, |v| v == 5.0);
+    o.wait_metric("ingress", idle, |v| v == 5.0);
     // Four one-shot legs used: 1 left, below low (2), so it refills to 5.
     for i in 0..4 {
         one_transfer(&o, 7000 + i);
@@ -76,7 +66,7 @@ fn pool_fills_to_high_and_refills_below_low() {
         o.metric("ingress", "splitway_pool_hits_total{peer=\"egress\"}"),
         4.0
     );
-    wait_metric(&o, "ingress", idle, |v| v == 5.0);
+    o.wait_metric("ingress", idle, |v| v == 5.0);
     assert!(
         o.metric(
             "ingress",
@@ -93,12 +83,9 @@ fn dead_idle_legs_are_never_used() {
         "ingress",
         &ingress_config(&ingress_with("early_syn = false", POOL)),
     );
-    wait_metric(
-        &o,
-        "ingress",
-        "splitway_pool_idle_legs{peer=\"egress\"}",
-        |v| v == 5.0,
-    );
+    o.wait_metric("ingress", "splitway_pool_idle_legs{peer=\"egress\"}", |v| {
+        v == 5.0
+    });
     // The egress restarts: every pooled leg dies.
     let egress_cfg = std::fs::read_to_string(o.dir.join("egress.toml")).unwrap();
     assert!(o.stop_relay("egress"));
@@ -114,12 +101,9 @@ fn dead_idle_legs_are_never_used() {
         .sum();
     assert_eq!(failed, 0.0, "no connection failed");
     // And the pool refills from the new egress.
-    wait_metric(
-        &o,
-        "ingress",
-        "splitway_pool_idle_legs{peer=\"egress\"}",
-        |v| v == 5.0,
-    );
+    o.wait_metric("ingress", "splitway_pool_idle_legs{peer=\"egress\"}", |v| {
+        v == 5.0
+    });
 }
 
 /// `cwnd:` of established sockets whose local or peer address contains `addr`.
@@ -157,12 +141,9 @@ fn turbo_start_widens_relay_legs_only() {
         route.contains("initcwnd 432") && route.contains("initrwnd 432"),
         "{route}"
     );
-    wait_metric(
-        &o,
-        "ingress",
-        "splitway_pool_idle_legs{peer=\"egress\"}",
-        |v| v == 5.0,
-    );
+    o.wait_metric("ingress", "splitway_pool_idle_legs{peer=\"egress\"}", |v| {
+        v == 5.0
+    });
     let legs = cwnds(&o, "ingress", "10.10.2.2:5565");
     assert!(
         !legs.is_empty() && legs.iter().all(|c| *c == 432),
@@ -248,7 +229,10 @@ fn early_syn_tap_sees_syns_and_pairs_or_falls_back() {
     let late = o.metric("ingress", "splitway_early_syn_total{result=\"late\"}");
     // Every SYN reached the tap: it either started a leg or found its
     // client already accepted (zero-delay namespaces make that race close).
-    assert!(started + late >= n as f64, "the tap saw every SYN (started {started}, late {late})");
+    assert!(
+        started + late >= n as f64,
+        "the tap saw every SYN (started {started}, late {late})"
+    );
     assert!(hit <= started);
     // Rules go away with the relay.
     assert!(o.stop_relay("ingress"));

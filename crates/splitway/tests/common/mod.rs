@@ -301,6 +301,19 @@ impl Drop for Overlay {
     }
 }
 
+impl Overlay {
+    /// Wait up to 10 s for a metric of `role` to satisfy `want`; returns its
+    /// last value, failing the test if it never did.
+    pub fn wait_metric(&self, role: &str, sample: &str, want: impl Fn(f64) -> bool) -> f64 {
+        let ok = wait_until(Duration::from_secs(10), sample, || {
+            want(self.metric(role, sample))
+        });
+        let v = self.metric(role, sample);
+        assert!(ok.is_ok(), "{sample} = {v}");
+        v
+    }
+}
+
 /// A minimal HTTP GET from inside a namespace.
 pub fn http_get(ns: &Netns, addr: &str, path: &str) -> String {
     let addr: SocketAddr = addr.parse().unwrap();
