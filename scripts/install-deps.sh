@@ -16,6 +16,7 @@ want ping iputils-ping
 want pgrep procps
 want socat socat
 want haproxy haproxy
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 want sysctl procps
 
 if [ "${#need[@]}" -gt 0 ]; then

@@ -1,0 +1,621 @@
+//! `splitway-bench`: splitway and the relays users would otherwise pick
+//! (socat, HAProxy, nginx stream, ssh -L), side by side, one relay process
+//! pinned to one core, load generator and sink pinned to the other.
+//! See `docs/performance.md` for the method and the latest results.
+
+mod load;
+mod relays;
+mod sys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+
+use relays::{Kind, Running, Setup};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "splitway-bench", about = "Side-by-side relay benchmark")]
+struct Args {
+    /// Rounds; every column is the median over rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of measurement for the long flow and the connection rate.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Idle connections held for the memory column (a relay needs two
+    /// sockets each, and the hard fd limit here is 20,000 per process).
+    #[arg(long, default_value_t = 9_000)]
+    hold: usize,
+    /// Idle connections for socat (one process per connection).
+    #[arg(long, default_value_t = 2_000)]
+    socat_hold: usize,
+    /// Requests per latency sample.
+    #[arg(long, default_value_t = 3000)]
+    lat_n: usize,
+    /// Concurrent connections in the connection-rate column.
+    #[arg(long, default_value_t = 32)]
+    conc: usize,
+    /// Relays to run (comma separated keys: socat, haproxy, haproxy-splice,
+    /// nginx, ssh, splitway-copy, splitway-splice); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Tests to run (comma separated: mem, lat, rate, flow); default all.
+    #[arg(long, value_delimiter = ',')]
+    tests: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    relay_cpu: usize,
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// The splitway binary.
+    #[arg(long, default_value = "target-bench/release/splitway")]
+    splitway: PathBuf,
+    /// Extra `[node]` TOML lines for splitway (e.g. "buffer_bytes = 16384").
+    #[arg(long, default_value = "")]
+    splitway_node: String,
+    /// Do not move into a private network namespace.
+    #[arg(long)]
+    no_netns: bool,
+    /// Write the JSON results here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the markdown table here.
+    #[arg(long)]
+    md: Option<PathBuf>,
+    /// Repeat a throughput / rate sample when more than this share of the
+    /// machine's CPU went to processes outside the benchmark.
+    #[arg(long, default_value_t = 0.15)]
+    max_outside: f64,
+}
+
+#[derive(Serialize, Default, Clone, Debug)]
+struct Sample {
+    ready_ms: Option<f64>,
+    idle_rss_bytes: Option<f64>,
+    held: Option<f64>,
+    user_bytes_per_conn: Option<f64>,
+    kernel_bytes_per_conn: Option<f64>,
+    lat_persist_p50_us: Option<f64>,
+    lat_persist_p99_us: Option<f64>,
+    lat_new_p50_us: Option<f64>,
+    lat_new_p99_us: Option<f64>,
+    add_persist_p50_us: Option<f64>,
+    add_persist_p99_us: Option<f64>,
+    add_new_p50_us: Option<f64>,
+    add_new_p99_us: Option<f64>,
+    conns_per_s: Option<f64>,
+    conn_p50_us: Option<f64>,
+    conn_p99_us: Option<f64>,
+    conn_errors: Option<f64>,
+    relay_cpu_per_kconn_ms: Option<f64>,
+    gbit_s: Option<f64>,
+    cpu_s_per_gb: Option<f64>,
+    core_s_per_gb: Option<f64>,
+    repeats_disturbed: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    key: String,
+    name: String,
+    median: Sample,
+    samples: Vec<Sample>,
+    errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    command: String,
+    machine: String,
+    versions: Vec<(String, String)>,
+    relay_cpu: usize,
+    load_cpu: usize,
+    rounds: usize,
+    secs: f64,
+    hold: usize,
+    socat_hold: usize,
+    direct: Sample,
+    rows: Vec<Row>,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Field-wise median of samples.
+fn median_sample(s: &[Sample]) -> Sample {
+    let vals: Vec<serde_json::Value> = s.iter().map(|x| serde_json::to_value(x).unwrap()).collect();
+    let mut out = serde_json::Map::new();
+    if let Some(serde_json::Value::Object(first)) = vals.first() {
+        for k in first.keys() {
+            let mut v: Vec<f64> = vals.iter().filter_map(|x| x[k].as_f64()).collect();
+            out.insert(
+                k.clone(),
+                median(&mut v).map_or(serde_json::Value::Null, |m| m.into()),
+            );
+        }
+    }
+    let m: serde_json::Value = out.into();
+    sample_from(&m)
+}
+
+fn sample_from(v: &serde_json::Value) -> Sample {
+    let g = |k: &str| v[k].as_f64();
+    Sample {
+        ready_ms: g("ready_ms"),
+        idle_rss_bytes: g("idle_rss_bytes"),
+        held: g("held"),
+        user_bytes_per_conn: g("user_bytes_per_conn"),
+        kernel_bytes_per_conn: g("kernel_bytes_per_conn"),
+        lat_persist_p50_us: g("lat_persist_p50_us"),
+        lat_persist_p99_us: g("lat_persist_p99_us"),
+        lat_new_p50_us: g("lat_new_p50_us"),
+        lat_new_p99_us: g("lat_new_p99_us"),
+        add_persist_p50_us: g("add_persist_p50_us"),
+        add_persist_p99_us: g("add_persist_p99_us"),
+        add_new_p50_us: g("add_new_p50_us"),
+        add_new_p99_us: g("add_new_p99_us"),
+        conns_per_s: g("conns_per_s"),
+        conn_p50_us: g("conn_p50_us"),
+        conn_p99_us: g("conn_p99_us"),
+        conn_errors: g("conn_errors"),
+        relay_cpu_per_kconn_ms: g("relay_cpu_per_kconn_ms"),
+        gbit_s: g("gbit_s"),
+        cpu_s_per_gb: g("cpu_s_per_gb"),
+        core_s_per_gb: g("core_s_per_gb"),
+        repeats_disturbed: g("repeats_disturbed"),
+    }
+}
+
+/// CPU use of everything on the machine, of us, and of the relay tree.
+struct CpuSnap {
+    busy: Vec<u64>,
+    me: f64,
+    relay: f64,
+    at: Instant,
+}
+
+fn cpu_snap(roots: &[u32]) -> CpuSnap {
+    CpuSnap {
+        busy: sys::cpu_busy(),
+        me: sys::self_cpu_secs(),
+        relay: sys::tree_cpu_secs(roots),
+        at: Instant::now(),
+    }
+}
+
+struct CpuDelta {
+    secs: f64,
+    relay: f64,
+    relay_core: f64,
+    outside_share: f64,
+}
+
+fn cpu_delta(a: &CpuSnap, b: &CpuSnap, relay_cpu: usize) -> CpuDelta {
+    let tck = sys::clk_tck();
+    let secs = (b.at - a.at).as_secs_f64();
+    let all: f64 = b
+        .busy
+        .iter()
+        .zip(&a.busy)
+        .map(|(x, y)| (x - y) as f64 / tck)
+        .sum();
+    let relay = b.relay - a.relay;
+    let me = b.me - a.me;
+    let outside = (all - relay - me).max(0.0);
+    let ncpu = b.busy.len().max(1) as f64;
+    CpuDelta {
+        secs,
+        relay,
+        relay_core: (b.busy.get(relay_cpu).unwrap_or(&0) - a.busy.get(relay_cpu).unwrap_or(&0))
+            as f64
+            / tck,
+        outside_share: outside / (secs * ncpu),
+    }
+}
+
+struct Bench {
+    args: Args,
+    setup: Setup,
+    sink: load::Sink,
+}
+
+struct Hold {
+    held: usize,
+    user: f64,
+    kernel: f64,
+}
+
+impl Bench {
+    fn want(&self, t: &str) -> bool {
+        self.args.tests.is_empty() || self.args.tests.iter().any(|x| x == t)
+    }
+
+    /// Hold `n` connections to `addr`; user bytes from the Pss of `roots`,
+    /// kernel bytes from meminfo/sockstat.
+    fn hold(&self, addr: SocketAddr, n: usize, roots: &[u32]) -> anyhow::Result<Hold> {
+        std::thread::sleep(Duration::from_millis(300));
+        let (u0, k0) = (sys::tree_pss(roots), sys::kernel_bytes());
+        let (n, (u1, k1)) = load::hold(addr, n, || (sys::tree_pss(roots), sys::kernel_bytes()))?;
+        anyhow::ensure!(n > 0, "no connection could be held");
+        Ok(Hold {
+            held: n,
+            user: (u1 as f64 - u0 as f64) / n as f64,
+            kernel: (k1 as f64 - k0 as f64) / n as f64,
+        })
+    }
+
+    fn direct(&self) -> anyhow::Result<(Sample, Option<f64>)> {
+        let mut s = Sample::default();
+        let mut k = None;
+        let a = self.sink.addr;
+        if self.want("lat") {
+            let h = load::latency_persistent(a, self.args.lat_n)?;
+            s.lat_persist_p50_us = Some(us(h.value_at_quantile(0.5)));
+            s.lat_persist_p99_us = Some(us(h.value_at_quantile(0.99)));
+            let h = load::latency_newconn(a, self.args.lat_n / 2)?;
+            s.lat_new_p50_us = Some(us(h.value_at_quantile(0.5)));
+            s.lat_new_p99_us = Some(us(h.value_at_quantile(0.99)));
+        }
+        if self.want("mem") {
+            let h = self.hold(a, self.args.hold, &[])?;
+            s.kernel_bytes_per_conn = Some(h.kernel);
+            k = Some(h.kernel);
+        }
+        Ok((s, k))
+    }
+
+    fn run_one(
+        &self,
+        kind: Kind,
+        direct: &Sample,
+        direct_kernel: Option<f64>,
+    ) -> anyhow::Result<Sample> {
+        let mut s = Sample::default();
+        let mut r: Running = relays::start(kind, &self.setup)?;
+        let roots = r.roots.clone();
+        let l = self.setup.listen;
+        s.ready_ms = Some(r.ready.as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(300));
+        s.idle_rss_bytes = Some(sys::tree_rss(&roots) as f64);
+        if self.want("mem") {
+            let n = if kind == Kind::Socat {
+                self.args.socat_hold.min(self.args.hold)
+            } else {
+                self.args.hold
+            };
+            let h = self.hold(l, n, &roots)?;
+            s.held = Some(h.held as f64);
+            s.user_bytes_per_conn = Some(h.user);
+            // The client and sink sockets are the same with or without a
+            // relay: subtract what the direct run cost.
+            s.kernel_bytes_per_conn = Some(h.kernel - direct_kernel.unwrap_or(0.0));
+        }
+        if self.want("lat") {
+            let h = load::latency_persistent(l, self.args.lat_n)?;
+            s.lat_persist_p50_us = Some(us(h.value_at_quantile(0.5)));
+            s.lat_persist_p99_us = Some(us(h.value_at_quantile(0.99)));
+            let h = load::latency_newconn(l, self.args.lat_n / 2)?;
+            s.lat_new_p50_us = Some(us(h.value_at_quantile(0.5)));
+            s.lat_new_p99_us = Some(us(h.value_at_quantile(0.99)));
+            let sub = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+            s.add_persist_p50_us = sub(s.lat_persist_p50_us, direct.lat_persist_p50_us);
+            s.add_persist_p99_us = sub(s.lat_persist_p99_us, direct.lat_persist_p99_us);
+            s.add_new_p50_us = sub(s.lat_new_p50_us, direct.lat_new_p50_us);
+            s.add_new_p99_us = sub(s.lat_new_p99_us, direct.lat_new_p99_us);
+        }
+        let dur = Duration::from_secs_f64(self.args.secs);
+        let warm = Duration::from_millis(500);
+        let mut disturbed = 0;
+        if self.want("rate") {
+            for attempt in 0..3 {
+                let a = cpu_snap(&roots);
+                let res = load::conn_rate(l, self.args.conc, warm, dur)?;
+                let b = cpu_snap(&roots);
+                let d = cpu_delta(&a, &b, self.setup.relay_cpu);
+                s.conns_per_s = Some(res.conns as f64 / res.secs);
+                s.conn_p50_us = Some(us(res.hist.value_at_quantile(0.5)));
+                s.conn_p99_us = Some(us(res.hist.value_at_quantile(0.99)));
+                s.conn_errors = Some(res.errors as f64);
+                // Includes the warm-up half second: relay CPU per 1000
+                // connections over the whole call.
+                let total = res.conns as f64 * (d.secs / res.secs);
+                s.relay_cpu_per_kconn_ms = Some(d.relay / total.max(1.0) * 1e6);
+                if d.outside_share <= self.args.max_outside || attempt == 2 {
+                    break;
+                }
+                disturbed += 1;
+                eprintln!(
+                    "  rate: {:.0}% CPU outside the benchmark; repeating",
+                    d.outside_share * 100.0
+                );
+            }
+        }
+        if self.want("flow") {
+            for attempt in 0..3 {
+                let bytes = self.sink.bulk_bytes.clone();
+                let total = warm + dur + Duration::from_millis(300);
+                let sender = std::thread::spawn(move || load::bulk_send(l, total));
+                std::thread::sleep(warm);
+                let (b0, c0) = (bytes.load(Ordering::Relaxed), cpu_snap(&roots));
+                std::thread::sleep(dur);
+                let (b1, c1) = (bytes.load(Ordering::Relaxed), cpu_snap(&roots));
+                sender
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+                let d = cpu_delta(&c0, &c1, self.setup.relay_cpu);
+                let gb = (b1 - b0) as f64 / 1e9;
+                s.gbit_s = Some(gb * 8.0 / d.secs);
+                s.cpu_s_per_gb = Some(d.relay / gb.max(1e-9));
+                s.core_s_per_gb = Some(d.relay_core / gb.max(1e-9));
+                if d.outside_share <= self.args.max_outside || attempt == 2 {
+                    break;
+                }
+                disturbed += 1;
+                eprintln!(
+                    "  flow: {:.0}% CPU outside the benchmark; repeating",
+                    d.outside_share * 100.0
+                );
+            }
+        }
+        s.repeats_disturbed = Some(disturbed as f64);
+        r.stop();
+        Ok(s)
+    }
+}
+
+fn version(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).to_string();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_else(|e| format!("unavailable: {e}"))
+}
+
+fn fmt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "—".into())
+}
+
+fn table(rep: &Report) -> String {
+    let mut t = String::new();
+    t.push_str(
+        "| relay | 1 flow Gbit/s | CPU s/GB (proc) | CPU s/GB (core) | new conns/s | conn p50/p99 µs | relay CPU ms/1k conns | +lat persistent p50/p99 µs | +lat new conn p50/p99 µs | idle RSS MB | user B/conn | kernel B/conn | exec→ready ms |\n",
+    );
+    t.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let d = &rep.direct;
+    t.push_str(&format!(
+        "| *direct (no relay), absolute* | — | — | — | — | — | — | {} / {} | {} / {} | — | — | (client+sink {}) | — |\n",
+        fmt(d.lat_persist_p50_us, |x| format!("{x:.0}")),
+        fmt(d.lat_persist_p99_us, |x| format!("{x:.0}")),
+        fmt(d.lat_new_p50_us, |x| format!("{x:.0}")),
+        fmt(d.lat_new_p99_us, |x| format!("{x:.0}")),
+        fmt(d.kernel_bytes_per_conn, |x| format!("{x:.0}")),
+    ));
+    for r in &rep.rows {
+        let m = &r.median;
+        let held = match m.held {
+            Some(h) if (h as usize) != rep.hold => format!(" ({h:.0} held)"),
+            _ => String::new(),
+        };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {}{} | {} | {} |\n",
+            r.name,
+            fmt(m.gbit_s, |x| format!("{x:.1}")),
+            fmt(m.cpu_s_per_gb, |x| format!("{x:.3}")),
+            fmt(m.core_s_per_gb, |x| format!("{x:.3}")),
+            fmt(m.conns_per_s, |x| format!("{:.1} K", x / 1000.0)),
+            fmt(m.conn_p50_us, |x| format!("{x:.0}")),
+            fmt(m.conn_p99_us, |x| format!("{x:.0}")),
+            fmt(m.relay_cpu_per_kconn_ms, |x| format!("{x:.0}")),
+            fmt(m.add_persist_p50_us, |x| format!("{x:+.0}")),
+            fmt(m.add_persist_p99_us, |x| format!("{x:+.0}")),
+            fmt(m.add_new_p50_us, |x| format!("{x:+.0}")),
+            fmt(m.add_new_p99_us, |x| format!("{x:+.0}")),
+            fmt(m.idle_rss_bytes, |x| format!("{:.1}", x / 1048576.0)),
+            fmt(m.user_bytes_per_conn, |x| format!("{x:.0}")),
+            held,
+            fmt(m.kernel_bytes_per_conn, |x| format!("{x:.0}")),
+            fmt(m.ready_ms, |x| format!("{x:.1}")),
+        ));
+    }
+    t
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let command: Vec<String> = std::env::args().collect();
+    sys::raise_nofile(1 << 20);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !args.no_netns {
+        anyhow::ensure!(
+            root,
+            "a private network namespace needs root (or pass --no-netns)"
+        );
+        sys::enter_netns()?;
+        // Own namespace: ours to tune. Ephemeral ports away from ours.
+        sys::sysctl_write("net.ipv4.ip_local_port_range", "20000 65000")?;
+    }
+    anyhow::ensure!(
+        sys::ncpus() > args.relay_cpu.max(args.load_cpu),
+        "needs CPUs {} and {}",
+        args.relay_cpu,
+        args.load_cpu
+    );
+    sys::pin_to(args.load_cpu).context("pinning the load generator")?;
+    eprintln!(
+        "splitway-bench: relay on CPU {}, load and sink on CPU {}, fd limit {}",
+        args.relay_cpu,
+        args.load_cpu,
+        sys::nofile()
+    );
+    let dir = std::env::temp_dir().join(format!("splitway-bench.{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let splitway = std::fs::canonicalize(&args.splitway)
+        .with_context(|| format!("splitway binary {}", args.splitway.display()))?;
+    let sink = load::start_sink(SocketAddr::from(([127, 0, 0, 1], 10000)))?;
+    let setup = Setup {
+        relay_cpu: args.relay_cpu,
+        listen: SocketAddr::from(([127, 0, 0, 1], 10001)),
+        sink: sink.addr,
+        ssh_port: 10022,
+        dir: dir.clone(),
+        splitway: splitway.clone(),
+        splitway_node: args.splitway_node.replace("\\n", "\n"),
+    };
+    let kinds: Vec<Kind> = if args.only.is_empty() {
+        relays::ALL.to_vec()
+    } else {
+        args.only
+            .iter()
+            .map(|k| Kind::from_key(k).with_context(|| format!("unknown relay {k}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    if kinds.contains(&Kind::Ssh) {
+        relays::prepare_ssh(&setup)?;
+    }
+    let bench = Bench {
+        args: args.clone(),
+        setup,
+        sink,
+    };
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); kinds.len()];
+    let mut errors: Vec<Vec<String>> = vec![Vec::new(); kinds.len()];
+    let mut directs = Vec::new();
+    for round in 0..args.rounds {
+        let (d, dk) = bench.direct()?;
+        eprintln!(
+            "round {}/{}: direct {:?}/{:?} µs persistent, {:?} µs new",
+            round + 1,
+            args.rounds,
+            d.lat_persist_p50_us,
+            d.lat_persist_p99_us,
+            d.lat_new_p50_us
+        );
+        for (i, k) in kinds.iter().enumerate() {
+            let t = Instant::now();
+            match bench.run_one(*k, &d, dk) {
+                Ok(s) => {
+                    eprintln!(
+                        "  {:<28} {:>5.1} Gbit/s {:>6.3} s/GB {:>7.0} conn/s +{:?} µs mem {:?}/{:?} B ready {:.1} ms ({:.1} s)",
+                        k.name(),
+                        s.gbit_s.unwrap_or(0.0),
+                        s.cpu_s_per_gb.unwrap_or(0.0),
+                        s.conns_per_s.unwrap_or(0.0),
+                        s.add_persist_p50_us.map(|x| x.round()),
+                        s.user_bytes_per_conn.map(|x| x.round()),
+                        s.kernel_bytes_per_conn.map(|x| x.round()),
+                        s.ready_ms.unwrap_or(0.0),
+                        t.elapsed().as_secs_f64()
+                    );
+                    samples[i].push(s);
+                }
+                Err(e) => {
+                    eprintln!("  {:<28} FAILED: {e:#}", k.name());
+                    errors[i].push(format!("round {}: {e:#}", round + 1));
+                }
+            }
+        }
+        directs.push(d);
+    }
+    let mut versions = vec![
+        ("kernel".into(), version("uname", &["-r"])),
+        ("socat".into(), {
+            let o = Command::new("socat").arg("-V").output();
+            o.map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .find(|l| l.contains("version"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default()
+        }),
+        ("haproxy".into(), version("haproxy", &["-v"])),
+        ("nginx".into(), version("nginx", &["-v"])),
+        ("ssh".into(), version("ssh", &["-V"])),
+        (
+            "splitway".into(),
+            version(&splitway.to_string_lossy(), &["--version"]),
+        ),
+    ];
+    versions.push((
+        "splitway git".into(),
+        version(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ],
+        ),
+    ));
+    let rows = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Row {
+            key: k.key().into(),
+            name: k.name().into(),
+            median: median_sample(&samples[i]),
+            samples: samples[i].clone(),
+            errors: errors[i].clone(),
+        })
+        .collect();
+    let rep = Report {
+        date: version("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        command: command.join(" "),
+        machine: format!(
+            "{} CPUs, {}",
+            sys::ncpus(),
+            version(
+                "sh",
+                &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]
+            )
+        ),
+        versions,
+        relay_cpu: args.relay_cpu,
+        load_cpu: args.load_cpu,
+        rounds: args.rounds,
+        secs: args.secs,
+        hold: args.hold,
+        socat_hold: args.socat_hold,
+        direct: median_sample(&directs),
+        rows,
+    };
+    let md = table(&rep);
+    println!("{md}");
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
+    }
+    if let Some(p) = &args.md {
+        std::fs::write(p, &md)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

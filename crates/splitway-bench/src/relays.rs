@@ -1,0 +1,322 @@
+//! The relays under test: how each is configured, started and stopped.
+//! Every relay runs under `taskset -c <relay core>`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::sys;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Socat,
+    Haproxy,
+    HaproxySplice,
+    Nginx,
+    Ssh,
+    SplitwayCopy,
+    SplitwaySplice,
+}
+
+pub const ALL: [Kind; 7] = [
+    Kind::Socat,
+    Kind::Haproxy,
+    Kind::HaproxySplice,
+    Kind::Nginx,
+    Kind::Ssh,
+    Kind::SplitwayCopy,
+    Kind::SplitwaySplice,
+];
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Socat => "socat (fork)",
+            Kind::Haproxy => "HAProxy tcp",
+            Kind::HaproxySplice => "HAProxy tcp, splice forced",
+            Kind::Nginx => "nginx stream",
+            Kind::Ssh => "ssh -L",
+            Kind::SplitwayCopy => "splitway copy",
+            Kind::SplitwaySplice => "splitway splice",
+        }
+    }
+    pub fn key(&self) -> &'static str {
+        match self {
+            Kind::Socat => "socat",
+            Kind::Haproxy => "haproxy",
+            Kind::HaproxySplice => "haproxy-splice",
+            Kind::Nginx => "nginx",
+            Kind::Ssh => "ssh",
+            Kind::SplitwayCopy => "splitway-copy",
+            Kind::SplitwaySplice => "splitway-splice",
+        }
+    }
+    pub fn from_key(k: &str) -> Option<Kind> {
+        ALL.iter().copied().find(|x| x.key() == k)
+    }
+}
+
+pub struct Setup {
+    pub relay_cpu: usize,
+    pub listen: SocketAddr,
+    pub sink: SocketAddr,
+    pub ssh_port: u16,
+    pub dir: PathBuf,
+    pub splitway: PathBuf,
+    /// Extra `[node]` lines for splitway (e.g. buffer sizes).
+    pub splitway_node: String,
+}
+
+pub struct Running {
+    pub roots: Vec<u32>,
+    children: Vec<Child>,
+    /// Exec of the relay to the first successful connect through it.
+    pub ready: Duration,
+    stopped: bool,
+}
+
+fn pinned(s: &Setup, prog: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", &s.relay_cpu.to_string(), prog]);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn log_to(c: &mut Command, path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::create(path)?;
+    c.stdout(f.try_clone()?).stderr(f);
+    Ok(())
+}
+
+fn wait_connect(addr: SocketAddr, since: Instant, limit: Duration) -> anyhow::Result<Duration> {
+    loop {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > limit {
+            anyhow::bail!("{addr} not accepting after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+/// Keys and config for sshd, made once per run.
+pub fn prepare_ssh(s: &Setup) -> anyhow::Result<()> {
+    let d = &s.dir;
+    for k in ["hostkey", "id"] {
+        let p = d.join(k);
+        if !p.exists() {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&p)
+                .status()?;
+            anyhow::ensure!(st.success(), "ssh-keygen failed");
+        }
+    }
+    std::fs::copy(d.join("id.pub"), d.join("authorized_keys"))?;
+    std::fs::create_dir_all("/run/sshd")?;
+    write(
+        d,
+        "sshd_config",
+        &format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/hostkey\nPidFile {dir}/sshd.pid\n\
+             AuthorizedKeysFile {dir}/authorized_keys\nStrictModes no\nPermitRootLogin yes\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             AllowTcpForwarding yes\nMaxStartups 100\nUseDNS no\n",
+            port = s.ssh_port,
+            dir = d.display()
+        ),
+    )?;
+    Ok(())
+}
+
+pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
+    let d = &s.dir;
+    let (l, t) = (s.listen, s.sink);
+    let mut children = Vec::new();
+    let mut roots = Vec::new();
+    let t0;
+    match kind {
+        Kind::Socat => {
+            let mut c = pinned(s, "socat");
+            c.arg(format!(
+                "TCP-LISTEN:{},bind={},fork,reuseaddr,backlog=4096",
+                l.port(),
+                l.ip()
+            ))
+            .arg(format!("TCP:{t}"));
+            log_to(&mut c, &d.join("socat.log"))?;
+            t0 = Instant::now();
+            children.push(c.spawn().context("socat")?);
+        }
+        Kind::Haproxy | Kind::HaproxySplice => {
+            let splice = if kind == Kind::HaproxySplice {
+                "  option splice-request\n  option splice-response\n"
+            } else {
+                ""
+            };
+            let cfg = write(
+                d,
+                "haproxy.cfg",
+                &format!(
+                    "global\n  maxconn 9500\n  maxpipes 256\n  nbthread 1\n\
+                     defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n{splice}\
+                     frontend fe\n  bind {l}\n  default_backend be\n\
+                     backend be\n  server s1 {t}\n"
+                ),
+            )?;
+            let mut c = pinned(s, "haproxy");
+            c.arg("-db").arg("-f").arg(&cfg);
+            log_to(&mut c, &d.join("haproxy.log"))?;
+            t0 = Instant::now();
+            children.push(c.spawn().context("haproxy")?);
+        }
+        Kind::Nginx => {
+            let cfg = write(
+                d,
+                "nginx.conf",
+                &format!(
+                    "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+                     worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+                     worker_rlimit_nofile 20000;\n\
+                     events {{ worker_connections 20000; }}\n\
+                     stream {{ server {{ listen {l} backlog=4096; proxy_pass {t}; }} }}\n",
+                    dir = d.display()
+                ),
+            )?;
+            let mut c = pinned(s, "nginx");
+            c.arg("-c").arg(&cfg).arg("-p").arg(d);
+            log_to(&mut c, &d.join("nginx.log"))?;
+            t0 = Instant::now();
+            children.push(c.spawn().context("nginx")?);
+        }
+        Kind::Ssh => {
+            let mut c = pinned(s, "/usr/sbin/sshd");
+            c.args(["-D", "-e", "-f"]).arg(d.join("sshd_config"));
+            log_to(&mut c, &d.join("sshd.log"))?;
+            let sshd = c.spawn().context("sshd")?;
+            roots.push(sshd.id());
+            children.push(sshd);
+            let sshd_at = SocketAddr::from(([127, 0, 0, 1], s.ssh_port));
+            wait_connect(sshd_at, Instant::now(), Duration::from_secs(5))?;
+            let mut c = pinned(s, "ssh");
+            c.args([
+                "-F",
+                "/dev/null",
+                "-N",
+                "-T",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+            ])
+            .arg(d.join("id"))
+            .args(["-p", &s.ssh_port.to_string(), "-L"])
+            .arg(format!("{}:{}:{}:{}", l.ip(), l.port(), t.ip(), t.port()))
+            .arg("root@127.0.0.1");
+            log_to(&mut c, &d.join("ssh.log"))?;
+            t0 = Instant::now();
+            children.push(c.spawn().context("ssh")?);
+        }
+        Kind::SplitwayCopy | Kind::SplitwaySplice => {
+            let engine = if kind == Kind::SplitwayCopy {
+                "copy"
+            } else {
+                "splice"
+            };
+            let cfg = write(
+                d,
+                &format!("splitway-{engine}.toml"),
+                &format!(
+                    "[node]\nname = \"bench\"\nengine = \"{engine}\"\n{extra}\n\
+                     [[explicit]]\nlisten = \"{l}\"\ntarget = \"{t}\"\n\n\
+                     [[route]]\nprefix = \"{ip}/32\"\nvia = \"direct\"\n\n\
+                     [features]\nearly_syn = false\nconn_pool = false\nturbo_start = false\n\
+                     fast_open = false\nworker_pools = true\n\n\
+                     [limits]\nmax_connections = 100000\n",
+                    extra = s.splitway_node,
+                    ip = t.ip()
+                ),
+            )?;
+            let mut c = pinned(s, &s.splitway.to_string_lossy());
+            c.arg("relay").arg("--config").arg(&cfg);
+            c.env("RUST_LOG", "warn");
+            log_to(&mut c, &d.join(format!("splitway-{engine}.log")))?;
+            t0 = Instant::now();
+            children.push(c.spawn().context("splitway")?);
+        }
+    }
+    if kind != Kind::Ssh {
+        roots.push(children[0].id());
+    } else {
+        roots.push(children[1].id());
+    }
+    let mut r = Running {
+        roots,
+        children,
+        ready: Duration::ZERO,
+        stopped: false,
+    };
+    match wait_connect(l, t0, Duration::from_secs(10)) {
+        Ok(d) => r.ready = d,
+        Err(e) => {
+            r.stop();
+            return Err(e);
+        }
+    }
+    Ok(r)
+}
+
+impl Running {
+    /// SIGTERM the roots, then SIGKILL whatever of the tree is left.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let all = sys::tree(&self.roots);
+        for p in &self.roots {
+            // SAFETY: signalling a pid we started.
+            unsafe { libc::kill(*p as i32, libc::SIGTERM) };
+        }
+        let end = Instant::now() + Duration::from_secs(3);
+        for c in &mut self.children {
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        for p in all {
+            // SAFETY: a pid from the tree we started.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
