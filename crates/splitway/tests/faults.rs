@@ -91,6 +91,21 @@ fn serve_many(o: &Overlay, port: u16, len: usize) {
     });
 }
 
+/// A listener on the server host with a deep accept queue.
+fn listen_deep(o: &Overlay, port: u16) -> TcpListener {
+    let addr = server_addr(false, port);
+    o.netns("server")
+        .run_in(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(4096)?;
+            Ok::<TcpListener, std::io::Error>(s.into())
+        })
+        .unwrap()
+        .unwrap()
+}
+
 /// How a stream ended for the side that watched it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -382,8 +397,20 @@ fn resets_are_carried_both_ways_copy() {
 // ---------------------------------------------------------------------------
 // Slow reader
 
+/// Bytes queued in the kernel socket buffers of `role`'s namespace
+/// (Recv-Q + Send-Q of every TCP socket, from `ss`).
+fn queued_bytes(o: &Overlay, role: &str) -> u64 {
+    o.sh(role, "ss", &["-tnH"])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
 fn slow_reader(engine: &str) {
-    const TOTAL: usize = 64 * MB;
+    const TOTAL: usize = 160 * MB;
     const SLOW: Duration = Duration::from_secs(8);
     let o = Overlay::with_relays(engine);
     pool_full(&o);
@@ -431,6 +458,7 @@ fn slow_reader(engine: &str) {
     }
     let pushed = sent.load(Ordering::SeqCst);
     let read_slow = got;
+    let queued = [queued_bytes(&o, "ingress"), queued_bytes(&o, "egress")];
     let in_flight = pushed - read_slow;
     // Then read the rest at full speed and check it is intact.
     loop {
@@ -445,6 +473,11 @@ fn slow_reader(engine: &str) {
     let growth: Vec<i64> = (0..2)
         .map(|k| peak[k] as i64 - base[k].rss_kb as i64)
         .collect();
+    eprintln!(
+        "FIGURE slow reader {engine}: kernel socket queues {:.1} MB on the ingress host, {:.1} MB on the egress host",
+        queued[0] as f64 / MB as f64,
+        queued[1] as f64 / MB as f64
+    );
     eprintln!(
         "FIGURE slow reader {engine}: server pushed {:.1} MB while the client read {} KB at 10 KB/s; \
          in flight {:.1} MB; relay RSS {} -> peak {} KiB (ingress), {} -> {} KiB (egress)",
@@ -480,21 +513,28 @@ fn slow_reader_keeps_relay_memory_bounded_copy() {
 // ---------------------------------------------------------------------------
 // 10 000 idle split connections
 
-#[test]
-fn ten_thousand_idle_split_connections() {
-    const N: usize = 10_000;
-    raise_nofile(200_000);
-    let o = Overlay::with_relays("splice");
-    o.set_relay_nofile("ingress", 200_000);
-    o.set_relay_nofile("egress", 200_000);
+/// Idle split connections held open at once: 10 000 when the fd limit
+/// allows. Each costs the test process two fds (client and server end) and
+/// each relay two sockets, plus two pipes (four fds) with `splice`; without
+/// `CAP_SYS_RESOURCE` the hard `RLIMIT_NOFILE` (20 000 on our CI machines)
+/// caps the count, and the figure per connection is measured at that count.
+fn idle_connections(engine: &str) {
+    let hard = raise_nofile(1 << 20);
+    let per_conn = if engine == "splice" { 6 } else { 2 };
+    let n = 10_000
+        .min((hard as usize).saturating_sub(600) / per_conn)
+        .min((hard as usize).saturating_sub(300) / 2);
+    eprintln!("FIGURE idle {engine}: RLIMIT_NOFILE hard {hard}: holding {n} connections");
+    assert!(n >= 3000, "fd limit {hard} too low for a meaningful figure");
+    let o = Overlay::with_relays(engine);
     pool_full(&o);
     let base = [o.relay_stat("ingress"), o.relay_stat("egress")];
-    let l = o.listen(server_addr(false, 7000));
+    let l = listen_deep(&o, 7000);
     let server = thread::spawn(move || {
-        let mut v = Vec::with_capacity(N);
+        let mut v = Vec::with_capacity(n);
         l.set_nonblocking(true).unwrap();
         let start = Instant::now();
-        while v.len() < N && start.elapsed() < Duration::from_secs(120) {
+        while v.len() < n && start.elapsed() < Duration::from_secs(60) {
             match l.accept() {
                 Ok((s, _)) => v.push(s),
                 Err(_) => thread::sleep(Duration::from_millis(2)),
@@ -507,28 +547,42 @@ fn ten_thousand_idle_split_connections() {
     let clients: Vec<TcpStream> = o
         .netns("client")
         .run_in(move || {
-            (0..N)
+            (0..n)
                 .filter_map(|_| TcpStream::connect_timeout(&dst, Duration::from_secs(5)).ok())
                 .collect()
         })
         .unwrap();
-    assert_eq!(clients.len(), N, "every client connected");
+    assert_eq!(clients.len(), n, "every client connected");
     let servers = server.join().unwrap();
     let setup = t0.elapsed();
-    assert_eq!(servers.len(), N, "every connection reached the server");
+    assert_eq!(
+        servers.len(),
+        n,
+        "every connection reached the server; ingress failures {}, egress failures {}",
+        o.metrics("ingress")
+            .lines()
+            .filter(|l| l.starts_with("splitway_connections_failed_total"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        o.metrics("egress")
+            .lines()
+            .filter(|l| l.starts_with("splitway_connections_failed_total"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     wait_metric(&o, "ingress", "splitway_connections_active", 30, |v| {
-        v == N as f64
+        v == n as f64
     });
     wait_metric(&o, "egress", "splitway_connections_active", 30, |v| {
-        v == N as f64
+        v == n as f64
     });
     let held = [o.relay_stat("ingress"), o.relay_stat("egress")];
     for (k, role) in ["ingress", "egress"].iter().enumerate() {
-        let rss = (held[k].rss_kb as f64 - base[k].rss_kb as f64) * 1024.0 / N as f64;
-        let fds = (held[k].fds as f64 - base[k].fds as f64) / N as f64;
-        let pipes = (held[k].pipes as f64 - base[k].pipes as f64) / N as f64;
+        let rss = (held[k].rss_kb as f64 - base[k].rss_kb as f64) * 1024.0 / n as f64;
+        let fds = (held[k].fds as f64 - base[k].fds as f64) / n as f64;
+        let pipes = (held[k].pipes as f64 - base[k].pipes as f64) / n as f64;
         eprintln!(
-            "FIGURE 10k idle {role}: RSS {} -> {} KiB = {rss:.0} B/connection; fds {} -> {} ({fds:.1}/connection, {pipes:.1} pipe ends)",
+            "FIGURE idle {engine} {role}: RSS {} -> {} KiB = {rss:.0} B/connection; fds {} -> {} ({fds:.1}/connection, {pipes:.1} pipe ends)",
             base[k].rss_kb, held[k].rss_kb, base[k].fds, held[k].fds
         );
         assert!(
@@ -536,7 +590,7 @@ fn ten_thousand_idle_split_connections() {
             "{role}: {rss} B of RSS per idle connection"
         );
     }
-    eprintln!("FIGURE 10k idle: set up in {setup:?}");
+    eprintln!("FIGURE idle {engine}: {n} set up in {setup:?}");
     // Everything still works with 10 000 open.
     let (rx, _h) = serve_echo_hash(o.listen(server_addr(false, 7001)), 1, 4 * MB, 9);
     let mut s = o.connect(server_addr(false, 7001)).unwrap();
@@ -558,7 +612,7 @@ fn ten_thousand_idle_split_connections() {
     thread::sleep(Duration::from_secs(2));
     let after = [o.relay_stat("ingress"), o.relay_stat("egress")];
     eprintln!(
-        "FIGURE 10k idle closed in {:?}: fds ingress {}, egress {}; RSS ingress {} KiB, egress {} KiB",
+        "FIGURE idle {engine}: closed in {:?}: fds ingress {}, egress {}; RSS ingress {} KiB, egress {} KiB",
         t1.elapsed(),
         after[0].fds,
         after[1].fds,
@@ -574,6 +628,16 @@ fn ten_thousand_idle_split_connections() {
             after[k].fds
         );
     }
+}
+
+#[test]
+fn ten_thousand_idle_split_connections_copy() {
+    idle_connections("copy");
+}
+
+#[test]
+fn ten_thousand_idle_split_connections_splice() {
+    idle_connections("splice");
 }
 
 // ---------------------------------------------------------------------------
@@ -630,7 +694,10 @@ fn fd_exhaustion_backs_off_refuses_cleanly_and_recovers() {
     );
     assert!(at_limit.fds as u64 >= limit - 2, "the limit was reached");
     assert!(cpu_queued < 0.4, "busy loop: {cpu_queued} s CPU in 4 s");
-    assert!(cpu_admin < 0.4, "busy loop (admin): {cpu_admin} s CPU in 4 s");
+    assert!(
+        cpu_admin < 0.4,
+        "busy loop (admin): {cpu_admin} s CPU in 4 s"
+    );
     // Refused cleanly: each held connection either is being forwarded, was
     // reset, or still waits in the listen queue; none half-served.
     let mut reset = 0;

@@ -615,12 +615,10 @@ impl Overlay {
     }
 }
 
-/// Raise this process's `RLIMIT_NOFILE` to at least `n` (tests run as root).
-pub fn raise_nofile(n: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: n as libc::rlim_t,
-        rlim_max: n as libc::rlim_t,
-    };
+/// Raise this process's soft `RLIMIT_NOFILE` to `n`, or to the hard limit
+/// if that is lower (raising the hard limit needs `CAP_SYS_RESOURCE`).
+/// Returns the hard limit.
+pub fn raise_nofile(n: u64) -> u64 {
     let mut cur = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -628,8 +626,11 @@ pub fn raise_nofile(n: u64) {
     // SAFETY: valid pointers to rlimit structs.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
-        if (cur.rlim_cur as u64) < n {
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+        let want = libc::rlimit {
+            rlim_cur: (n as libc::rlim_t).min(cur.rlim_max),
+            rlim_max: cur.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &want);
     }
+    cur.rlim_max as u64
 }
