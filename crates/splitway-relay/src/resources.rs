@@ -1,11 +1,16 @@
 //! Per-connection resources (copy buffers or splice pipes) kept ready in a
 //! pool, so nothing is created on the connection path.
 //!
-//! With `features.worker_pools` on, the pool is filled to its high
+//! With `features.worker_pools` on, buffers and pipes are *lent per burst*:
+//! a direction takes one from the pool when its socket turns readable and
+//! gives it back as soon as everything it read has been written out (HAProxy
+//! does the same with its pipes). An idle connection then holds neither a
+//! buffer nor a pipe (no memory, no pipe fds), and the pool only needs as
+//! many as there are bursts in flight. The pool is filled to its high
 //! watermark at start and topped up by a background task whenever it drops
-//! below its low watermark; finished connections give their resources back
-//! (pipes only if empty). With it off, every connection creates its own and
-//! frees them at the end, which is what the setup-time histogram compares.
+//! below its low watermark; a pipe goes back only if empty.
+//! With it off, every connection creates its own pair and frees it at the
+//! end, which is what the setup-time histogram compares.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,9 +22,24 @@ use tokio::sync::{watch, Notify};
 use crate::forward::EngineState;
 use crate::sys::pipe::Pipe;
 
-/// Default watermarks of the resource pool (in connections).
+/// Default watermarks of the resource pool (in buffers or pipes, one per
+/// direction of a burst in flight).
 pub const LOW: usize = 16;
 pub const HIGH: usize = 64;
+
+enum Free {
+    Bufs(Vec<Vec<u8>>),
+    Pipes(Vec<Pipe>),
+}
+
+impl Free {
+    fn len(&self) -> usize {
+        match self {
+            Free::Bufs(v) => v.len(),
+            Free::Pipes(v) => v.len(),
+        }
+    }
+}
 
 pub struct Resources {
     enabled: bool,
@@ -27,76 +47,152 @@ pub struct Resources {
     buffer_bytes: usize,
     pipe_bytes: usize,
     marks: Watermarks,
-    free: Mutex<Vec<EngineState>>,
+    free: Mutex<Free>,
     wake: Notify,
     gauge: prometheus::IntGauge,
 }
 
 impl Resources {
     pub fn new(cfg: &Config, gauge: prometheus::IntGauge) -> Arc<Resources> {
+        let free = match cfg.node.engine {
+            Engine::Copy => Free::Bufs(Vec::new()),
+            Engine::Splice => Free::Pipes(Vec::new()),
+        };
         Arc::new(Resources {
             enabled: cfg.features.worker_pools,
             engine: cfg.node.engine,
             buffer_bytes: cfg.node.buffer_bytes,
             pipe_bytes: cfg.node.pipe_bytes,
             marks: Watermarks::new(LOW, HIGH),
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(free),
             wake: Notify::new(),
             gauge,
         })
     }
 
-    fn create(&self) -> std::io::Result<EngineState> {
-        Ok(match self.engine {
-            Engine::Copy => EngineState::Copy {
-                a_to_b: vec![0; self.buffer_bytes],
-                b_to_a: vec![0; self.buffer_bytes],
-            },
-            Engine::Splice => EngineState::Splice {
-                a_to_b: Pipe::new(self.pipe_bytes)?,
-                b_to_a: Pipe::new(self.pipe_bytes)?,
-            },
-        })
+    fn new_buf(&self) -> Vec<u8> {
+        vec![0; self.buffer_bytes]
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<EngineState>> {
+    fn new_pipe(&self) -> std::io::Result<Pipe> {
+        Pipe::new(self.pipe_bytes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Resources for one connection.
-    pub fn get(&self) -> std::io::Result<EngineState> {
-        if self.enabled {
-            let (got, left) = {
-                let mut free = self.lock();
-                (free.pop(), free.len())
-            };
-            self.gauge.set(left as i64);
-            if left < self.marks.low {
-                self.wake.notify_one();
+    /// Resources for one connection: with pools, an empty state that
+    /// borrows from this pool per burst; without, its own pair.
+    pub fn get(self: &Arc<Self>) -> std::io::Result<EngineState> {
+        let stock = self.enabled.then(|| self.clone());
+        Ok(match self.engine {
+            Engine::Copy => {
+                let own = |_| (!self.enabled).then(|| self.new_buf());
+                EngineState::Copy {
+                    a_to_b: own(0),
+                    b_to_a: own(1),
+                    stock,
+                }
             }
-            if let Some(e) = got {
-                return Ok(e);
+            Engine::Splice => {
+                let (a_to_b, b_to_a) = if self.enabled {
+                    (None, None)
+                } else {
+                    (Some(self.new_pipe()?), Some(self.new_pipe()?))
+                };
+                EngineState::Splice {
+                    a_to_b,
+                    b_to_a,
+                    stock,
+                }
             }
-        }
-        self.create()
+        })
     }
 
-    /// Give a connection's resources back.
+    /// Give back what a finished connection still holds.
     pub fn put(&self, e: EngineState) {
-        if !self.enabled {
-            return;
+        match e {
+            EngineState::Copy {
+                a_to_b,
+                b_to_a,
+                stock: Some(_),
+            } => {
+                for b in [a_to_b, b_to_a].into_iter().flatten() {
+                    self.give_buf(b);
+                }
+            }
+            EngineState::Splice {
+                a_to_b,
+                b_to_a,
+                stock: Some(_),
+            } => {
+                for p in [a_to_b, b_to_a].into_iter().flatten() {
+                    // A flow cut short (timeout, reset) may leave bytes.
+                    if p.pending().ok() == Some(0) {
+                        self.give_pipe(p);
+                    }
+                }
+            }
+            _ => {}
         }
-        let clean = match &e {
-            EngineState::Copy { .. } => true,
-            EngineState::Splice { a_to_b, b_to_a } => {
-                a_to_b.pending().ok() == Some(0) && b_to_a.pending().ok() == Some(0)
+    }
+
+    fn after_take(&self, left: usize) {
+        self.gauge.set(left as i64);
+        if left < self.marks.low {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A buffer for one burst.
+    pub fn take_buf(&self) -> Vec<u8> {
+        let (got, left) = {
+            let mut free = self.lock();
+            match &mut *free {
+                Free::Bufs(v) => (v.pop(), v.len()),
+                Free::Pipes(_) => (None, 0),
             }
         };
+        self.after_take(left);
+        got.unwrap_or_else(|| self.new_buf())
+    }
+
+    pub fn give_buf(&self, b: Vec<u8>) {
         let mut free = self.lock();
-        if clean && free.len() < self.marks.high {
-            free.push(e);
+        if let Free::Bufs(v) = &mut *free {
+            if v.len() < self.marks.high && b.len() == self.buffer_bytes {
+                v.push(b);
+            }
+            self.gauge.set(v.len() as i64);
         }
-        self.gauge.set(free.len() as i64);
+    }
+
+    /// An empty pipe for one burst.
+    pub fn take_pipe(&self) -> std::io::Result<Pipe> {
+        let (got, left) = {
+            let mut free = self.lock();
+            match &mut *free {
+                Free::Pipes(v) => (v.pop(), v.len()),
+                Free::Bufs(_) => (None, 0),
+            }
+        };
+        self.after_take(left);
+        match got {
+            Some(p) => Ok(p),
+            None => self.new_pipe(),
+        }
+    }
+
+    /// Give back a pipe the caller knows is empty.
+    pub fn give_pipe(&self, p: Pipe) {
+        let mut free = self.lock();
+        if let Free::Pipes(v) = &mut *free {
+            if v.len() < self.marks.high {
+                v.push(p);
+            }
+            self.gauge.set(v.len() as i64);
+        }
     }
 
     pub fn available(&self) -> usize {
@@ -112,11 +208,20 @@ impl Resources {
             let have = self.available();
             let n = self.marks.to_open(have, 0);
             for _ in 0..n {
-                match self.create() {
-                    Ok(e) => {
-                        let mut free = self.lock();
-                        free.push(e);
-                        self.gauge.set(free.len() as i64);
+                let made = match self.engine {
+                    Engine::Copy => Ok(Free::Bufs(vec![self.new_buf()])),
+                    Engine::Splice => self.new_pipe().map(|p| Free::Pipes(vec![p])),
+                };
+                match made {
+                    Ok(Free::Bufs(mut b)) => {
+                        if let Some(b) = b.pop() {
+                            self.give_buf(b)
+                        }
+                    }
+                    Ok(Free::Pipes(mut p)) => {
+                        if let Some(p) = p.pop() {
+                            self.give_pipe(p)
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot pre-create connection resources");

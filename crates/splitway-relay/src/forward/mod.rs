@@ -7,6 +7,8 @@
 //! bytes in one direction: [`copy`] through a user-space buffer, [`splice`]
 //! through a pipe, never touching the bytes. Memory per connection is what
 //! the engine was given (two buffers or two pipes): nothing queues beyond it.
+//! With pooled resources (`worker_pools`) a direction borrows its buffer or
+//! pipe only while a burst is in flight, so an idle connection holds none.
 
 pub mod copy;
 pub mod splice;
@@ -14,11 +16,13 @@ pub mod splice;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
+use crate::resources::Resources;
 use crate::sys::pipe::Pipe;
 use crate::sys::sockopt;
 
@@ -62,11 +66,21 @@ pub struct FlowReport {
     pub outcome: Outcome,
 }
 
-/// What one connection's engine works with: two buffers or two pipes.
-#[derive(Debug)]
+/// What one connection's engine works with: a buffer or a pipe per
+/// direction. With a `stock`, a direction holds one only during a burst
+/// (taken from and given back to the stock); without, both are owned for
+/// the life of the connection.
 pub enum EngineState {
-    Copy { a_to_b: Vec<u8>, b_to_a: Vec<u8> },
-    Splice { a_to_b: Pipe, b_to_a: Pipe },
+    Copy {
+        a_to_b: Option<Vec<u8>>,
+        b_to_a: Option<Vec<u8>>,
+        stock: Option<Arc<Resources>>,
+    },
+    Splice {
+        a_to_b: Option<Pipe>,
+        b_to_a: Option<Pipe>,
+        stock: Option<Arc<Resources>>,
+    },
 }
 
 /// Per-flow bookkeeping both directions share. Relaxed atomics: one task
@@ -110,25 +124,35 @@ pub async fn relay(
 ) -> FlowReport {
     let flow = FlowState::new();
     let outcome = match engine {
-        EngineState::Copy { a_to_b, b_to_a } => {
+        EngineState::Copy {
+            a_to_b,
+            b_to_a,
+            stock,
+        } => {
+            let stock = stock.as_deref();
             drive(
                 a,
                 b,
                 t,
                 &flow,
-                copy::pump(a, b, a_to_b, &flow, 0),
-                copy::pump(b, a, b_to_a, &flow, 1),
+                copy::pump(a, b, a_to_b, stock, &flow, 0),
+                copy::pump(b, a, b_to_a, stock, &flow, 1),
             )
             .await
         }
-        EngineState::Splice { a_to_b, b_to_a } => {
+        EngineState::Splice {
+            a_to_b,
+            b_to_a,
+            stock,
+        } => {
+            let stock = stock.as_deref();
             drive(
                 a,
                 b,
                 t,
                 &flow,
-                splice::pump(a, b, a_to_b, &flow, 0),
-                splice::pump(b, a, b_to_a, &flow, 1),
+                splice::pump(a, b, a_to_b, stock, &flow, 0),
+                splice::pump(b, a, b_to_a, stock, &flow, 1),
             )
             .await
         }
