@@ -44,6 +44,10 @@ enum Kind {
 fn bind(addr: SocketAddr, transparent: bool) -> anyhow::Result<TcpListener> {
     let sock = sockopt::listener(&addr, transparent, 4096)
         .with_context(|| format!("cannot listen on {addr}"))?;
+    // Client-facing listeners: accepted sockets inherit TCP_NODELAY (the
+    // Internet-facing profile) from the listener, so it is set once here
+    // instead of once per connection.
+    crate::profile::internet(&sock).context("TCP_NODELAY on the listener")?;
     TcpListener::from_std(std::net::TcpListener::from(sock)).context("registering listener")
 }
 

@@ -206,7 +206,8 @@ pub async fn client(
         reset(down);
         return;
     };
-    let _ = crate::profile::internet(&down);
+    // TCP_NODELAY (the Internet-facing profile) is inherited from the
+    // listener (see `daemon::bind`).
     let snap = shared.snapshot();
     let start = Instant::now();
     let early = if kind == "transparent" && snap.cfg.features.early_syn {

@@ -11,14 +11,13 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 /// A fresh non-blocking TCP socket for `addr`'s family.
 pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
-    let s = Socket::new(
+    // Non-blocking from the start (and close-on-exec, which socket2 always
+    // sets): one syscall instead of four.
+    Socket::new(
         Domain::for_address(*addr),
-        Type::STREAM,
+        Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
-    )?;
-    s.set_nonblocking(true)?;
-    s.set_cloexec(true)?;
-    Ok(s)
+    )
 }
 
 /// A listening socket. `transparent` sets IP_TRANSPARENT so TPROXY'd
