@@ -205,6 +205,11 @@ pub struct Peer {
     pub bandwidth_mbit: f64,
     #[serde(default = "d_peer_rtt_ms")]
     pub rtt_ms: f64,
+    /// Local address legs to this peer are sent from (default: chosen by
+    /// the kernel). Lets a relay with several addresses keep per-peer routes
+    /// (turbo-start windows) apart.
+    #[serde(default)]
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// `[[route]]`.
@@ -583,6 +588,14 @@ impl Config {
                     "must be positive",
                 ));
             }
+            if p.source
+                .is_some_and(|a| a.is_ipv4() != p.addr.is_ipv4() || a.is_unspecified())
+            {
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].source"),
+                    "must be a concrete address of the same family as addr",
+                ));
+            }
             if !(p.rtt_ms > 0.0 && p.rtt_ms.is_finite()) {
                 return Err(ConfigError::invalid(
                     format!("peer[{i}].rtt_ms"),
@@ -938,6 +951,23 @@ via = "egress"
         assert!(err_of(&pool).contains("peer[0].pool_low"));
         let addr = base().replace("10.0.2.2:5565", "0.0.0.0:5565");
         assert!(err_of(&addr).contains("peer[0].addr"));
+    }
+
+    #[test]
+    fn peer_source_family_must_match() {
+        let bad = base().replace(
+            "addr = \"10.0.2.2:5565\"",
+            "addr = \"10.0.2.2:5565\"\nsource = \"fd00::1\"",
+        );
+        assert!(err_of(&bad).contains("peer[0].source"));
+        let good = base().replace(
+            "addr = \"10.0.2.2:5565\"",
+            "addr = \"10.0.2.2:5565\"\nsource = \"10.0.2.9\"",
+        );
+        assert_eq!(
+            Config::parse(&good).unwrap().peers[0].source,
+            Some("10.0.2.9".parse().unwrap())
+        );
     }
 
     #[test]

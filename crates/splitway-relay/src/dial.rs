@@ -20,6 +20,8 @@ pub enum Profile {
     RelayLeg {
         turbo: bool,
         fast_open: bool,
+        /// Local address to send from, if configured for the peer.
+        source: Option<std::net::IpAddr>,
     },
 }
 
@@ -34,8 +36,16 @@ pub async fn connect(
     sockopt::set_mark(&sock, own_mark)?;
     match profile {
         Profile::Internet => profile::internet(&sock)?,
-        Profile::RelayLeg { turbo, fast_open } => {
+        Profile::RelayLeg {
+            turbo,
+            fast_open,
+            source,
+        } => {
             profile::relay_leg(&sock, turbo)?;
+            if let Some(ip) = source {
+                let _ = sockopt::set_bind_no_port(&sock);
+                sock.bind(&SocketAddr::new(ip, 0).into())?;
+            }
             if fast_open {
                 // Best effort: without kernel support this is a plain connect.
                 let _ = sockopt::set_fastopen_connect(&sock);

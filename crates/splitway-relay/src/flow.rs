@@ -90,6 +90,7 @@ pub async fn open_leg(
     let profile = Profile::RelayLeg {
         turbo: cfg.features.turbo_start,
         fast_open: cfg.features.fast_open,
+        source: peer.source,
     };
     let mut leg = dial::connect(
         peer.addr,

@@ -88,6 +88,7 @@ impl PoolMetrics {
 pub struct LegPool {
     pub peer: String,
     pub addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
     own_mark: u32,
     turbo: bool,
     connect_timeout: Duration,
@@ -225,6 +226,7 @@ impl LegPool {
                             Profile::RelayLeg {
                                 turbo: me.turbo,
                                 fast_open: false,
+                                source: me.source,
                             },
                             me.connect_timeout,
                         )
@@ -308,9 +310,11 @@ impl Pools {
         }
         let mut map = self.by_peer.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|name, (pool, retire)| {
-            let keep = wanted
-                .get(name)
-                .is_some_and(|p| p.addr == pool.addr && pool.turbo == cfg.features.turbo_start);
+            let keep = wanted.get(name).is_some_and(|p| {
+                p.addr == pool.addr
+                    && p.source == pool.source
+                    && pool.turbo == cfg.features.turbo_start
+            });
             if !keep {
                 let _ = retire.send(true);
                 pool.lock_idle().clear();
@@ -329,6 +333,7 @@ impl Pools {
             let pool = Arc::new(LegPool {
                 peer: name.clone(),
                 addr: peer.addr,
+                source: peer.source,
                 own_mark: cfg.firewall.own_mark,
                 turbo: cfg.features.turbo_start,
                 connect_timeout: Duration::from_millis(cfg.timeouts.connect_ms),
