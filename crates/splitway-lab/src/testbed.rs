@@ -78,6 +78,18 @@ impl Testbed {
         Ok(())
     }
 
+    /// Give `host` (ingress or egress) an extra address on its relay-leg side.
+    pub fn add_leg_alias(&self, host: &str, addr: Ipv4Addr) -> Result<()> {
+        self.ns(host).ip([
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &plan::leg_ifname(host),
+        ])?;
+        Ok(())
+    }
+
     /// Forget cached per-destination TCP metrics (ssthresh, RTT) in every
     /// host, so each run starts as a fresh connection would on a fresh host.
     pub fn flush_tcp_metrics(&self) {

@@ -294,6 +294,24 @@ pub mod plan {
         Ipv4Addr::new(10, 77, 5, 10 + n as u8)
     }
 
+    /// The address splitway variant `n` uses on `host`'s relay-leg side
+    /// (ingress: segment 2, egress: segment 3). Each variant's legs run
+    /// between their own pair of addresses, so per-destination route
+    /// metrics (turbo-start windows) of one variant never touch another.
+    pub fn leg_alias(host: &str, n: usize) -> Ipv4Addr {
+        let seg = if host == "ingress" { 2 } else { 3 };
+        Ipv4Addr::new(10, 77, seg, 10 + n as u8)
+    }
+
+    /// The interface of `host` on its relay-leg side.
+    pub fn leg_ifname(host: &str) -> String {
+        if host == "ingress" {
+            ifname(2, 2)
+        } else {
+            ifname(4, 3)
+        }
+    }
+
     /// Static routes of node `i`: (subnet, via) for every segment not attached.
     pub fn routes(i: usize) -> Vec<(String, Ipv4Addr)> {
         let mut v = Vec::new();
