@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::FlowState;
 use crate::resources::Resources;
-use crate::sys::sockopt;
+use crate::sys::{self, sockopt};
 
 /// Give the buffer back to the pool (if it came from one).
 fn lend_back(slot: &mut Option<Vec<u8>>, stock: Option<&Resources>) {
@@ -41,13 +41,12 @@ pub async fn pump(
             (None, Some(stock)) => slot.insert(stock.take_buf()),
             (None, None) => return Err(io::Error::other("copy engine without a buffer")),
         };
-        let n = match src.try_read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        let n = match sys::read_clearing(src, buf)? {
+            Some(n) => n,
+            None => {
                 lend_back(slot, stock);
                 continue;
             }
-            Err(e) => return Err(e),
         };
         if n == 0 {
             lend_back(slot, stock);
