@@ -632,5 +632,5 @@ pub fn raise_nofile(n: u64) -> u64 {
         };
         libc::setrlimit(libc::RLIMIT_NOFILE, &want);
     }
-    cur.rlim_max as u64
+    cur.rlim_max
 }
