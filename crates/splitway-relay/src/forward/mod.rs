@@ -15,6 +15,7 @@ pub mod splice;
 
 use std::future::Future;
 use std::io;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,15 +131,9 @@ pub async fn relay(
             stock,
         } => {
             let stock = stock.as_deref();
-            drive(
-                a,
-                b,
-                t,
-                &flow,
-                copy::pump(a, b, a_to_b, stock, &flow, 0),
-                copy::pump(b, a, b_to_a, stock, &flow, 1),
-            )
-            .await
+            let ab = pin!(copy::pump(a, b, a_to_b, stock, &flow, 0));
+            let ba = pin!(copy::pump(b, a, b_to_a, stock, &flow, 1));
+            drive(a, b, t, &flow, ab, ba).await
         }
         EngineState::Splice {
             a_to_b,
@@ -146,15 +141,9 @@ pub async fn relay(
             stock,
         } => {
             let stock = stock.as_deref();
-            drive(
-                a,
-                b,
-                t,
-                &flow,
-                splice::pump(a, b, a_to_b, stock, &flow, 0),
-                splice::pump(b, a, b_to_a, stock, &flow, 1),
-            )
-            .await
+            let ab = pin!(splice::pump(a, b, a_to_b, stock, &flow, 0));
+            let ba = pin!(splice::pump(b, a, b_to_a, stock, &flow, 1));
+            drive(a, b, t, &flow, ab, ba).await
         }
     };
     FlowReport {
@@ -170,37 +159,46 @@ pub fn reset_both(a: &TcpStream, b: &TcpStream) {
     let _ = sockopt::set_linger_zero(b);
 }
 
-async fn drive(
+/// Both directions and the timers. The pump futures are pinned by the
+/// caller and borrowed here, so each lives once in the connection's task
+/// (taken by value they would be stored twice: as arguments and pinned),
+/// and one timer serves both the idle and the half-close deadline: the
+/// per-connection task stays small.
+async fn drive<AB, BA>(
     a: &TcpStream,
     b: &TcpStream,
     t: FlowTimeouts,
     flow: &FlowState,
-    ab: impl Future<Output = io::Result<()>>,
-    ba: impl Future<Output = io::Result<()>>,
-) -> Outcome {
-    tokio::pin!(ab);
-    tokio::pin!(ba);
+    mut ab: Pin<&mut AB>,
+    mut ba: Pin<&mut BA>,
+) -> Outcome
+where
+    AB: Future<Output = io::Result<()>>,
+    BA: Future<Output = io::Result<()>>,
+{
     let (mut ab_done, mut ba_done) = (false, false);
     let mut half_close_at: Option<Instant> = None;
+    let timer = sleep_until(flow.last_activity() + t.idle);
+    tokio::pin!(timer);
     loop {
-        let idle_at = flow.last_activity() + t.idle;
         tokio::select! {
-            r = &mut ab, if !ab_done => match r {
+            r = ab.as_mut(), if !ab_done => match r {
                 Ok(()) => ab_done = true,
                 Err(_) => { reset_both(a, b); return Outcome::Reset; }
             },
-            r = &mut ba, if !ba_done => match r {
+            r = ba.as_mut(), if !ba_done => match r {
                 Ok(()) => ba_done = true,
                 Err(_) => { reset_both(a, b); return Outcome::Reset; }
             },
-            _ = sleep_until(idle_at) => {
-                if flow.last_activity() + t.idle <= Instant::now() {
+            _ = timer.as_mut() => {
+                let now = Instant::now();
+                if half_close_at.is_some_and(|h| h <= now) {
+                    return Outcome::HalfCloseTimeout;
+                }
+                if flow.last_activity() + t.idle <= now {
                     reset_both(a, b);
                     return Outcome::Idle;
                 }
-            },
-            _ = sleep_until(half_close_at.unwrap_or(idle_at)), if half_close_at.is_some() => {
-                return Outcome::HalfCloseTimeout;
             },
         }
         if ab_done && ba_done {
@@ -209,5 +207,8 @@ async fn drive(
         if half_close_at.is_none() && (ab_done || ba_done) {
             half_close_at = Some(Instant::now() + t.half_close);
         }
+        let idle_at = flow.last_activity() + t.idle;
+        let next = half_close_at.map_or(idle_at, |h| h.min(idle_at));
+        timer.as_mut().reset(next);
     }
 }
