@@ -6,6 +6,7 @@
 //! data, given back once what was read is written out and the socket is
 //! drained.
 
+use std::future::poll_fn;
 use std::io;
 
 use tokio::net::TcpStream;
@@ -35,7 +36,7 @@ pub async fn pump(
     dir: usize,
 ) -> io::Result<()> {
     loop {
-        src.readable().await?;
+        poll_fn(|cx| src.poll_read_ready(cx)).await?;
         let buf = match (slot.as_mut(), stock) {
             (Some(b), _) => b,
             (None, Some(stock)) => slot.insert(stock.take_buf()),
@@ -57,7 +58,9 @@ pub async fn pump(
         while off < n {
             match dst.try_write(&buf[off..n]) {
                 Ok(m) => off += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll_fn(|cx| dst.poll_write_ready(cx)).await?
+                }
                 Err(e) => return Err(e),
             }
         }

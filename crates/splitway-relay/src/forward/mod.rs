@@ -159,7 +159,10 @@ pub fn reset_both(a: &TcpStream, b: &TcpStream) {
     let _ = sockopt::set_linger_zero(b);
 }
 
-/// Both directions and the timers. The pump futures are pinned by the
+/// Both directions and the timers. The engines wait for readiness with
+/// `poll_read_ready`/`poll_write_ready` (the socket's own waker slot: one
+/// reader and one writer per socket, which is what a split connection has)
+/// rather than `readable()`, whose futures carry a 150-byte waiter each. The pump futures are pinned by the
 /// caller and borrowed here, so each lives once in the connection's task
 /// (taken by value they would be stored twice: as arguments and pinned),
 /// and one timer serves both the idle and the half-close deadline: the

@@ -12,6 +12,7 @@
 //! one `recv` and one `send` are cheaper than two splices and a pipe.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -30,24 +31,6 @@ fn lend_back(slot: &mut Option<Pipe>, stock: Option<&Resources>) {
             stock.give_pipe(p);
         }
     }
-}
-
-/// Move bytes `src` → `dst` through a pipe until EOF (then FIN on `dst`) or
-/// an error. The pipe in `slot` is empty on entry and on a clean return; on
-/// an error it may hold bytes and is dropped, never given back.
-pub async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    slot: &mut Option<Pipe>,
-    stock: Option<&Resources>,
-    flow: &FlowState,
-    dir: usize,
-) -> io::Result<()> {
-    let r = run(src, dst, slot, stock, flow, dir).await;
-    if r.is_err() {
-        slot.take();
-    }
-    r
 }
 
 /// Bursts up to this size are copied, not spliced (HAProxy measured splice
@@ -95,7 +78,10 @@ fn probe(src: &TcpStream, dst: &TcpStream) -> io::Result<Probe> {
     })
 }
 
-async fn run(
+/// Move bytes `src` → `dst` through a pipe until EOF (then FIN on `dst`) or
+/// an error. The pipe in `slot` is empty on entry and on a clean return; on
+/// an error it may hold bytes (`Resources::put` checks before reuse).
+pub async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     slot: &mut Option<Pipe>,
@@ -107,7 +93,7 @@ async fn run(
     let mut streaming = false;
     loop {
         if !streaming {
-            src.readable().await?;
+            poll_fn(|cx| src.poll_read_ready(cx)).await?;
             match probe(src, dst)? {
                 Probe::Empty => continue,
                 Probe::Eof => return sockopt::shutdown_write(dst),
@@ -118,7 +104,7 @@ async fn run(
                             match dst.try_write(&rest[off..]) {
                                 Ok(m) => off += m,
                                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                    dst.writable().await?
+                                    poll_fn(|cx| dst.poll_write_ready(cx)).await?
                                 }
                                 Err(e) => return Err(e),
                             }
@@ -132,7 +118,7 @@ async fn run(
             }
         }
         let n = loop {
-            src.readable().await?;
+            poll_fn(|cx| src.poll_read_ready(cx)).await?;
             let pipe = match (slot.as_ref(), stock) {
                 (Some(p), _) => p,
                 (None, Some(stock)) => slot.insert(stock.take_pipe()?),
@@ -160,7 +146,9 @@ async fn run(
         while left > 0 {
             match dst.try_io(Interest::WRITABLE, || pipe.drain_to(dst.as_raw_fd(), left)) {
                 Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll_fn(|cx| dst.poll_write_ready(cx)).await?
+                }
                 Err(e) => return Err(e),
             }
         }
