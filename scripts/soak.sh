@@ -8,6 +8,8 @@
 #   scripts/soak.sh                 # 1 000 000 flows
 #   SOAK_FLOWS=200000 scripts/soak.sh
 #   SOAK_WORKERS=64 scripts/soak.sh # concurrent client loops (default 32)
+#   SOAK_INGRESS_EXTRA='[features]
+#   early_syn = false' scripts/soak.sh   # TOML appended to the ingress config
 #
 # The test is `soak_short_flows` in crates/splitway/tests/faults.rs; it
 # fails if either relay's fd count grows by more than 16 or its RSS by more

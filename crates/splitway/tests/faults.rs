@@ -1251,6 +1251,15 @@ fn soak_short_flows() {
         .unwrap()
         .replace("[auth]\n", "[auth]\nmax_skew_ms = 5000\n");
     o.start_relay("egress", &egress_cfg);
+    // `SOAK_INGRESS_EXTRA`: TOML appended to the ingress config, e.g.
+    // "[features]\nearly_syn = false" to compare.
+    if let Ok(extra) = std::env::var("SOAK_INGRESS_EXTRA") {
+        let cfg = std::fs::read_to_string(o.dir.join("ingress.toml")).unwrap();
+        o.start_relay(
+            "ingress",
+            &format!("{cfg}\n{}\n", extra.replace("\\n", "\n")),
+        );
+    }
     for role in ["client", "ingress", "egress", "server"] {
         o.netns(role).sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
     }
@@ -1382,6 +1391,30 @@ fn soak_short_flows() {
         "SOAK client-side failures by kind: {:?}",
         why.lock().unwrap()
     );
+    for role in ["ingress", "egress"] {
+        let done: Vec<String> = o
+            .metrics(role)
+            .lines()
+            .filter(|l| l.starts_with("splitway_connections_completed_total"))
+            .map(str::to_string)
+            .collect();
+        println!("SOAK {role} completed: {done:?}");
+    }
+    // Kernel counters that explain resets, per namespace.
+    for role in ["client", "ingress", "egress", "server"] {
+        let c: Vec<String> = o
+            .sh(role, "nstat", &["-az"])
+            .lines()
+            .filter(|l| {
+                ["Rst", "Abort", "Overflow", "PAWS", "TW", "Drop"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .filter(|l| l.split_whitespace().nth(1).is_some_and(|v| v != "0"))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("="))
+            .collect();
+        println!("SOAK {role} kernel: {}", c.join(" "));
+    }
     let fails = failed.load(Ordering::SeqCst);
     println!("SOAK end: ingress {:?}; egress {:?}", end[0], end[1]);
     println!(
