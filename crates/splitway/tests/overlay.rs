@@ -374,3 +374,41 @@ fn rules_are_removed_on_exit_and_replaced_after_a_crash() {
     assert!(o.stop_relay("ingress"));
     assert_eq!(leftovers(&o.ingress), Vec::<String>::new());
 }
+
+#[test]
+fn idle_and_half_close_timeouts_end_flows() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "[timeouts]\nidle_secs = 1\nhalf_close_secs = 1\n", "");
+    let l = o.listen(server_addr(false, 7000));
+    let server = std::thread::spawn(move || {
+        // Hold both connections open without sending anything.
+        let a = l.accept().unwrap().0;
+        let b = l.accept().unwrap().0;
+        std::thread::sleep(Duration::from_secs(4));
+        drop((a, b));
+    });
+    // Idle: nothing moves; the relay resets both sides after ~1 s.
+    let mut idle = o.connect(server_addr(false, 7000)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // Half-close: the client sends its FIN, the server never does.
+    let mut half = o.connect(server_addr(false, 7000)).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    half.write_all(b"request").unwrap();
+    half.shutdown(Shutdown::Write).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 8];
+    let r = idle.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "idle flow reset: {r:?}"
+    );
+    let r = half.read(&mut buf);
+    assert!(matches!(r, Ok(0)), "half-closed flow closed: {r:?}");
+    assert!(start.elapsed() < Duration::from_millis(2800), "{:?}", start.elapsed());
+    assert_eq!(o.metric("ingress", "splitway_connections_completed_total{outcome=\"idle_timeout\"}"), 1.0);
+    assert_eq!(
+        o.metric("ingress", "splitway_connections_completed_total{outcome=\"half_close_timeout\"}"),
+        1.0
+    );
+    server.join().unwrap();
+}
