@@ -378,7 +378,11 @@ fn rules_are_removed_on_exit_and_replaced_after_a_crash() {
 #[test]
 fn idle_and_half_close_timeouts_end_flows() {
     let mut o = Overlay::new();
-    o.start_relays("splice", "[timeouts]\nidle_secs = 1\nhalf_close_secs = 1\n", "");
+    o.start_relays(
+        "splice",
+        "[timeouts]\nidle_secs = 1\nhalf_close_secs = 1\n",
+        "",
+    );
     let l = o.listen(server_addr(false, 7000));
     let server = std::thread::spawn(move || {
         // Hold both connections open without sending anything.
@@ -404,10 +408,23 @@ fn idle_and_half_close_timeouts_end_flows() {
     );
     let r = half.read(&mut buf);
     assert!(matches!(r, Ok(0)), "half-closed flow closed: {r:?}");
-    assert!(start.elapsed() < Duration::from_millis(2800), "{:?}", start.elapsed());
-    assert_eq!(o.metric("ingress", "splitway_connections_completed_total{outcome=\"idle_timeout\"}"), 1.0);
+    assert!(
+        start.elapsed() < Duration::from_millis(2800),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(
-        o.metric("ingress", "splitway_connections_completed_total{outcome=\"half_close_timeout\"}"),
+        o.metric(
+            "ingress",
+            "splitway_connections_completed_total{outcome=\"idle_timeout\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        o.metric(
+            "ingress",
+            "splitway_connections_completed_total{outcome=\"half_close_timeout\"}"
+        ),
         1.0
     );
     server.join().unwrap();
