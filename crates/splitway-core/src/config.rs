@@ -775,10 +775,14 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
         let Some(after) = after.strip_prefix('=') else {
             continue;
         };
-        let Some(v) = after.trim_start().strip_prefix('"') else {
+        // Basic ("…") or literal ('…') string; a multi-line one opens with
+        // three quotes, and its first line is what an error can quote.
+        let after = after.trim_start();
+        let Some(quote) = after.chars().next().filter(|c| *c == '"' || *c == '\'') else {
             continue;
         };
-        if let Some(end) = v.find('"') {
+        let v = after.trim_start_matches(quote);
+        if let Some(end) = v.find([quote, '\n']) {
             let value = &v[..end];
             if !value.is_empty() {
                 msg = msg.replace(value, "<redacted>");
@@ -914,6 +918,17 @@ via = "egress"
     #[test]
     fn parse_errors_do_not_echo_the_secret_line() {
         let text = base().replace("keys = [{ id = 1,", "keys = [{ id = 1, ttl = 3,");
+        let e = err_of(&text);
+        assert!(e.contains("ttl") && e.contains("<redacted>"), "{e}");
+        assert!(!e.contains(KEY), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_a_single_quoted_secret() {
+        let text = base()
+            .replace(&format!("secret = \"{KEY}\""), &format!("secret = '{KEY}'"))
+            .replace("keys = [{ id = 1,", "keys = [{ id = 1, ttl = 3,");
+        assert!(text.contains(&format!("'{KEY}'")), "fixture changed");
         let e = err_of(&text);
         assert!(e.contains("ttl") && e.contains("<redacted>"), "{e}");
         assert!(!e.contains(KEY), "{e}");

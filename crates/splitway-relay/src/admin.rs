@@ -389,6 +389,12 @@ pub async fn serve(
         Some(AdminListen::Unix(path)) => {
             let _ = std::fs::remove_file(&path);
             let l = UnixListener::bind(&path)?;
+            // The API can change routes and drain the relay: owner only,
+            // whatever the umask.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
             tokio::spawn(async move {
                 loop {
                     tokio::select! {

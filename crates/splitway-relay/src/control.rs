@@ -65,6 +65,33 @@ fn restart_only(old: &Config, new: &Config) -> Option<&'static str> {
     if !same(&old.admin, &new.admin) {
         return Some("admin");
     }
+    // Read once at start: sizes of the engine's resources, the log
+    // format, the replay cache, the shutdown grace and the limits.
+    if old.node.buffer_bytes != new.node.buffer_bytes {
+        return Some("node.buffer_bytes");
+    }
+    if old.node.pipe_bytes != new.node.pipe_bytes {
+        return Some("node.pipe_bytes");
+    }
+    if !same(&old.node.log_format, &new.node.log_format) {
+        return Some("node.log_format");
+    }
+    let auth = |c: &Config| c.auth.as_ref().map(|a| (a.max_skew_ms, a.replay_capacity));
+    if auth(old).map(|a| a.0) != auth(new).map(|a| a.0) {
+        return Some("auth.max_skew_ms");
+    }
+    if auth(old).map(|a| a.1) != auth(new).map(|a| a.1) {
+        return Some("auth.replay_capacity");
+    }
+    if old.timeouts.shutdown_grace_secs != new.timeouts.shutdown_grace_secs {
+        return Some("timeouts.shutdown_grace_secs");
+    }
+    if !same(&old.limits, &new.limits) {
+        return Some("limits");
+    }
+    if old.features.worker_pools != new.features.worker_pools {
+        return Some("features.worker_pools");
+    }
     None
 }
 
@@ -192,4 +219,37 @@ pub fn delete_peer(shared: &Shared, name: &str) -> Result<(), ControlError> {
 /// Stop taking new connections; open ones finish.
 pub fn drain(shared: &Shared) {
     shared.draining.store(true, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Config {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ingress.toml");
+        Config::load(std::path::Path::new(path)).expect("example loads")
+    }
+
+    #[test]
+    fn keys_read_once_at_start_are_named_when_a_reload_changes_them() {
+        let old = example();
+        assert_eq!(restart_only(&old, &old.clone()), None);
+        let mut new = old.clone();
+        new.node.buffer_bytes *= 2;
+        assert_eq!(restart_only(&old, &new), Some("node.buffer_bytes"));
+        let mut new = old.clone();
+        new.timeouts.shutdown_grace_secs += 1;
+        assert_eq!(
+            restart_only(&old, &new),
+            Some("timeouts.shutdown_grace_secs")
+        );
+        let mut new = old.clone();
+        new.features.worker_pools = !new.features.worker_pools;
+        assert_eq!(restart_only(&old, &new), Some("features.worker_pools"));
+        // What a reload is for stays allowed.
+        let mut new = old.clone();
+        new.features.early_syn = !new.features.early_syn;
+        new.timeouts.idle_secs += 1;
+        assert_eq!(restart_only(&old, &new), None);
+    }
 }

@@ -111,8 +111,8 @@ pub async fn run(
         .apply(cfg)
         .map_err(|e| anyhow::anyhow!(e))
         .context("setting up features (early-SYN tap, turbo-start routes)")?;
-    if let Some(syns) = shared.take_syn_queue() {
-        tokio::spawn(early_syn_loop(syns, shared.clone(), stop_rx.clone()));
+    if !shared.snapshot().cfg.transparent.is_empty() {
+        tokio::spawn(early_syn_loop(shared.clone(), stop_rx.clone()));
     }
     if opts.reload_on_sighup {
         tokio::spawn(sighup_loop(shared.clone(), stop_rx.clone()));
@@ -207,12 +207,14 @@ fn spawn_flow(sock: TcpStream, peer: SocketAddr, kind: Kind, shared: &Arc<Shared
     }
 }
 
-/// Start a leg for every SYN the tap reports; expire unclaimed ones.
-async fn early_syn_loop(
-    mut syns: tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Start a leg for every SYN the tap reports; expire unclaimed ones. Waits
+/// for the tap to be bound first: at start if early SYN is on, else when it
+/// is first switched on at run time.
+async fn early_syn_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut syns = tokio::select! {
+        rx = shared.take_syn_queue() => rx,
+        _ = stop.changed() => return,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::dial::{self, Profile};
 use crate::forward::{self, FlowReport};
 use crate::leg::{self, DEFAULT_HOP_LIMIT};
+use crate::metrics::LegKind;
 use crate::ratelimit::RateLimit;
 use crate::state::{FlowEntry, Shared, Snapshot};
 use crate::sys::sockopt;
@@ -115,7 +116,7 @@ async fn next_hop(
     dst: SocketAddr,
     hop_limit: u8,
     from_peer: bool,
-) -> Result<TcpStream, HopError> {
+) -> Result<(TcpStream, LegKind), HopError> {
     let route = snap.routes.lookup(&dst).ok_or(HopError::NoRoute)?;
     match &route.via {
         NextHop::Direct => {
@@ -129,15 +130,28 @@ async fn next_hop(
                 snap.connect_timeout(),
             )
             .await
+            .map(|s| (s, LegKind::Server))
             .map_err(HopError::Connect)
         }
         NextHop::Peer(name) => {
             if hop_limit == 0 {
                 return Err(HopError::HopLimit);
             }
-            open_leg(shared, snap, name, dst, hop_limit - 1).await
+            open_leg(shared, snap, name, dst, hop_limit - 1)
+                .await
+                .map(|s| (s, LegKind::PeerOut))
         }
     }
+}
+
+/// What the connection and its two sockets are, and when it started
+/// (accept, or a relay leg's header): for the registry and the metrics.
+struct Legs {
+    /// Listener kind: transparent, explicit, relay.
+    kind: &'static str,
+    down: LegKind,
+    up: LegKind,
+    since: Instant,
 }
 
 async fn forward(
@@ -147,8 +161,9 @@ async fn forward(
     up: TcpStream,
     dst: SocketAddr,
     peer: SocketAddr,
-    kind: &'static str,
+    legs: Legs,
 ) {
+    let kind = legs.kind;
     let m = &shared.metrics;
     let mut engine = match shared.resources.get() {
         Ok(e) => e,
@@ -170,19 +185,17 @@ async fn forward(
         down: down.clone(),
         up: up.clone(),
     });
+    let forwarding = legs.since.elapsed();
     let report: FlowReport = forward::relay(&down, &up, snap.flow_timeouts(), &mut engine).await;
     shared.unregister(id);
     m.active.dec();
     shared.resources.put(engine);
-    m.bytes
-        .with_label_values(&["upstream"])
-        .inc_by(report.a_to_b);
-    m.bytes
-        .with_label_values(&["downstream"])
-        .inc_by(report.b_to_a);
-    m.completed
-        .with_label_values(&[report.outcome.as_str()])
-        .inc();
+    m.hot.bytes_up[legs.down as usize].inc_by(report.a_to_b);
+    m.hot.bytes_down[legs.up as usize].inc_by(report.b_to_a);
+    m.hot.completed[report.outcome.index()].inc();
+    if let Some(first) = report.first_b_to_a {
+        m.ttfb_seconds.observe((forwarding + first).as_secs_f64());
+    }
     if snap.cfg.node.log_connections {
         tracing::info!(
             %peer, %dst, up = report.a_to_b, down = report.b_to_a,
@@ -201,7 +214,7 @@ pub async fn client(
 ) {
     let _active = shared.track();
     let m = &shared.metrics;
-    m.accepted.with_label_values(&[kind]).inc();
+    m.hot.accepted(kind).inc();
     let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
         m.failed.with_label_values(&["max_connections"]).inc();
         reset(down);
@@ -217,13 +230,19 @@ pub async fn client(
         None
     };
     let hop = match early {
-        Some(leg) => Ok(leg),
+        Some(leg) => Ok((leg, LegKind::PeerOut)),
         None => next_hop(&shared, &snap, dst, DEFAULT_HOP_LIMIT + 1, false).await,
     };
     match hop {
-        Ok(up) => {
+        Ok((up, up_kind)) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
-            forward(&shared, &snap, down, up, dst, peer, kind).await;
+            let legs = Legs {
+                kind,
+                down: LegKind::Client,
+                up: up_kind,
+                since: start,
+            };
+            forward(&shared, &snap, down, up, dst, peer, legs).await;
         }
         Err(e) => {
             m.failed.with_label_values(&[e.reason()]).inc();
@@ -239,7 +258,7 @@ pub async fn client(
 pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr) {
     let _active = shared.track();
     let m = &shared.metrics;
-    m.accepted.with_label_values(&["relay"]).inc();
+    m.hot.accepted("relay").inc();
     let snap = shared.snapshot();
     let Some(keys) = snap.keys.as_ref() else {
         reset(leg);
@@ -292,9 +311,15 @@ pub async fn relay_leg(shared: Arc<Shared>, mut leg: TcpStream, peer: SocketAddr
     let start = Instant::now();
     let dst = header.dst;
     match next_hop(&shared, &snap, dst, header.hop_limit, true).await {
-        Ok(up) => {
+        Ok((up, up_kind)) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
-            forward(&shared, &snap, leg, up, dst, peer, "relay").await;
+            let legs = Legs {
+                kind: "relay",
+                down: LegKind::PeerIn,
+                up: up_kind,
+                since: start,
+            };
+            forward(&shared, &snap, leg, up, dst, peer, legs).await;
         }
         Err(e) => {
             let reason = e.reason();

@@ -18,13 +18,15 @@ pub struct Metrics {
     pub completed: IntCounterVec,
     /// Connections that never got to forwarding, by reason.
     pub failed: IntCounterVec,
-    /// Bytes by direction (`upstream` = client to server) and leg kind of
-    /// the socket they were read from.
+    /// Bytes by direction (`upstream` = client to server) and kind of the
+    /// socket they were read from (`leg`: see [`LegKind`]).
     pub bytes: IntCounterVec,
     /// Relay legs refused at the header, by reason.
     pub header_rejected: IntCounterVec,
     /// Accept (or leg header) to next hop ready.
     pub setup_seconds: Histogram,
+    /// Accept (or leg header) to the first byte of the reply written back.
+    pub ttfb_seconds: Histogram,
     /// Accept errors (e.g. out of file descriptors).
     pub accept_errors: IntCounter,
     /// Engine in use: 1 on the label of the configured one.
@@ -34,6 +36,77 @@ pub struct Metrics {
     pub early_syn: IntCounterVec,
     /// Connection resources (buffer or pipe pairs) ready in the pool.
     pub resources_pooled: IntGauge,
+    /// Children of the vectors above that every connection touches,
+    /// resolved once (a label lookup hashes and locks).
+    pub hot: Hot,
+}
+
+/// What a socket of a split connection is, for the `leg` label of
+/// `splitway_bytes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegKind {
+    /// Accepted from a client (transparent or explicit listener).
+    Client,
+    /// Accepted from a peer relay (a relay leg, inbound).
+    PeerIn,
+    /// Opened to a peer relay (a relay leg, outbound).
+    PeerOut,
+    /// Opened straight to the destination.
+    Server,
+}
+
+impl LegKind {
+    pub const ALL: [LegKind; 4] = [
+        LegKind::Client,
+        LegKind::PeerIn,
+        LegKind::PeerOut,
+        LegKind::Server,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegKind::Client => "client",
+            LegKind::PeerIn => "peer_in",
+            LegKind::PeerOut => "peer_out",
+            LegKind::Server => "server",
+        }
+    }
+}
+
+/// Pre-resolved children of the per-connection counters.
+#[derive(Clone)]
+pub struct Hot {
+    /// `accepted` for transparent, explicit, relay.
+    pub accepted: [IntCounter; 3],
+    /// `bytes`: upstream by the leg kind read from, then downstream.
+    pub bytes_up: [IntCounter; 4],
+    pub bytes_down: [IntCounter; 4],
+    /// `completed` by [`crate::forward::Outcome`] (closed, reset, idle,
+    /// half-close).
+    pub completed: [IntCounter; 4],
+}
+
+impl Hot {
+    fn new(accepted: &IntCounterVec, bytes: &IntCounterVec, completed: &IntCounterVec) -> Hot {
+        let leg = |dir: &str| LegKind::ALL.map(|k| bytes.with_label_values(&[dir, k.as_str()]));
+        Hot {
+            accepted: ["transparent", "explicit", "relay"]
+                .map(|k| accepted.with_label_values(&[k])),
+            bytes_up: leg("upstream"),
+            bytes_down: leg("downstream"),
+            completed: crate::forward::Outcome::ALL
+                .map(|o| completed.with_label_values(&[o.as_str()])),
+        }
+    }
+
+    /// `accepted` child for a listener kind label.
+    pub fn accepted(&self, kind: &str) -> &IntCounter {
+        match kind {
+            "transparent" => &self.accepted[0],
+            "explicit" => &self.accepted[1],
+            _ => &self.accepted[2],
+        }
+    }
 }
 
 impl Metrics {
@@ -64,8 +137,8 @@ impl Metrics {
         );
         let bytes = counter_vec(
             "splitway_bytes_total",
-            "Bytes forwarded, by direction",
-            &["direction"],
+            "Bytes forwarded, by direction and the kind of socket read from",
+            &["direction", "leg"],
         );
         let header_rejected = counter_vec(
             "splitway_header_rejected_total",
@@ -94,6 +167,20 @@ impl Metrics {
         registry
             .register(Box::new(setup_seconds.clone()))
             .expect("unique metric name");
+        let ttfb_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "splitway_time_to_first_byte_seconds",
+                "Time from accept (or a relay leg's header) to the first reply byte sent back",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(ttfb_seconds.clone()))
+            .expect("unique metric name");
         let accept_errors = IntCounter::new("splitway_accept_errors_total", "Errors from accept()")
             .expect("static metric definition");
         registry
@@ -121,6 +208,8 @@ impl Metrics {
             .register(Box::new(resources_pooled.clone()))
             .expect("unique metric name");
         Metrics {
+            hot: Hot::new(&accepted, &bytes, &completed),
+            ttfb_seconds,
             resources_pooled,
             early_syn,
             registry,

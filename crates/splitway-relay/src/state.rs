@@ -99,6 +99,9 @@ pub struct Shared {
     syn_rules: Mutex<Option<syn_tap::Rules>>,
     syn_queue: Mutex<Option<tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>>>,
     syn_queue_started: AtomicBool,
+    /// Signalled when the SYN queue is bound (at start, or when early SYN
+    /// is first switched on at run time), for the task that serves it.
+    syn_queue_ready: tokio::sync::Notify,
     /// Flips when the daemon stops; background tasks watch it.
     pub stop: watch::Receiver<bool>,
 }
@@ -150,6 +153,7 @@ impl Shared {
             syn_rules: Mutex::new(None),
             syn_queue: Mutex::new(None),
             syn_queue_started: AtomicBool::new(false),
+            syn_queue_ready: tokio::sync::Notify::new(),
             snapshot: RwLock::new(Arc::new(Snapshot::new(cfg))),
             stop,
         }
@@ -180,9 +184,14 @@ impl Shared {
             *rules = None;
             if cfg.features.early_syn && !cfg.transparent.is_empty() {
                 if !self.syn_queue_started.load(Ordering::SeqCst) {
-                    let rx = syn_tap::start_queue(&cfg).map_err(|e| e.to_string())?;
+                    let rx = syn_tap::start_queue(
+                        &cfg,
+                        self.metrics.early_syn.with_label_values(&["dropped"]),
+                    )
+                    .map_err(|e| e.to_string())?;
                     *lock(&self.syn_queue) = Some(rx);
                     self.syn_queue_started.store(true, Ordering::SeqCst);
+                    self.syn_queue_ready.notify_one();
                 }
                 *rules = Some(syn_tap::install_rules(&cfg).map_err(|e| e.to_string())?);
             }
@@ -192,11 +201,17 @@ impl Shared {
         Ok(())
     }
 
-    /// The SYN channel, once, for the task that serves it.
-    pub fn take_syn_queue(
+    /// The SYN channel, once, for the task that serves it: waits until
+    /// the queue is bound (early SYN may be switched on only later).
+    pub async fn take_syn_queue(
         &self,
-    ) -> Option<tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>> {
-        lock(&self.syn_queue).take()
+    ) -> tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple> {
+        loop {
+            if let Some(rx) = lock(&self.syn_queue).take() {
+                return rx;
+            }
+            self.syn_queue_ready.notified().await;
+        }
     }
 
     /// Remove kernel state (routes, queue rules) at exit.

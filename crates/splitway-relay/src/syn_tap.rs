@@ -189,8 +189,12 @@ pub enum TapError {
 
 /// Bind the queue and start the reader thread (once per process). SYNs
 /// arrive on the returned channel; when it is full they are dropped from
-/// the tap only (the packet itself was already accepted).
-pub fn start_queue(cfg: &Config) -> Result<mpsc::Receiver<FourTuple>, TapError> {
+/// the tap only (the packet itself was already accepted) and counted in
+/// `dropped`.
+pub fn start_queue(
+    cfg: &Config,
+    dropped: prometheus::IntCounter,
+) -> Result<mpsc::Receiver<FourTuple>, TapError> {
     let queue_num = cfg.firewall.syn_queue;
     let qerr = |source: std::io::Error| TapError::Queue {
         queue: queue_num,
@@ -211,7 +215,9 @@ pub fn start_queue(cfg: &Config) -> Result<mpsc::Receiver<FourTuple>, TapError> 
                 continue;
             }
             if let Some(t) = tuple {
-                let _ = tx.try_send(t);
+                if tx.try_send(t).is_err() {
+                    dropped.inc();
+                }
             }
         })
         .map_err(qerr)?;

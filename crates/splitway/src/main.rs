@@ -30,7 +30,8 @@ enum Cmd {
         /// Write this file (with the pid) once the relay is ready.
         #[arg(long)]
         ready_file: Option<PathBuf>,
-        /// Worker threads (default: one per core).
+        /// Worker threads (default: one per core the process may run on;
+        /// with one, a single-threaded runtime).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -82,6 +83,25 @@ fn raise_fd_limit() {
     }
 }
 
+/// The relay's runtime: one worker per usable core (the CPU affinity mask
+/// counts, so `taskset -c 0` means one), or `workers`. With one worker the
+/// runtime is single-threaded: accept, flows and timers all run on the main
+/// thread, without the work-stealing scheduler's cross-thread wake-ups.
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let n = workers
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1);
+    let mut rt = if n == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(n);
+        b
+    };
+    rt.enable_all().thread_name("splitway-worker").build()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -94,12 +114,7 @@ fn main() -> anyhow::Result<()> {
                 Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
             init_logs(cfg.node.log_format);
             raise_fd_limit();
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            rt.enable_all().thread_name("splitway-worker");
-            if let Some(n) = workers {
-                rt.worker_threads(n.max(1));
-            }
-            let rt = rt.build().context("starting the runtime")?;
+            let rt = runtime(workers).context("starting the runtime")?;
             rt.block_on(async move {
                 let stop = shutdown_signal()?;
                 let opts = splitway_relay::RunOptions {

@@ -147,6 +147,29 @@ fn early_syn_switched_off_at_run_time() {
 }
 
 #[test]
+fn early_syn_switched_on_at_run_time_when_off_at_start() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "[features]\nearly_syn = false\n", "");
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7000)), 2, 1000, 1);
+    let hit = |o: &Overlay| o.metric("ingress", "splitway_early_syn_total{result=\"hit\"}");
+    let s = o.connect(server_addr(false, 7000)).unwrap();
+    client_duplex(s, 1000, 1).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(hit(&o), 0.0, "off at start");
+    let (st, body) = http(&o.ingress, "POST", "/features", r#"{"early_syn": true}"#);
+    assert_eq!(st, 200, "{body}");
+    let s = o.connect(server_addr(false, 7000)).unwrap();
+    client_duplex(s, 1000, 1).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        o.metric("ingress", "splitway_early_syn_total{result=\"started\"}"),
+        1.0,
+        "the tap reports SYNs once switched on"
+    );
+    assert_eq!(hit(&o), 1.0, "and the client is paired with its early leg");
+}
+
+#[test]
 fn reload_with_bad_file_keeps_serving_and_good_file_reroutes_new_flows() {
     let o = Overlay::with_relays("splice");
     let cfg_path = o.dir.join("ingress.toml");
@@ -302,11 +325,11 @@ fn metrics_parse_with_a_prometheus_parser() {
     let text = o.metrics("ingress");
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
-    let find = |name: &str, label: (&str, &str)| {
+    let find_all = |name: &str, labels: &[(&str, &str)]| {
         scrape
             .samples
             .iter()
-            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .map(|s| match s.value {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
@@ -314,12 +337,21 @@ fn metrics_parse_with_a_prometheus_parser() {
                 _ => f64::NAN,
             })
     };
+    let find = |name: &str, label: (&str, &str)| find_all(name, &[label]);
+    // The ingress reads upstream bytes from its client and downstream
+    // bytes from its leg to the egress.
     assert_eq!(
-        find("splitway_bytes_total", ("direction", "upstream")),
+        find_all(
+            "splitway_bytes_total",
+            &[("direction", "upstream"), ("leg", "client")]
+        ),
         Some(3000.0)
     );
     assert_eq!(
-        find("splitway_bytes_total", ("direction", "downstream")),
+        find_all(
+            "splitway_bytes_total",
+            &[("direction", "downstream"), ("leg", "peer_out")]
+        ),
         Some(5000.0)
     );
     assert_eq!(
@@ -336,6 +368,21 @@ fn metrics_parse_with_a_prometheus_parser() {
             .iter()
             .any(|s| s.metric == "splitway_connection_setup_seconds"),
         "histogram exported"
+    );
+    // One connection whose reply came back: one time-to-first-byte sample.
+    assert_eq!(
+        metric_value(&text, "splitway_time_to_first_byte_seconds_count"),
+        1.0,
+        "time to first byte observed once"
+    );
+    // No bytes were read from sockets the ingress does not have.
+    assert_eq!(
+        find_all(
+            "splitway_bytes_total",
+            &[("direction", "upstream"), ("leg", "peer_in")]
+        ),
+        Some(0.0),
+        "leg kinds kept apart"
     );
     assert!(
         scrape.docs.contains_key("splitway_pool_hits_total"),

@@ -200,6 +200,54 @@ fn every_switch_off_is_visibly_off() {
     );
 }
 
+/// `TcpExt<name>` of a relay's namespace (absolute value).
+fn nstat(o: &Overlay, role: &str, name: &str) -> u64 {
+    let out = o.sh(role, "nstat", &["-az", name]);
+    out.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn fast_open_puts_the_header_in_the_syn_and_is_visibly_off_when_off() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "", "");
+    for role in ["ingress", "egress"] {
+        o.sh(role, "sysctl", &["-qw", "net.ipv4.tcp_fastopen=3"]);
+    }
+    // Fresh legs only (no pool, no early SYN): each flow connects a leg.
+    let fresh = "early_syn = false\nconn_pool = false";
+    o.start_relay(
+        "ingress",
+        &ingress_config(&ingress_with(&format!("{fresh}\nfast_open = false"), POOL)),
+    );
+    for i in 0..3 {
+        one_transfer(&o, 7000 + i);
+    }
+    assert_eq!(
+        nstat(&o, "egress", "TcpExtTCPFastOpenPassive"),
+        0,
+        "off: no leg carried data in its SYN"
+    );
+    o.start_relay(
+        "ingress",
+        &ingress_config(&ingress_with(&format!("{fresh}\nfast_open = true"), POOL)),
+    );
+    // The first leg fetches the cookie; the next ones use it.
+    for i in 0..3 {
+        one_transfer(&o, 7010 + i);
+    }
+    let active = nstat(&o, "ingress", "TcpExtTCPFastOpenActive");
+    let passive = nstat(&o, "egress", "TcpExtTCPFastOpenPassive");
+    assert!(
+        active >= 2 && passive >= 2,
+        "on: headers rode in the SYN (active {active}, passive {passive})"
+    );
+}
+
 #[test]
 fn early_syn_tap_sees_syns_and_pairs_or_falls_back() {
     let mut o = Overlay::new();

@@ -48,6 +48,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Closed,
+        Outcome::Reset,
+        Outcome::Idle,
+        Outcome::HalfCloseTimeout,
+    ];
+
+    /// Index into [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Closed => "closed",
@@ -65,6 +77,8 @@ pub struct FlowReport {
     pub a_to_b: u64,
     pub b_to_a: u64,
     pub outcome: Outcome,
+    /// From the start of forwarding to the first byte moved b→a.
+    pub first_b_to_a: Option<Duration>,
 }
 
 /// What one connection's engine works with: a buffer or a pipe per
@@ -91,6 +105,8 @@ pub struct FlowState {
     start: Instant,
     /// Nanoseconds after `start` of the last byte moved.
     last_ns: AtomicU64,
+    /// Nanoseconds after `start` of the first byte moved b→a (0: none yet).
+    first_back_ns: AtomicU64,
     /// Bytes a→b, then b→a.
     pub moved: [AtomicU64; 2],
 }
@@ -100,15 +116,19 @@ impl FlowState {
         FlowState {
             start: Instant::now(),
             last_ns: AtomicU64::new(0),
+            first_back_ns: AtomicU64::new(0),
             moved: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
     /// Record `n` bytes moved in direction `dir` (0: a→b, 1: b→a).
     pub fn add(&self, dir: usize, n: usize) {
-        self.moved[dir].fetch_add(n as u64, Ordering::Relaxed);
-        self.last_ns
-            .store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let before = self.moved[dir].fetch_add(n as u64, Ordering::Relaxed);
+        let now = (self.start.elapsed().as_nanos() as u64).max(1);
+        self.last_ns.store(now, Ordering::Relaxed);
+        if dir == 1 && before == 0 && n > 0 {
+            self.first_back_ns.store(now, Ordering::Relaxed);
+        }
     }
 
     fn last_activity(&self) -> Instant {
@@ -150,6 +170,10 @@ pub async fn relay(
         a_to_b: flow.moved[0].load(Ordering::Relaxed),
         b_to_a: flow.moved[1].load(Ordering::Relaxed),
         outcome,
+        first_b_to_a: match flow.first_back_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        },
     }
 }
 
