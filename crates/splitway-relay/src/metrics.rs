@@ -34,6 +34,9 @@ pub struct Metrics {
     pub early_syn: IntCounterVec,
     /// Connection resources (buffer or pipe pairs) ready in the pool.
     pub resources_pooled: IntGauge,
+    /// Connections moved from one next hop of their route to the next
+    /// (`[[route]].backup`), by the hop left and the hop tried.
+    pub failover: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,6 +115,11 @@ impl Metrics {
             "Early-SYN legs and their pairing, by result",
             &["result"],
         );
+        let failover = counter_vec(
+            "splitway_route_failover_total",
+            "Connections that failed over from one next hop of their route to the next",
+            &["from", "to"],
+        );
         let resources_pooled = IntGauge::new(
             "splitway_resources_pooled",
             "Per-connection buffer or pipe pairs ready in the pool",
@@ -121,6 +129,7 @@ impl Metrics {
             .register(Box::new(resources_pooled.clone()))
             .expect("unique metric name");
         Metrics {
+            failover,
             resources_pooled,
             early_syn,
             registry,
