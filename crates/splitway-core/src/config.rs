@@ -221,6 +221,10 @@ pub struct RouteConf {
     pub ports: PortRange,
     /// A peer name, or "direct".
     pub via: String,
+    /// Next hops to fail over to, in order, when the ones before them can
+    /// not be connected to: peer names or "direct". Default: none.
+    #[serde(default)]
+    pub backup: Vec<String>,
 }
 
 /// `[timeouts]`.
@@ -614,6 +618,21 @@ impl Config {
                     ),
                 ));
             }
+            for (j, b) in r.backup.iter().enumerate() {
+                let key = format!("route[{i}].backup[{j}]");
+                if b != "direct" && !peer_names.contains(b.as_str()) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("no peer named \"{b}\" (use a [[peer]] name or \"direct\")"),
+                    ));
+                }
+                if *b == r.via || r.backup[..j].contains(b) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("\"{b}\" is already a next hop of this route"),
+                    ));
+                }
+            }
         }
 
         let mut listens = HashSet::new();
@@ -726,11 +745,8 @@ impl Config {
                 .map(|r| Route {
                     prefix: r.prefix,
                     ports: r.ports,
-                    via: if r.via == "direct" {
-                        NextHop::Direct
-                    } else {
-                        NextHop::Peer(r.via.clone())
-                    },
+                    via: NextHop::from_name(&r.via),
+                    backup: r.backup.iter().map(|b| NextHop::from_name(b)).collect(),
                 })
                 .collect(),
         )
@@ -953,6 +969,84 @@ via = "egress"
     fn route_to_unknown_peer() {
         let e = err_of(&base().replace("via = \"egress\"", "via = \"eu-west\""));
         assert!(e.contains("route[0].via") && e.contains("eu-west"), "{e}");
+    }
+
+    fn with_backup_peers() -> String {
+        base()
+            + "\n[[peer]]\nname = \"r3\"\naddr = \"10.0.2.3:5565\"\n\
+               \n[[peer]]\nname = \"r4\"\naddr = \"10.0.2.4:5565\"\n"
+    }
+
+    #[test]
+    fn route_backups_parse_in_order_and_default_to_none() {
+        let c = Config::parse(&base()).unwrap();
+        assert!(c.routes[0].backup.is_empty());
+        let text = with_backup_peers().replace(
+            "via = \"egress\"",
+            "via = \"egress\"\nbackup = [\"r4\", \"direct\", \"r3\"]",
+        );
+        let c = Config::parse(&text).unwrap();
+        let t = c.route_table();
+        let r = t.lookup(&"10.0.3.9:80".parse().unwrap()).unwrap();
+        assert_eq!(r.via, NextHop::Peer("egress".into()));
+        assert_eq!(
+            r.backup,
+            [
+                NextHop::Peer("r4".into()),
+                NextHop::Direct,
+                NextHop::Peer("r3".into())
+            ]
+        );
+        assert_eq!(
+            r.hops().map(|h| h.to_string()).collect::<Vec<_>>(),
+            ["egress", "r4", "direct", "r3"]
+        );
+    }
+
+    #[test]
+    fn route_backup_unknown_peer_is_named() {
+        let text = with_backup_peers().replace(
+            "via = \"egress\"",
+            "via = \"egress\"\nbackup = [\"r3\", \"eu-west\"]",
+        );
+        let e = err_of(&text);
+        assert!(
+            e.contains("route[0].backup[1]") && e.contains("no peer named \"eu-west\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn route_backup_duplicates_are_refused() {
+        for (backup, key) in [
+            ("[\"egress\"]", "route[0].backup[0]"),
+            ("[\"r3\", \"r4\", \"r3\"]", "route[0].backup[2]"),
+            ("[\"direct\", \"direct\"]", "route[0].backup[1]"),
+        ] {
+            let text = with_backup_peers().replace(
+                "via = \"egress\"",
+                &format!("via = \"egress\"\nbackup = {backup}"),
+            );
+            let e = err_of(&text);
+            assert!(
+                e.contains(key) && e.contains("already a next hop"),
+                "{backup}: {e}"
+            );
+        }
+        // A direct primary with a direct backup is a duplicate too.
+        let text = with_backup_peers().replace(
+            "via = \"egress\"",
+            "via = \"direct\"\nbackup = [\"r3\", \"direct\"]",
+        );
+        assert!(err_of(&text).contains("route[0].backup[1]"));
+    }
+
+    #[test]
+    fn route_backup_wrong_type_is_a_parse_error() {
+        let e = err_of(&base().replace("via = \"egress\"", "via = \"egress\"\nbackup = \"r3\""));
+        assert!(e.contains("backup"), "{e}");
+        let e = err_of(&base().replace("via = \"egress\"", "via = \"egress\"\nbackups = [\"r3\"]"));
+        assert!(e.contains("backups"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! destination itself). The most specific route wins: longest prefix first,
 //! then the narrowest port range, then the earliest in the config. Every relay
 //! uses the same table, so one relay can be ingress, transit and egress.
+//!
+//! A route may list backup next hops, tried in order when the ones before
+//! them cannot be connected to ([`Route::hops`]); which of them a connection
+//! takes is decided by the relay, not here.
 
 use std::net::SocketAddr;
 
@@ -30,17 +34,45 @@ impl std::fmt::Display for NextHop {
     }
 }
 
+impl NextHop {
+    /// `"direct"` or a peer name, as written in the config.
+    pub fn from_name(name: &str) -> NextHop {
+        if name == "direct" {
+            NextHop::Direct
+        } else {
+            NextHop::Peer(name.to_string())
+        }
+    }
+
+    /// The peer's name, `None` for `direct`.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            NextHop::Direct => None,
+            NextHop::Peer(p) => Some(p),
+        }
+    }
+}
+
 /// One route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: IpNet,
     pub ports: PortRange,
+    /// The primary next hop.
     pub via: NextHop,
+    /// Next hops to fail over to, in order, when the ones before them can
+    /// not be connected to. Empty: no failover.
+    pub backup: Vec<NextHop>,
 }
 
 impl Route {
     pub fn matches(&self, dst: &SocketAddr) -> bool {
         self.prefix.contains(&dst.ip()) && self.ports.contains(dst.port())
+    }
+
+    /// Every next hop in the order they are tried: `via`, then `backup`.
+    pub fn hops(&self) -> impl Iterator<Item = &NextHop> {
+        std::iter::once(&self.via).chain(self.backup.iter())
     }
 }
 
@@ -113,12 +145,20 @@ mod tests {
         Route {
             prefix: prefix.parse().unwrap(),
             ports: ports.parse().unwrap(),
-            via: if via == "direct" {
-                NextHop::Direct
-            } else {
-                NextHop::Peer(via.into())
-            },
+            via: NextHop::from_name(via),
+            backup: Vec::new(),
         }
+    }
+
+    fn with_backup(mut r: Route, backup: &[&str]) -> Route {
+        r.backup = backup.iter().map(|b| NextHop::from_name(b)).collect();
+        r
+    }
+
+    fn hops(t: &RouteTable, dst: &str) -> Vec<String> {
+        t.lookup(&dst.parse().unwrap())
+            .map(|r| r.hops().map(|h| h.to_string()).collect())
+            .unwrap_or_default()
     }
 
     fn via(t: &RouteTable, dst: &str) -> Option<String> {
@@ -171,6 +211,35 @@ mod tests {
             route("10.0.0.0/8", "1-65535", "second"),
         ]);
         assert_eq!(via(&t, "10.3.3.3:1").as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn hops_are_primary_then_backups_in_order() {
+        let t = RouteTable::new(vec![
+            with_backup(route("10.0.0.0/8", "1-65535", "r2"), &["r3", "direct"]),
+            route("10.1.0.0/16", "1-65535", "r4"),
+        ]);
+        assert_eq!(hops(&t, "10.2.0.1:80"), ["r2", "r3", "direct"]);
+        // A more specific route without backups wins over one with them:
+        // backups belong to their route, they do not widen it.
+        assert_eq!(hops(&t, "10.1.0.1:80"), ["r4"]);
+        assert!(hops(&t, "192.0.2.1:80").is_empty());
+        let r = t.lookup(&"10.2.0.1:80".parse().unwrap()).unwrap();
+        assert_eq!(r.via.peer(), Some("r2"));
+        assert_eq!(r.backup[1].peer(), None);
+    }
+
+    #[test]
+    fn backups_do_not_change_which_route_wins() {
+        // Same prefix and ports: config order decides, backups or not.
+        let t = RouteTable::new(vec![
+            route("10.0.0.0/8", "443", "a"),
+            with_backup(route("10.0.0.0/8", "443", "b"), &["c"]),
+            with_backup(route("10.0.0.0/8", "1-65535", "d"), &["e"]),
+        ]);
+        assert_eq!(hops(&t, "10.0.0.1:443"), ["a"]);
+        assert_eq!(hops(&t, "10.0.0.1:80"), ["d", "e"]);
+        assert_eq!(hops(&t, "[::ffff:10.0.0.1]:80"), ["d", "e"]);
     }
 
     #[test]

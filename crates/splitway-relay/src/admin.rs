@@ -209,7 +209,18 @@ fn routes(shared: &Shared) -> Response {
         .routes
         .routes()
         .iter()
-        .map(|r| json!({"prefix": r.prefix.to_string(), "ports": r.ports.to_string(), "via": r.via.to_string()}))
+        .map(|r| {
+            let backup: Vec<String> = r.backup.iter().map(|h| h.to_string()).collect();
+            let down: Vec<&str> = r
+                .hops()
+                .filter_map(|h| h.peer())
+                .filter(|p| shared.pools.health.is_down(p))
+                .collect();
+            json!({
+                "prefix": r.prefix.to_string(), "ports": r.ports.to_string(),
+                "via": r.via.to_string(), "backup": backup, "down": down,
+            })
+        })
         .collect();
     Response::json(200, json!({ "routes": list }))
 }

@@ -164,7 +164,9 @@ pub fn put_route(shared: &Shared, r: RouteConf) -> Result<(), ControlError> {
         .retain(|x| !(x.prefix.trunc() == prefix && x.ports == r.ports));
     cfg.routes.push(r);
     commit(shared, cfg).map_err(|e| {
-        if e.field.starts_with("route[") {
+        if e.field.starts_with("route[") && e.field.contains(".backup") {
+            err("backup", e.reason)
+        } else if e.field.starts_with("route[") {
             err("via", e.reason)
         } else {
             e
@@ -202,7 +204,11 @@ pub fn put_peer(shared: &Shared, p: Peer) -> Result<(), ControlError> {
 /// Remove a peer; refused while a route uses it.
 pub fn delete_peer(shared: &Shared, name: &str) -> Result<(), ControlError> {
     let mut cfg = shared.snapshot().cfg.clone();
-    if cfg.routes.iter().any(|r| r.via == name) {
+    if cfg
+        .routes
+        .iter()
+        .any(|r| r.via == name || r.backup.iter().any(|b| b == name))
+    {
         return Err(err(
             "name",
             format!("routes still use peer \"{name}\"; remove them first"),

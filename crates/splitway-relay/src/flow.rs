@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::dial::{self, Profile};
+use crate::failover;
 use crate::forward::{self, FlowReport};
 use crate::leg::{self, DEFAULT_HOP_LIMIT};
 use crate::metrics::LegKind;
@@ -65,7 +66,9 @@ impl HopError {
 
 /// Open a leg to peer `name` carrying a header for `dst`: a pooled leg if
 /// the pool has a live one (retrying on a fresh leg if the pooled one fails
-/// on the header write), else a fresh connect.
+/// on the header write), else a fresh connect. A fresh leg's connect and
+/// header share one deadline, `connect_ms` (with Fast Open the handshake is
+/// waited for on the header write); its result marks the peer's health.
 pub async fn open_leg(
     shared: &Shared,
     snap: &Snapshot,
@@ -93,23 +96,43 @@ pub async fn open_leg(
         fast_open: cfg.features.fast_open,
         source: peer.source,
     };
-    let mut leg = dial::connect(
-        peer.addr,
-        cfg.firewall.own_mark,
-        profile,
-        snap.connect_timeout(),
-    )
-    .await
-    .map_err(HopError::Connect)?;
-    leg::send_header(&mut leg, keys, dst, hop_limit)
-        .await
-        .map_err(HopError::Connect)?;
-    Ok(leg)
+    let fresh = async {
+        let mut leg = dial::connect(
+            peer.addr,
+            cfg.firewall.own_mark,
+            profile,
+            snap.connect_timeout(),
+        )
+        .await?;
+        leg::send_header(&mut leg, keys, dst, hop_limit).await?;
+        Ok::<_, std::io::Error>(leg)
+    };
+    let fresh = match tokio::time::timeout(snap.connect_timeout(), fresh).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )),
+    };
+    match fresh {
+        Ok(leg) => {
+            shared.pools.health.ok(name);
+            Ok(leg)
+        }
+        Err(e) => {
+            shared.pools.health.failed(name);
+            Err(HopError::Connect(e))
+        }
+    }
 }
 
 /// Open the next hop toward `dst`: a direct connection, or a leg to the
 /// routed peer carrying a header with `hop_limit` (already decremented for
-/// the hop being taken).
+/// the hop being taken). When a next hop can not be connected to (refused,
+/// unreachable, timed out) the route's backups are tried in order, each
+/// move counted and logged; peers marked down are skipped while a later
+/// hop is not (see `failover`). Refusals by policy (`not_allowed`,
+/// `hop_limit`) do not fail over.
 async fn next_hop(
     shared: &Shared,
     snap: &Snapshot,
@@ -118,7 +141,40 @@ async fn next_hop(
     from_peer: bool,
 ) -> Result<(TcpStream, LegKind), HopError> {
     let route = snap.routes.lookup(&dst).ok_or(HopError::NoRoute)?;
-    match &route.via {
+    let skips = shared.pools.health.skips(route);
+    let mut left: Option<(&NextHop, &'static str)> = None;
+    let mut last_err = None;
+    for (hop, skip) in route.hops().zip(skips) {
+        if let Some((from, reason)) = left {
+            failover::record(&shared.metrics, from, hop, dst, reason);
+        }
+        if skip {
+            left = Some((hop, "peer_down"));
+            continue;
+        }
+        match open_hop(shared, snap, hop, dst, hop_limit, from_peer).await {
+            Ok(up) => return Ok(up),
+            Err(e @ HopError::Connect(_)) => {
+                left = Some((hop, e.reason()));
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // The last hop is never skipped, so some error was kept.
+    Err(last_err.unwrap_or(HopError::NoRoute))
+}
+
+/// Open one next hop toward `dst` (see [`next_hop`]).
+async fn open_hop(
+    shared: &Shared,
+    snap: &Snapshot,
+    hop: &NextHop,
+    dst: SocketAddr,
+    hop_limit: u8,
+    from_peer: bool,
+) -> Result<(TcpStream, LegKind), HopError> {
+    match hop {
         NextHop::Direct => {
             if from_peer && !snap.allow.permits(&dst) {
                 return Err(HopError::NotAllowed);
@@ -388,7 +444,9 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let Some(route) = snap.routes.lookup(&tuple.dst) else {
         return;
     };
-    let NextHop::Peer(name) = route.via.clone() else {
+    // The primary, or the first backup if the primary is marked down.
+    let hop = shared.pools.health.first_hop(route);
+    let NextHop::Peer(name) = hop.clone() else {
         return;
     };
     let m = &shared.metrics;
@@ -406,6 +464,9 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
         }
     }
     m.early_syn.with_label_values(&["started"]).inc();
+    if *hop != route.via {
+        failover::record(m, &route.via, hop, tuple.dst, "peer_down");
+    }
     let sh = shared.clone();
     tokio::spawn(async move {
         let leg = open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT)

@@ -6,6 +6,7 @@
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
+//! - [`failover`]: which next hop of a route to try; peers that recently failed.
 //! - [`syn_tap`]: early SYN: NFQUEUE tap that starts the next leg on the client's SYN.
 //! - [`pool`]: pools of pre-established relay legs per peer.
 //! - [`resources`]: buffers and pipes kept ready (worker pools).
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod control;
 pub mod daemon;
 pub mod dial;
+pub mod failover;
 pub mod firewall;
 pub mod flow;
 pub mod forward;

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub early_syn: IntCounterVec,
     /// Connection resources (buffer or pipe pairs) ready in the pool.
     pub resources_pooled: IntGauge,
+    /// Connections moved from one next hop of their route to the next
+    /// (`[[route]].backup`), by the hop left and the hop tried.
+    pub failover: IntCounterVec,
     /// Children of the vectors above that every connection touches,
     /// resolved once (a label lookup hashes and locks).
     pub hot: Hot,
@@ -199,6 +202,11 @@ impl Metrics {
             "Early-SYN legs and their pairing, by result",
             &["result"],
         );
+        let failover = counter_vec(
+            "splitway_route_failover_total",
+            "Connections that failed over from one next hop of their route to the next",
+            &["from", "to"],
+        );
         let resources_pooled = IntGauge::new(
             "splitway_resources_pooled",
             "Per-connection buffer or pipe pairs ready in the pool",
@@ -210,6 +218,7 @@ impl Metrics {
         Metrics {
             hot: Hot::new(&accepted, &bytes, &completed),
             ttfb_seconds,
+            failover,
             resources_pooled,
             early_syn,
             registry,

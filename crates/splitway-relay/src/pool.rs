@@ -1,4 +1,5 @@
-//! Pools of pre-established relay legs, one per peer that a route uses.
+//! Pools of pre-established relay legs, one per peer that a route uses
+//! (as `via` or as a `backup`).
 //!
 //! Each pool keeps idle, connected legs between its watermarks
 //! ([`splitway_core::pool::Watermarks`]), refilled by a background task, so
@@ -6,7 +7,8 @@
 //! one-shot. A leg that died while idle (peer restarted, keep-alive failed,
 //! idle timeout at the peer) is detected before use by a non-blocking peek
 //! and never handed out; a sweep also discards dead and old legs every
-//! second. Watermarks can be changed at run time.
+//! second. Watermarks can be changed at run time. Refill results and
+//! pools found all dead feed [`PeerHealth`], which failover reads.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::dial::{self, Profile};
+use crate::failover::PeerHealth;
 use crate::metrics::Metrics;
 use crate::sys::sockopt;
 
@@ -97,6 +100,7 @@ pub struct LegPool {
     opening: AtomicUsize,
     wake: Notify,
     m: PoolMetrics,
+    health: Arc<PeerHealth>,
 }
 
 impl LegPool {
@@ -167,6 +171,10 @@ impl LegPool {
         }
         if dead > 0 {
             self.m.dead.with_label_values(&[&self.peer]).inc_by(dead);
+            if got.is_none() {
+                // Every idle leg died: the peer likely went away.
+                self.health.failed(&self.peer);
+            }
         }
         match got {
             Some(_) => self.m.hits.with_label_values(&[&self.peer]).inc(),
@@ -234,6 +242,7 @@ impl LegPool {
                         me.opening.fetch_sub(1, Ordering::SeqCst);
                         match r {
                             Ok(leg) => {
+                                me.health.ok(&me.peer);
                                 me.m.opened.with_label_values(&[&me.peer]).inc();
                                 let mut idle = me.lock_idle();
                                 idle.push_back((Instant::now(), leg));
@@ -243,6 +252,7 @@ impl LegPool {
                                 true
                             }
                             Err(_) => {
+                                me.health.failed(&me.peer);
                                 me.m.open_failures.with_label_values(&[&me.peer]).inc();
                                 false
                             }
@@ -285,6 +295,8 @@ pub struct Pools {
     by_peer: RwLock<HashMap<String, PoolHandle>>,
     m: PoolMetrics,
     stop: watch::Receiver<bool>,
+    /// Which peers recently failed to connect (also without a pool).
+    pub health: Arc<PeerHealth>,
 }
 
 impl Pools {
@@ -293,6 +305,7 @@ impl Pools {
             by_peer: RwLock::new(HashMap::new()),
             m: PoolMetrics::new(metrics),
             stop: stop.clone(),
+            health: Arc::new(PeerHealth::default()),
         }
     }
 
@@ -300,10 +313,13 @@ impl Pools {
     pub fn sync(&self, cfg: &Config) {
         let mut wanted: HashMap<String, &splitway_core::config::Peer> = HashMap::new();
         if cfg.features.conn_pool {
+            // Backups too: a failover then finds legs ready.
             for route in cfg.route_table().routes() {
-                if let NextHop::Peer(name) = &route.via {
-                    if let Some(peer) = cfg.peer(name) {
-                        wanted.insert(name.clone(), peer);
+                for hop in route.hops() {
+                    if let NextHop::Peer(name) = hop {
+                        if let Some(peer) = cfg.peer(name) {
+                            wanted.insert(name.clone(), peer);
+                        }
                     }
                 }
             }
@@ -342,6 +358,7 @@ impl Pools {
                 opening: AtomicUsize::new(0),
                 wake: Notify::new(),
                 m: self.m.clone(),
+                health: self.health.clone(),
             });
             pool.set_watermarks(w);
             let (retire_tx, retire_rx) = watch::channel(false);

@@ -70,6 +70,9 @@ enum RouteOp {
         via: String,
         #[arg(long)]
         ports: Option<String>,
+        /// Next hops to fail over to, in order (repeat, or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        backup: Vec<String>,
     },
     Del {
         prefix: String,
@@ -185,13 +188,26 @@ fn print_human(cmd: &CtlCmd, v: &Value) {
             }
         }
         CtlCmd::Routes => {
-            println!("{:<24} {:<12} VIA", "PREFIX", "PORTS");
+            println!(
+                "{:<24} {:<12} {:<12} {:<24} DOWN",
+                "PREFIX", "PORTS", "VIA", "BACKUP"
+            );
+            let list = |v: &Value| {
+                let names: Vec<String> = v.as_array().into_iter().flatten().map(f).collect();
+                if names.is_empty() {
+                    "-".to_string()
+                } else {
+                    names.join(",")
+                }
+            };
             for r in v["routes"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:<12} {}",
+                    "{:<24} {:<12} {:<12} {:<24} {}",
                     f(&r["prefix"]),
                     f(&r["ports"]),
-                    f(&r["via"])
+                    f(&r["via"]),
+                    list(&r["backup"]),
+                    list(&r["down"])
                 );
             }
         }
@@ -244,11 +260,20 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
             ("POST", "/features".into(), Some(Value::Object(m)))
         }
         CtlCmd::Route {
-            op: RouteOp::Add { prefix, via, ports },
+            op:
+                RouteOp::Add {
+                    prefix,
+                    via,
+                    ports,
+                    backup,
+                },
         } => {
             let mut b = json!({"prefix": prefix, "via": via});
             if let Some(p) = ports {
                 b["ports"] = json!(p);
+            }
+            if !backup.is_empty() {
+                b["backup"] = json!(backup);
             }
             ("PUT", "/routes".into(), Some(b))
         }

@@ -332,6 +332,231 @@ fn peer_killed_with_idle_pool_and_mid_transfer_fails_fast_then_pool_refills() {
 }
 
 // ---------------------------------------------------------------------------
+// Failover to a backup next hop
+
+const FAILOVER: &str = "splitway_route_failover_total{from=\"egress\",to=\"backup\"}";
+const BACKUP_IDLE: &str = "splitway_pool_idle_legs{peer=\"backup\"}";
+
+/// `splitway ctl ARGS` against the ingress's admin API.
+fn ctl_ingress(o: &Overlay, args: &[&str]) -> String {
+    let out = o
+        .netns("ingress")
+        .command(env!("CARGO_BIN_EXE_splitway"))
+        .args(["ctl", "--admin", ADMIN])
+        .args(args)
+        .output()
+        .expect("run ctl");
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `one_transfer`, timed; through the transparent (early SYN) or the
+/// explicit listener (target 10.10.3.2:7000).
+fn timed_transfer(o: &Overlay, explicit: bool) -> (std::io::Result<()>, Duration) {
+    let start = Instant::now();
+    let r = if explicit {
+        o.connect(format!("{INGRESS4}:8080").parse().unwrap())
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"ping")?;
+                s.shutdown(Shutdown::Write)?;
+                let (n, _) = recv_stream(&mut s)?;
+                if n == 1000 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other(format!("got {n} of 1000 bytes")))
+                }
+            })
+    } else {
+        one_transfer(o, 7000, 1000)
+    };
+    (r, start.elapsed())
+}
+
+#[test]
+fn primary_peer_down_new_flows_fail_over_to_backup_peer_or_reset_fast_without_one() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "", "");
+    // A second egress relay on the egress host, port 5566: the backup.
+    let egress_cfg = std::fs::read_to_string(o.dir.join("egress.toml")).unwrap();
+    let backup_cfg = egress_cfg
+        .replace("name = \"egress\"", "name = \"backup\"")
+        .replace("0.0.0.0:5565", "0.0.0.0:5566")
+        .replace(ADMIN, "127.0.0.1:9901");
+    o.start_relay("transit", &backup_cfg);
+    // The ingress: the v4 route via "egress", backup "backup".
+    let ingress_cfg = std::fs::read_to_string(o.dir.join("ingress.toml"))
+        .unwrap()
+        .replacen(
+            "via = \"egress\"",
+            "via = \"egress\"\nbackup = [\"backup\"]",
+            1,
+        )
+        + "\n[[peer]]\nname = \"backup\"\naddr = \"10.10.2.2:5566\"\n\n[timeouts]\nconnect_ms = 1000\n";
+    o.start_relay("ingress", &ingress_cfg);
+    pool_full(&o);
+    wait_metric(&o, "ingress", BACKUP_IDLE, 15, |v| v == POOL_HIGH);
+    let routes = ctl_ingress(&o, &["routes"]);
+    eprintln!("FIGURE ctl routes:\n{routes}");
+    assert!(
+        routes.lines().any(|l| l.starts_with("10.10.3.0/24")
+            && l.contains(" egress ")
+            && l.contains(" backup ")),
+        "{routes}"
+    );
+    serve_many(&o, 7000, 1000);
+    let backup_done = |o: &Overlay| {
+        http_get(o.netns("egress"), "127.0.0.1:9901", "/metrics")
+            .lines()
+            .filter(|l| l.starts_with("splitway_connections_completed_total"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+
+    // Both up: the primary serves, nothing fails over.
+    for explicit in [false, true] {
+        timed_transfer(&o, explicit)
+            .0
+            .expect("flow with both peers up");
+    }
+    assert_eq!(o.metric("ingress", FAILOVER), 0.0);
+    assert_eq!(backup_done(&o), 0.0, "the backup served nothing");
+
+    // 1. The primary relay is killed (its host answers SYNs with RST):
+    //    new flows go through the backup at once.
+    o.kill_relay("egress");
+    let mut worst = Duration::ZERO;
+    let n = 6;
+    for i in 0..n {
+        let (r, took) = timed_transfer(&o, i % 2 == 1);
+        r.unwrap_or_else(|e| panic!("flow {i} after the kill: {e}"));
+        worst = worst.max(took);
+    }
+    let failovers = o.metric("ingress", FAILOVER);
+    let ok = wait_until(Duration::from_secs(5), "backup completions", || {
+        backup_done(&o) >= n as f64
+    });
+    eprintln!(
+        "FIGURE primary killed: {n} new flows served by the backup, slowest {worst:?}, \
+         {failovers} failovers counted, backup completed {}",
+        backup_done(&o)
+    );
+    assert!(ok.is_ok(), "backup completed {}", backup_done(&o));
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
+    assert!(failovers >= n as f64, "{failovers} < {n}");
+    let routes: serde_json::Value =
+        serde_json::from_str(&http_get(o.netns("ingress"), ADMIN, "/routes")).unwrap();
+    let v4 = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["prefix"] == "10.10.3.0/24")
+        .unwrap();
+    assert_eq!(v4["backup"], serde_json::json!(["backup"]), "{routes}");
+    assert_eq!(v4["down"], serde_json::json!(["egress"]), "{routes}");
+    assert!(o.log("ingress").contains("next hop failed over"));
+
+    // 2. The primary is back, then black-holes new connections (SYNs
+    //    dropped; pool off so every flow needs a fresh leg): the first flow
+    //    waits `connect_ms` (1 s) once, the next ones skip the primary.
+    o.start_relay("egress", &egress_cfg);
+    pool_full(&o);
+    let f0 = o.metric("ingress", FAILOVER);
+    timed_transfer(&o, false)
+        .0
+        .expect("flow with the primary back");
+    assert_eq!(o.metric("ingress", FAILOVER), f0, "primary used again");
+    ctl_ingress(&o, &["pool", "egress", "0", "0"]);
+    wait_metric(&o, "ingress", IDLE, 5, |v| v == 0.0);
+    o.netns("egress")
+        .exec(
+            "nft",
+            [
+                "add table ip bh; add chain ip bh in { type filter hook input priority 0; }; \
+                 add rule ip bh in tcp dport 5565 tcp flags & (syn | ack) == syn drop",
+            ],
+        )
+        .expect("nft");
+    let (r, first) = timed_transfer(&o, false);
+    r.expect("first flow after the black hole");
+    let mut rest = Duration::ZERO;
+    for i in 0..4 {
+        let (r, took) = timed_transfer(&o, i % 2 == 1);
+        r.unwrap_or_else(|e| panic!("flow {i} during the black hole: {e}"));
+        rest = rest.max(took);
+    }
+    eprintln!(
+        "FIGURE primary black-holed: first flow {first:?} (connect_ms 1 s), next 4 within {rest:?}"
+    );
+    assert!(
+        first >= Duration::from_millis(900) && first < Duration::from_millis(2500),
+        "{first:?}"
+    );
+    assert!(rest < Duration::from_millis(500), "{rest:?}");
+    o.netns("egress")
+        .exec("nft", ["delete table ip bh"])
+        .expect("nft");
+
+    // 3. No backup: the primary is killed again and the route has none;
+    //    the client is reset fast and nothing fails over.
+    ctl_ingress(&o, &["route", "add", "10.10.3.0/24", "egress"]);
+    let routes = ctl_ingress(&o, &["routes"]);
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("10.10.3.0/24") && !l.contains(" backup ")),
+        "{routes}"
+    );
+    o.kill_relay("egress");
+    let f1 = o.metric("ingress", FAILOVER);
+    let mut worst = Duration::ZERO;
+    for explicit in [false, true, false] {
+        let start = Instant::now();
+        let port = if explicit { 8080 } else { 7000 };
+        let addr: SocketAddr = if explicit {
+            format!("{INGRESS4}:{port}").parse().unwrap()
+        } else {
+            server_addr(false, port)
+        };
+        let r = o.connect(addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut b = [0u8; 1];
+            s.read(&mut b)
+        });
+        let took = start.elapsed();
+        worst = worst.max(took);
+        match r {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+            Ok(n) => panic!("expected a reset, read {n}"),
+        }
+    }
+    eprintln!("FIGURE no backup, primary killed: client reset within {worst:?}");
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
+    assert_eq!(o.metric("ingress", FAILOVER), f1, "no backup: no failover");
+
+    // 4. The backup is given back with `ctl route add --backup`: flows work.
+    ctl_ingress(
+        &o,
+        &[
+            "route",
+            "add",
+            "10.10.3.0/24",
+            "egress",
+            "--backup",
+            "backup",
+        ],
+    );
+    timed_transfer(&o, false)
+        .0
+        .expect("flow with the backup restored");
+    assert!(o.metric("ingress", FAILOVER) > f1);
+}
+
+// ---------------------------------------------------------------------------
 // Resets carried both ways
 
 fn resets_both_ways(engine: &str) {
