@@ -1,5 +1,6 @@
 //! `splitway`: the one binary. Subcommands: `relay` (run a node), `check`
-//! (validate a config), `lab` (the emulated-WAN laboratory).
+//! (validate a config), `ctl` (talk to a running relay's admin API), `lab`
+//! (the emulated-WAN laboratory).
 
 use std::path::PathBuf;
 
@@ -46,15 +47,26 @@ enum Cmd {
     Lab(splitway_lab::LabArgs),
 }
 
+/// Logs to stderr, filtered by `SPLITWAY_LOG` (a level, or
+/// `target=level` pairs: `info`, `splitway_relay=debug,info`).
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = match std::env::var("SPLITWAY_LOG") {
+        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("SPLITWAY_LOG={spec:?} ignored ({e}); logging at info");
+            Targets::new().with_default(LevelFilter::INFO)
+        }),
+        Err(_) => Targets::new().with_default(LevelFilter::INFO),
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => b.init(),
-        LogFormat::Json => b.json().init(),
+        LogFormat::Human => tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(fmt.json().with_filter(filter))
+            .init(),
     }
 }
 
@@ -102,7 +114,33 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     rt.enable_all().thread_name("splitway-worker").build()
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with their chain of causes on one line, never a
+/// backtrace, whatever `RUST_BACKTRACE` says.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `context: cause: cause…`, skipping a cause that its parent's message
+/// already quotes (library errors often print their source too).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Relay {
