@@ -77,6 +77,9 @@ struct Args {
 struct Sample {
     ready_ms: Option<f64>,
     idle_rss_bytes: Option<f64>,
+    /// Of which private anonymous memory (RssAnon): what each instance
+    /// costs on its own; the rest is file-backed (binary, shared libraries).
+    idle_anon_bytes: Option<f64>,
     held: Option<f64>,
     user_bytes_per_conn: Option<f64>,
     kernel_bytes_per_conn: Option<f64>,
@@ -163,6 +166,7 @@ fn sample_from(v: &serde_json::Value) -> Sample {
     Sample {
         ready_ms: g("ready_ms"),
         idle_rss_bytes: g("idle_rss_bytes"),
+        idle_anon_bytes: g("idle_anon_bytes"),
         held: g("held"),
         user_bytes_per_conn: g("user_bytes_per_conn"),
         kernel_bytes_per_conn: g("kernel_bytes_per_conn"),
@@ -297,6 +301,7 @@ impl Bench {
         s.ready_ms = Some(r.ready.as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(300));
         s.idle_rss_bytes = Some(sys::tree_rss(&roots) as f64);
+        s.idle_anon_bytes = Some(sys::tree_status_bytes(&roots, "RssAnon") as f64);
         if self.want("mem") {
             let n = if kind == Kind::Socat {
                 self.args.socat_hold.min(self.args.hold)
@@ -402,7 +407,7 @@ fn fmt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 fn table(rep: &Report) -> String {
     let mut t = String::new();
     t.push_str(
-        "| relay | 1 flow Gbit/s | CPU s/GB (proc) | CPU s/GB (core) | new conns/s | conn p50/p99 µs | relay CPU ms/1k conns | +lat persistent p50/p99 µs | +lat new conn p50/p99 µs | idle RSS MB | user B/conn | kernel B/conn | exec→ready ms |\n",
+        "| relay | 1 flow Gbit/s | CPU s/GB (proc) | CPU s/GB (core) | new conns/s | conn p50/p99 µs | relay CPU ms/1k conns | +lat persistent p50/p99 µs | +lat new conn p50/p99 µs | idle RSS MB (anon) | user B/conn | kernel B/conn | exec→ready ms |\n",
     );
     t.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let d = &rep.direct;
@@ -434,7 +439,12 @@ fn table(rep: &Report) -> String {
             fmt(m.add_persist_p99_us, |x| format!("{x:+.0}")),
             fmt(m.add_new_p50_us, |x| format!("{x:+.0}")),
             fmt(m.add_new_p99_us, |x| format!("{x:+.0}")),
-            fmt(m.idle_rss_bytes, |x| format!("{:.1}", x / 1048576.0)),
+            format!(
+                "{}{}",
+                fmt(m.idle_rss_bytes, |x| format!("{:.1}", x / 1048576.0)),
+                m.idle_anon_bytes
+                    .map_or(String::new(), |x| format!(" ({:.1})", x / 1048576.0))
+            ),
             fmt(m.user_bytes_per_conn, |x| format!("{x:.0}")),
             held,
             fmt(m.kernel_bytes_per_conn, |x| format!("{x:.0}")),

@@ -19,9 +19,12 @@ pub enum Kind {
     Ssh,
     SplitwayCopy,
     SplitwaySplice,
+    /// The splice engine with `worker_pools` off: buffers and pipes made
+    /// per connection instead of lent from the pool.
+    SplitwaySpliceNoPools,
 }
 
-pub const ALL: [Kind; 7] = [
+pub const ALL: [Kind; 8] = [
     Kind::Socat,
     Kind::Haproxy,
     Kind::HaproxySplice,
@@ -29,6 +32,7 @@ pub const ALL: [Kind; 7] = [
     Kind::Ssh,
     Kind::SplitwayCopy,
     Kind::SplitwaySplice,
+    Kind::SplitwaySpliceNoPools,
 ];
 
 impl Kind {
@@ -41,6 +45,7 @@ impl Kind {
             Kind::Ssh => "ssh -L",
             Kind::SplitwayCopy => "splitway copy",
             Kind::SplitwaySplice => "splitway splice",
+            Kind::SplitwaySpliceNoPools => "splitway splice, worker_pools off",
         }
     }
     pub fn key(&self) -> &'static str {
@@ -52,6 +57,7 @@ impl Kind {
             Kind::Ssh => "ssh",
             Kind::SplitwayCopy => "splitway-copy",
             Kind::SplitwaySplice => "splitway-splice",
+            Kind::SplitwaySpliceNoPools => "splitway-splice-nopools",
         }
     }
     pub fn from_key(k: &str) -> Option<Kind> {
@@ -234,21 +240,22 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
             t0 = Instant::now();
             children.push(c.spawn().context("ssh")?);
         }
-        Kind::SplitwayCopy | Kind::SplitwaySplice => {
+        Kind::SplitwayCopy | Kind::SplitwaySplice | Kind::SplitwaySpliceNoPools => {
             let engine = if kind == Kind::SplitwayCopy {
                 "copy"
             } else {
                 "splice"
             };
+            let pools = kind != Kind::SplitwaySpliceNoPools;
             let cfg = write(
                 d,
-                &format!("splitway-{engine}.toml"),
+                &format!("{}.toml", kind.key()),
                 &format!(
                     "[node]\nname = \"bench\"\nengine = \"{engine}\"\n{extra}\n\
                      [[explicit]]\nlisten = \"{l}\"\ntarget = \"{t}\"\n\n\
                      [[route]]\nprefix = \"{ip}/32\"\nvia = \"direct\"\n\n\
                      [features]\nearly_syn = false\nconn_pool = false\nturbo_start = false\n\
-                     fast_open = false\nworker_pools = true\n\n\
+                     fast_open = false\nworker_pools = {pools}\n\n\
                      [limits]\nmax_connections = 100000\n",
                     extra = s.splitway_node,
                     ip = t.ip()
@@ -256,8 +263,8 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
             )?;
             let mut c = pinned(s, &s.splitway.to_string_lossy());
             c.arg("relay").arg("--config").arg(&cfg);
-            c.env("RUST_LOG", "warn");
-            log_to(&mut c, &d.join(format!("splitway-{engine}.log")))?;
+            c.env("SPLITWAY_LOG", "warn");
+            log_to(&mut c, &d.join(format!("{}.log", kind.key())))?;
             t0 = Instant::now();
             children.push(c.spawn().context("splitway")?);
         }

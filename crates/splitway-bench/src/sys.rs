@@ -155,9 +155,15 @@ fn field_kb(text: &str, key: &str) -> Option<u64> {
 
 /// Sum of VmRSS over a process tree, bytes.
 pub fn tree_rss(roots: &[u32]) -> u64 {
+    tree_status_bytes(roots, "VmRSS")
+}
+
+/// Sum of a `/proc/PID/status` field in kB (VmRSS, RssAnon…) over a
+/// process tree, bytes.
+pub fn tree_status_bytes(roots: &[u32], field: &str) -> u64 {
     tree(roots)
         .iter()
-        .map(|p| status_kb(*p, "VmRSS"))
+        .map(|p| status_kb(*p, field))
         .sum::<u64>()
         * 1024
 }
