@@ -439,12 +439,9 @@ fn table(rep: &Report) -> String {
             fmt(m.add_persist_p99_us, |x| format!("{x:+.0}")),
             fmt(m.add_new_p50_us, |x| format!("{x:+.0}")),
             fmt(m.add_new_p99_us, |x| format!("{x:+.0}")),
-            format!(
-                "{}{}",
-                fmt(m.idle_rss_bytes, |x| format!("{:.1}", x / 1048576.0)),
-                m.idle_anon_bytes
-                    .map_or(String::new(), |x| format!(" ({:.1})", x / 1048576.0))
-            ),
+            fmt(m.idle_rss_bytes, |x| format!("{:.1}", x / 1048576.0))
+                + &m.idle_anon_bytes
+                    .map_or(String::new(), |x| format!(" ({:.1})", x / 1048576.0)),
             fmt(m.user_bytes_per_conn, |x| format!("{x:.0}")),
             held,
             fmt(m.kernel_bytes_per_conn, |x| format!("{x:.0}")),
