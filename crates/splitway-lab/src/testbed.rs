@@ -57,6 +57,11 @@ impl Testbed {
             }
             ns.sysctl("net.ipv4.tcp_congestion_control", cc)
                 .with_context(|| format!("setting congestion control {cc} in {}", ns.name()))?;
+            // TCP Fast Open, client and server: only sockets that ask for
+            // it use it (the relays' legs with `fast_open`; curl, nginx and
+            // ssh here do not).
+            ns.sysctl("net.ipv4.tcp_fastopen", "3")
+                .with_context(|| format!("enabling TCP Fast Open in {}", ns.name()))?;
         }
         Ok(tb)
     }

@@ -36,10 +36,13 @@ pub fn features_of(name: &str) -> Option<Features> {
     ];
     let n = steps.iter().position(|s| *s == name)?;
     f.worker_pools = n >= 1;
+    // Early SYN comes with Fast Open: the leg started on the client's SYN
+    // carries its header (the destination) in its own SYN, as Miniproxy
+    // does; the testbed enables TFO in every namespace (only relays opt in).
     f.early_syn = n >= 2;
+    f.fast_open = n >= 2;
     f.conn_pool = n >= 3;
     f.turbo_start = n >= 4;
-    f.fast_open = n >= 4;
     Some(f)
 }
 
