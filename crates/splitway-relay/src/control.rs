@@ -89,9 +89,6 @@ fn restart_only(old: &Config, new: &Config) -> Option<&'static str> {
     if !same(&old.limits, &new.limits) {
         return Some("limits");
     }
-    if old.features.worker_pools != new.features.worker_pools {
-        return Some("features.worker_pools");
-    }
     None
 }
 
@@ -146,9 +143,7 @@ pub struct FeaturePatch {
 pub fn set_features(shared: &Shared, p: &FeaturePatch) -> Result<(), ControlError> {
     let mut cfg = shared.snapshot().cfg.clone();
     let f = &mut cfg.features;
-    if p.worker_pools.is_some_and(|v| v != f.worker_pools) {
-        return Err(err("worker_pools", "only takes effect after a restart"));
-    }
+    f.worker_pools = p.worker_pools.unwrap_or(f.worker_pools);
     f.early_syn = p.early_syn.unwrap_or(f.early_syn);
     f.conn_pool = p.conn_pool.unwrap_or(f.conn_pool);
     f.turbo_start = p.turbo_start.unwrap_or(f.turbo_start);
@@ -249,12 +244,10 @@ mod tests {
             restart_only(&old, &new),
             Some("timeouts.shutdown_grace_secs")
         );
-        let mut new = old.clone();
-        new.features.worker_pools = !new.features.worker_pools;
-        assert_eq!(restart_only(&old, &new), Some("features.worker_pools"));
         // What a reload is for stays allowed.
         let mut new = old.clone();
         new.features.early_syn = !new.features.early_syn;
+        new.features.worker_pools = !new.features.worker_pools;
         new.timeouts.idle_secs += 1;
         assert_eq!(restart_only(&old, &new), None);
     }

@@ -10,8 +10,11 @@
 //! watermark at start and topped up by a background task whenever it drops
 //! below its low watermark; a pipe goes back only if empty.
 //! With it off, every connection creates its own pair and frees it at the
-//! end, which is what the setup-time histogram compares.
+//! end, which is what the setup-time histogram compares. The switch can be
+//! flipped at run time ([`Resources::set_enabled`]): connections take the
+//! mode in force when they start; switching off frees the spares.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +45,7 @@ impl Free {
 }
 
 pub struct Resources {
-    enabled: bool,
+    enabled: AtomicBool,
     engine: Engine,
     buffer_bytes: usize,
     pipe_bytes: usize,
@@ -59,7 +62,7 @@ impl Resources {
             Engine::Splice => Free::Pipes(Vec::new()),
         };
         Arc::new(Resources {
-            enabled: cfg.features.worker_pools,
+            enabled: AtomicBool::new(cfg.features.worker_pools),
             engine: cfg.node.engine,
             buffer_bytes: cfg.node.buffer_bytes,
             pipe_bytes: cfg.node.pipe_bytes,
@@ -84,11 +87,34 @@ impl Resources {
 
     /// Resources for one connection: with pools, an empty state that
     /// borrows from this pool per burst; without, its own pair.
+    fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Switch lending on or off for connections that start from now on.
+    /// Off frees the spares; on fills the pool again.
+    pub fn set_enabled(&self, on: bool) {
+        if self.enabled.swap(on, Ordering::SeqCst) == on {
+            return;
+        }
+        if on {
+            self.wake.notify_one();
+        } else {
+            let mut free = self.lock();
+            *free = match &*free {
+                Free::Bufs(_) => Free::Bufs(Vec::new()),
+                Free::Pipes(_) => Free::Pipes(Vec::new()),
+            };
+            self.gauge.set(0);
+        }
+    }
+
     pub fn get(self: &Arc<Self>) -> std::io::Result<EngineState> {
-        let stock = self.enabled.then(|| self.clone());
+        let enabled = self.enabled();
+        let stock = enabled.then(|| self.clone());
         Ok(match self.engine {
             Engine::Copy => {
-                let own = |_| (!self.enabled).then(|| self.new_buf());
+                let own = |_| (!enabled).then(|| self.new_buf());
                 EngineState::Copy {
                     a_to_b: own(0),
                     b_to_a: own(1),
@@ -96,7 +122,7 @@ impl Resources {
                 }
             }
             Engine::Splice => {
-                let (a_to_b, b_to_a) = if self.enabled {
+                let (a_to_b, b_to_a) = if enabled {
                     (None, None)
                 } else {
                     (Some(self.new_pipe()?), Some(self.new_pipe()?))
@@ -161,7 +187,7 @@ impl Resources {
     pub fn give_buf(&self, b: Vec<u8>) {
         let mut free = self.lock();
         if let Free::Bufs(v) = &mut *free {
-            if v.len() < self.marks.high && b.len() == self.buffer_bytes {
+            if self.enabled() && v.len() < self.marks.high && b.len() == self.buffer_bytes {
                 v.push(b);
             }
             self.gauge.set(v.len() as i64);
@@ -188,7 +214,7 @@ impl Resources {
     pub fn give_pipe(&self, p: Pipe) {
         let mut free = self.lock();
         if let Free::Pipes(v) = &mut *free {
-            if v.len() < self.marks.high {
+            if self.enabled() && v.len() < self.marks.high {
                 v.push(p);
             }
             self.gauge.set(v.len() as i64);
@@ -201,12 +227,13 @@ impl Resources {
 
     /// Fill to the high watermark now, then keep it topped up.
     pub async fn refill_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        if !self.enabled {
-            return;
-        }
         loop {
             let have = self.available();
-            let n = self.marks.to_open(have, 0);
+            let n = if self.enabled() {
+                self.marks.to_open(have, 0)
+            } else {
+                0
+            };
             for _ in 0..n {
                 let made = match self.engine {
                     Engine::Copy => Ok(Free::Bufs(vec![self.new_buf()])),

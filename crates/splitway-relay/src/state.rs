@@ -197,6 +197,7 @@ impl Shared {
             }
         }
         self.pools.sync(&cfg);
+        self.resources.set_enabled(cfg.features.worker_pools);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(cfg));
         Ok(())
     }
