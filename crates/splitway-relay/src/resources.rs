@@ -6,9 +6,11 @@
 //! gives it back as soon as everything it read has been written out (HAProxy
 //! does the same with its pipes). An idle connection then holds neither a
 //! buffer nor a pipe (no memory, no pipe fds), and the pool only needs as
-//! many as there are bursts in flight. The pool is filled to its high
+//! many as there are bursts in flight. The pipe pool is filled to its high
 //! watermark at start and topped up by a background task whenever it drops
-//! below its low watermark; a pipe goes back only if empty.
+//! below its low watermark; a pipe goes back only if empty. Buffers are
+//! made on demand (a malloc) and kept when given back, up to the high
+//! watermark.
 //! With it off, every connection creates its own pair and frees it at the
 //! end, which is what the setup-time histogram compares. The switch can be
 //! flipped at run time ([`Resources::set_enabled`]): connections take the
@@ -229,7 +231,10 @@ impl Resources {
     pub async fn refill_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let have = self.available();
-            let n = if self.enabled() {
+            // Pipes cost syscalls to make (pipe2, F_SETPIPE_SZ): made ahead.
+            // Buffers cost a malloc: kept when given back, never made ahead,
+            // so an idle relay holds no buffer memory it has not needed.
+            let n = if self.enabled() && self.engine == Engine::Splice {
                 self.marks.to_open(have, 0)
             } else {
                 0
