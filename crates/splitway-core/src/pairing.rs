@@ -1,32 +1,41 @@
 //! Early-SYN pairing: legs started when a client's SYN was seen, waiting for
 //! the relay to accept that client's connection.
 //!
-//! Entries are keyed by the connection's 4-tuple. The map is bounded per
-//! source address and in total, so a SYN flood can not make the relay open
-//! unbounded legs: past a bound, [`Pending::try_insert`] refuses and the relay
-//! falls back to connecting after accept. Inserting for a SYN and claiming
-//! (or marking) for an accept are each one locked step, so the two can
-//! race without both starting a leg. Entries not claimed within the
-//! timeout are expired by [`Pending::expire`]. Time comes from the caller.
-//! The map is sharded by key hash so the SYN tap and accepting workers
-//! rarely contend.
+//! Entries are keyed by the connection's 4-tuple *and* the initial
+//! sequence number of its SYN ([`FourTuple::isn`]): a retransmitted SYN
+//! has the same key, the next connection on a reused 4-tuple has another,
+//! so a leg (or a mark) left over from one connection is never paired with
+//! the next one on the same ports. The legs are bounded per source address
+//! and in total, so a SYN flood can not make the relay open unbounded legs:
+//! past a bound, [`Pending::try_insert`] refuses and the relay falls back to
+//! connecting after accept. Marks (left by an accept that found no leg, so a
+//! late SYN report starts none) hold no leg and have their own, larger
+//! bound. Inserting for a SYN and claiming (or marking) for an accept are
+//! each one locked step, so the two can race without both starting a leg.
+//! Entries not claimed within the timeout are expired by [`Pending::expire`].
+//! Time comes from the caller. The map is sharded by key hash so the SYN
+//! tap and accepting workers rarely contend.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
-/// A connection's 4-tuple as the client sees it.
+/// One connection: its 4-tuple as the client sees it, and the initial
+/// sequence number of the client's SYN, which tells connections that reuse
+/// the same 4-tuple apart (and is the same in a retransmitted SYN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FourTuple {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    pub isn: u32,
 }
 
 /// Why an early leg was not recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// This 4-tuple already has a pending leg (a SYN retransmit).
+    /// This SYN already has a pending leg (a retransmit), or its
+    /// connection was accepted first and left a mark.
     Duplicate,
     PerSourceBound,
     TotalBound,
@@ -44,8 +53,17 @@ impl Refused {
 
 const SHARDS: usize = 16;
 
+/// Marks allowed per allowed pending leg: a mark is an entry without a leg,
+/// one per accepted connection whose leg was not there yet.
+const MARKS_PER_LEG: usize = 64;
+
+enum Slot<V> {
+    Leg(V),
+    Mark,
+}
+
 struct Shard<V> {
-    entries: HashMap<FourTuple, (u64, V)>,
+    entries: HashMap<FourTuple, (u64, Slot<V>)>,
 }
 
 /// Pending early legs, bounded and expiring.
@@ -53,8 +71,10 @@ pub struct Pending<V> {
     shards: Vec<Mutex<Shard<V>>>,
     per_source: Mutex<HashMap<IpAddr, usize>>,
     total: Mutex<usize>,
+    marks: Mutex<usize>,
     max_total: usize,
     max_per_source: usize,
+    max_marks: usize,
     timeout_ms: u64,
 }
 
@@ -76,8 +96,10 @@ impl<V> Pending<V> {
                 .collect(),
             per_source: Mutex::new(HashMap::new()),
             total: Mutex::new(0),
+            marks: Mutex::new(0),
             max_total,
             max_per_source,
+            max_marks: max_total.saturating_mul(MARKS_PER_LEG),
             timeout_ms,
         }
     }
@@ -102,7 +124,18 @@ impl<V> Pending<V> {
         Ok(())
     }
 
-    /// Give back a slot taken by an entry that is gone.
+    /// Give back the slot of an entry that is gone.
+    fn release_slot(&self, key: &FourTuple, slot: &Slot<V>) {
+        match slot {
+            Slot::Leg(_) => self.release(key),
+            Slot::Mark => {
+                let mut m = Self::lock(&self.marks);
+                *m = m.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Give back a leg's slot in the bounds.
     fn release(&self, key: &FourTuple) {
         let mut total = Self::lock(&self.total);
         *total = total.saturating_sub(1);
@@ -124,36 +157,52 @@ impl<V> Pending<V> {
             return Err(Refused::Duplicate);
         }
         self.reserve_locked(&key)?;
-        shard.entries.insert(key, (now_ms, value));
+        shard.entries.insert(key, (now_ms, Slot::Leg(value)));
         Ok(())
     }
 
-    /// Claim the entry for `key` if there is one; otherwise leave `mark` in
-    /// its place (bounds permitting), so a late [`Pending::try_insert`] for
-    /// the same key is refused as a duplicate. One step, like `try_insert`.
-    pub fn take_or_mark(&self, key: &FourTuple, mark: V, now_ms: u64) -> Option<V> {
+    /// Claim the leg for `key` if there is one. Otherwise leave a mark
+    /// (within the marks' bound), so a late [`Pending::try_insert`] for the
+    /// same SYN is refused as a duplicate; a mark already there stays. One
+    /// step, like `try_insert`.
+    pub fn take_or_mark(&self, key: &FourTuple, now_ms: u64) -> Option<V> {
         let mut shard = Self::lock(&self.shards[shard_of(key)]);
-        if let Some((_, v)) = shard.entries.remove(key) {
-            drop(shard);
-            self.release(key);
-            return Some(v);
+        match shard.entries.get(key) {
+            Some((_, Slot::Leg(_))) => {
+                let Some((_, Slot::Leg(v))) = shard.entries.remove(key) else {
+                    unreachable!("checked under the lock")
+                };
+                drop(shard);
+                self.release(key);
+                Some(v)
+            }
+            Some((_, Slot::Mark)) => None,
+            None => {
+                let mut marks = Self::lock(&self.marks);
+                if *marks < self.max_marks {
+                    *marks += 1;
+                    shard.entries.insert(*key, (now_ms, Slot::Mark));
+                }
+                None
+            }
         }
-        if self.reserve_locked(key).is_ok() {
-            shard.entries.insert(*key, (now_ms, mark));
-        }
-        None
     }
 
-    /// Claim the entry for `key`, if any.
+    /// Claim the leg for `key`, if any (a mark stays).
     pub fn take(&self, key: &FourTuple) -> Option<V> {
-        let v = Self::lock(&self.shards[shard_of(key)]).entries.remove(key);
-        v.map(|(_, v)| {
-            self.release(key);
-            v
-        })
+        let mut shard = Self::lock(&self.shards[shard_of(key)]);
+        if !matches!(shard.entries.get(key), Some((_, Slot::Leg(_)))) {
+            return None;
+        }
+        let Some((_, Slot::Leg(v))) = shard.entries.remove(key) else {
+            unreachable!("checked under the lock")
+        };
+        drop(shard);
+        self.release(key);
+        Some(v)
     }
 
-    /// Remove and return entries older than the timeout.
+    /// Remove entries older than the timeout; return the legs among them.
     pub fn expire(&self, now_ms: u64) -> Vec<(FourTuple, V)> {
         let mut out = Vec::new();
         for s in &self.shards {
@@ -165,20 +214,25 @@ impl<V> Pending<V> {
                 .map(|(k, _)| *k)
                 .collect();
             for k in old {
-                if let Some((_, v)) = s.entries.remove(&k) {
-                    out.push((k, v));
+                if let Some((_, slot)) = s.entries.remove(&k) {
+                    self.release_slot(&k, &slot);
+                    if let Slot::Leg(v) = slot {
+                        out.push((k, v));
+                    }
                 }
             }
-        }
-        for (k, _) in &out {
-            self.release(k);
         }
         out
     }
 
-    /// Entries pending now.
+    /// Legs pending now.
     pub fn len(&self) -> usize {
         *Self::lock(&self.total)
+    }
+
+    /// Marks held now.
+    pub fn marks(&self) -> usize {
+        *Self::lock(&self.marks)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,9 +245,15 @@ mod tests {
     use super::*;
 
     fn key(src: &str, dst: &str) -> FourTuple {
+        syn(src, dst, 1)
+    }
+
+    /// The SYN with initial sequence number `isn` on this 4-tuple.
+    fn syn(src: &str, dst: &str, isn: u32) -> FourTuple {
         FourTuple {
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
+            isn,
         }
     }
 
@@ -241,21 +301,76 @@ mod tests {
     fn accept_before_syn_report_leaves_a_mark_that_blocks_the_late_syn() {
         let p = Pending::new(10, 10, 1000);
         let k = key("10.0.0.1:5000", "10.0.3.2:80");
-        assert_eq!(p.take_or_mark(&k, 0, 0), None, "nothing pending yet");
+        assert_eq!(p.take_or_mark(&k, 0), None, "nothing pending yet");
         assert_eq!(
             add(&p, k, 7, 1),
             Err(Refused::Duplicate),
             "the late SYN starts nothing"
         );
-        assert_eq!(p.expire(1000), vec![(k, 0)], "the mark expires");
-        assert!(p.is_empty());
+        assert_eq!((p.len(), p.marks()), (0, 1), "a mark holds no leg slot");
+        assert!(p.expire(1000).is_empty(), "the mark expires, no leg");
+        assert_eq!(p.marks(), 0);
         add(&p, k, 7, 1000).unwrap();
-        assert_eq!(
-            p.take_or_mark(&k, 0, 1000),
-            Some(7),
-            "claimed, no mark left"
-        );
+        assert_eq!(p.take_or_mark(&k, 1000), Some(7), "claimed, no mark left");
         assert!(p.is_empty());
+        assert_eq!(p.marks(), 0);
+    }
+
+    /// The soak's resets: a client reuses a 4-tuple within the timeout.
+    /// Connection A is accepted before its SYN is reported (mark), then B on
+    /// the same 4-tuple likewise. Keyed by 4-tuple only, B's accept took
+    /// A's mark as its "claim" and left none, so B's late SYN report started
+    /// a leg nobody was waiting for, which connection C on the same 4-tuple
+    /// then claimed: a leg started for another connection's SYN. With the
+    /// ISN in the key each connection has its own mark and its own leg.
+    #[test]
+    fn reused_tuple_never_pairs_with_the_previous_connections_mark_or_leg() {
+        let p = Pending::new(10, 10, 3000);
+        let (src, dst) = ("10.0.0.1:5000", "10.0.3.2:80");
+        let (a, b, c) = (syn(src, dst, 100), syn(src, dst, 200), syn(src, dst, 300));
+        // A: accepted first, its SYN reported late.
+        assert_eq!(p.take_or_mark(&a, 0), None);
+        assert_eq!(add(&p, a, 1, 1), Err(Refused::Duplicate));
+        // B, same 4-tuple 500 ms later: accepted first too.
+        assert_eq!(p.take_or_mark(&b, 500), None);
+        assert_eq!(
+            add(&p, b, 2, 501),
+            Err(Refused::Duplicate),
+            "B's late SYN must start no leg: B's accept left its own mark"
+        );
+        assert_eq!(p.len(), 0, "no orphan leg");
+        // C: its SYN reported first, then accepted: gets its own leg.
+        add(&p, c, 3, 1000).unwrap();
+        assert_eq!(p.take_or_mark(&c, 1001), Some(3));
+        // A leg started for one SYN is never claimed by another connection.
+        let d = syn(src, dst, 400);
+        add(&p, c, 4, 1100).unwrap(); // C's SYN again, reported after C's accept
+        assert_eq!(p.take_or_mark(&d, 1500), None, "D does not get C's leg");
+        assert_eq!(p.expire(4500), vec![(c, 4)], "C's extra leg expires");
+        assert!(p.is_empty());
+        assert_eq!(p.marks(), 0);
+    }
+
+    #[test]
+    fn marks_do_not_take_leg_slots_and_are_bounded() {
+        // Per-source bound 2: marks from many accepted connections of one
+        // source leave room for its SYNs' legs.
+        let p = Pending::new(2, 2, 1000);
+        for port in 0..100 {
+            let k = key(&format!("10.0.0.1:{}", 1000 + port), "10.0.3.2:80");
+            assert_eq!(p.take_or_mark(&k, 0), None);
+        }
+        assert_eq!((p.len(), p.marks()), (0, 100));
+        add(&p, key("10.0.0.1:5000", "10.0.3.2:80"), 1, 0).unwrap();
+        add(&p, key("10.0.0.1:5001", "10.0.3.2:80"), 2, 0).unwrap();
+        // Marks are bounded too (64 per allowed leg): past it, none is left.
+        for port in 100..200 {
+            let k = key(&format!("10.0.0.1:{}", 1000 + port), "10.0.3.2:80");
+            assert_eq!(p.take_or_mark(&k, 0), None);
+        }
+        assert_eq!(p.marks(), 2 * MARKS_PER_LEG);
+        assert_eq!(p.expire(1000).len(), 2, "only legs are returned");
+        assert_eq!((p.len(), p.marks()), (0, 0));
     }
 
     #[test]
@@ -266,15 +381,14 @@ mod tests {
             let k = key(&format!("10.0.0.1:{}", 1000 + i), "10.0.3.2:80");
             let p2 = p.clone();
             let syn = std::thread::spawn(move || p2.try_insert(k, 1, 0).is_ok());
-            let got = p.take_or_mark(&k, 0, 0);
+            let got = p.take_or_mark(&k, 0);
             let inserted = syn.join().unwrap();
             // Either the accept claimed the SYN's leg, or the SYN saw the mark.
             assert_eq!(inserted, got == Some(1), "round {i}");
             if !inserted {
-                assert_eq!(p.len(), 1, "only the mark is left");
-            } else {
-                assert!(p.is_empty());
+                assert_eq!(p.marks(), 1, "only the mark is left");
             }
+            assert!(p.is_empty());
         }
     }
 

@@ -281,7 +281,7 @@ pub async fn client(
     let snap = shared.snapshot();
     let start = Instant::now();
     let early = if kind == "transparent" && snap.cfg.features.early_syn {
-        claim_early(&shared, peer, dst).await
+        claim_early(&shared, &down, peer, dst).await
     } else {
         None
     };
@@ -409,15 +409,28 @@ impl Drop for WaitingLeg<'_> {
     }
 }
 
-/// The leg the early-SYN tap started for this client, if any. Without one,
-/// a mark is left so a late SYN report for this 4-tuple starts nothing.
-async fn claim_early(shared: &Shared, peer: SocketAddr, dst: SocketAddr) -> Option<TcpStream> {
+/// The leg the early-SYN tap started for this client's SYN, if any: the
+/// 4-tuple and the SYN's sequence number (saved by the listener) must both
+/// match, so a leg left over from an earlier connection on the same ports
+/// is never taken. Without one, a mark is left so a late report of this
+/// SYN starts nothing.
+async fn claim_early(
+    shared: &Shared,
+    down: &TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> Option<TcpStream> {
+    let m = &shared.metrics;
+    let Ok(isn) = sockopt::saved_syn_isn(down) else {
+        m.early_syn.with_label_values(&["miss"]).inc();
+        return None;
+    };
     let key = FourTuple {
         src: canonical(&peer),
         dst: canonical(&dst),
+        isn,
     };
-    let m = &shared.metrics;
-    let Some(Some(leg)) = shared.pending.take_or_mark(&key, None, leg::now_ms()) else {
+    let Some(leg) = shared.pending.take_or_mark(&key, leg::now_ms()) else {
         m.early_syn.with_label_values(&["miss"]).inc();
         return None;
     };
@@ -451,7 +464,7 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     };
     let m = &shared.metrics;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    match shared.pending.try_insert(tuple, Some(rx), leg::now_ms()) {
+    match shared.pending.try_insert(tuple, rx, leg::now_ms()) {
         Ok(()) => {}
         Err(Refused::Duplicate) => {
             // Its client was accepted first (or this is a retransmit).
@@ -480,14 +493,12 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
 
 /// Tear down early legs whose client never completed its handshake.
 pub fn expire_early(shared: &Shared) {
-    for (_, entry) in shared.pending.expire(leg::now_ms()) {
+    for _ in shared.pending.expire(leg::now_ms()) {
         // Dropping the receiver closes the leg (now, or when it connects).
-        if entry.is_some() {
-            shared
-                .metrics
-                .early_syn
-                .with_label_values(&["expired"])
-                .inc();
-        }
+        shared
+            .metrics
+            .early_syn
+            .with_label_values(&["expired"])
+            .inc();
     }
 }

@@ -73,7 +73,7 @@ pub struct FlowEntry {
 /// Early-SYN legs waiting for their client's accept. `None` is a tombstone:
 /// the client was accepted before its SYN reached the tap, so a late SYN
 /// report must not start a leg nobody will claim.
-pub type EarlyLegs = Pending<Option<tokio::sync::oneshot::Receiver<std::io::Result<TcpStream>>>>;
+pub type EarlyLegs = Pending<tokio::sync::oneshot::Receiver<std::io::Result<TcpStream>>>;
 
 /// State shared by all tasks of one relay.
 pub struct Shared {

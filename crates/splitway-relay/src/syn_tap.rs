@@ -17,7 +17,8 @@ use splitway_core::config::Config;
 use splitway_core::pairing::FourTuple;
 use tokio::sync::mpsc;
 
-/// Parse the 4-tuple of a TCP SYN from the start of an IP packet.
+/// Parse the 4-tuple and initial sequence number of a TCP SYN from the
+/// start of an IP packet.
 pub fn parse_syn(p: &[u8]) -> Option<FourTuple> {
     let version = p.first()? >> 4;
     let (src, dst, l4) = match version {
@@ -48,6 +49,7 @@ pub fn parse_syn(p: &[u8]) -> Option<FourTuple> {
     };
     let sport = u16::from_be_bytes([l4[0], l4[1]]);
     let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    let isn = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
     let flags = l4[13];
     // SYN set, ACK clear.
     if flags & 0x02 == 0 || flags & 0x10 != 0 {
@@ -56,6 +58,7 @@ pub fn parse_syn(p: &[u8]) -> Option<FourTuple> {
     Some(FourTuple {
         src: SocketAddr::new(src, sport),
         dst: SocketAddr::new(dst, dport),
+        isn,
     })
 }
 
@@ -258,6 +261,7 @@ mod tests {
         p[16..20].copy_from_slice(&[10, 0, 3, 2]);
         p[20..22].copy_from_slice(&40000u16.to_be_bytes());
         p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[24..28].copy_from_slice(&0xdead_beefu32.to_be_bytes());
         p[33] = flags;
         p
     }
@@ -267,6 +271,7 @@ mod tests {
         let t = parse_syn(&v4_syn(0x02)).unwrap();
         assert_eq!(t.src, "10.0.1.2:40000".parse().unwrap());
         assert_eq!(t.dst, "10.0.3.2:80".parse().unwrap());
+        assert_eq!(t.isn, 0xdead_beef);
         assert_eq!(
             parse_syn(&v4_syn(0x12)),
             None,

@@ -1446,6 +1446,156 @@ fn hostile_fields_and_exhausted_hop_limit_are_refused_and_counted() {
 }
 
 // ---------------------------------------------------------------------------
+// Early SYN and 4-tuple reuse
+
+/// Send one bare SYN from the client host, `src` -> `dst`, with initial
+/// sequence number `isn` (a raw socket: no client socket exists, so the
+/// client host answers the SYN-ACK with a RST and the handshake never ends).
+fn raw_syn(o: &Overlay, src: SocketAddr, dst: SocketAddr, isn: u32) {
+    let (SocketAddr::V4(s4), SocketAddr::V4(d4)) = (src, dst) else {
+        panic!("IPv4 only");
+    };
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&s4.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&d4.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&isn.to_be_bytes());
+    tcp[12] = 5 << 4; // header length: 5 words, no options
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    // Checksum over the pseudo-header and the segment.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for w in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&s4.ip().octets());
+    add(&d4.ip().octets());
+    add(&[0, 6, 0, 20]);
+    add(&tcp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    o.netns("client")
+        .run_in(move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::TCP),
+            )?;
+            s.send_to(&tcp, &SocketAddr::V4(d4).into()).map(|_| ())
+        })
+        .unwrap()
+        .unwrap();
+}
+
+/// A client that reuses a 4-tuple within the early-SYN timeout must never
+/// be given a leg started for another SYN on that 4-tuple. Here a SYN that
+/// never completes (a lost connection attempt, a port scan) starts an early
+/// leg, and the next real connection from the same port follows 300 ms
+/// later. Pairing by 4-tuple alone gave that connection the stale leg, whose
+/// egress connection to the server was opened before the client's SYN was
+/// even sent (and, before the fix, the same bug let a connection's late SYN
+/// report start a leg the *next* connection on its ports then took). Now
+/// legs are keyed by 4-tuple and the SYN's sequence number: the stale leg
+/// expires unclaimed and the connection is served on a server connection
+/// opened for it.
+#[test]
+fn early_leg_is_paired_only_with_the_connection_whose_syn_started_it() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "[limits]\nearly_syn_timeout_ms = 1000\n", "");
+    // The server records, for each request, when its connection was accepted.
+    let l = listen_deep(&o, 7000);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(u8, Instant)>::new()));
+    let seen2 = seen.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let at = Instant::now();
+            let seen = seen2.clone();
+            thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut req = [0u8; 32];
+                if s.read_exact(&mut req).is_ok() {
+                    seen.lock().unwrap().push((req[0], at));
+                    let _ = s.write_all(&[0x5a; 64]);
+                }
+            });
+        }
+    });
+    let port = 41234;
+    let src: SocketAddr = format!("10.10.1.2:{port}").parse().unwrap();
+    let dst = server_addr(false, 7000);
+    let flow = |tag: u8| -> std::io::Result<usize> {
+        o.netns("client")
+            .run_in(move || {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                s.set_reuse_address(true)?;
+                s.bind(&src.into())?;
+                s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+                let mut s: TcpStream = s.into();
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(&[tag; 32])?;
+                let (mut got, mut buf) = (0, [0u8; 128]);
+                loop {
+                    match s.read(&mut buf)? {
+                        0 => return Ok(got),
+                        k => got += k,
+                    }
+                }
+            })
+            .unwrap()
+    };
+    let es = |r: &str| {
+        o.metric(
+            "ingress",
+            &format!("splitway_early_syn_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(flow(1).unwrap(), 64);
+    // Whatever the first connection left in the pending map is gone.
+    thread::sleep(Duration::from_millis(1500));
+    let (started, expired) = (es("started"), es("expired"));
+    raw_syn(&o, src, dst, 0x1234_5678);
+    wait_metric(
+        &o,
+        "ingress",
+        "splitway_early_syn_total{result=\"started\"}",
+        5,
+        |v| v >= started + 1.0,
+    );
+    thread::sleep(Duration::from_millis(300));
+    let t2 = Instant::now();
+    assert_eq!(flow(2).unwrap(), 64, "the next connection on the 4-tuple");
+    let at = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(tag, _)| *tag == 2)
+        .map(|(_, at)| *at)
+        .expect("request 2 reached the server");
+    assert!(
+        at >= t2,
+        "connection 2 was paired with the leg of an earlier SYN: its request arrived on a \
+         server connection opened {:?} before it connected",
+        t2 - at
+    );
+    // The stray SYN's leg expires unclaimed and is counted.
+    wait_metric(
+        &o,
+        "ingress",
+        "splitway_early_syn_total{result=\"expired\"}",
+        5,
+        |v| v >= expired + 1.0,
+    );
+    wait_metric(&o, "ingress", "splitway_connections_active", 5, |v| {
+        v == 0.0
+    });
+    wait_metric(&o, "egress", "splitway_connections_active", 5, |v| v == 0.0);
+}
+
+// ---------------------------------------------------------------------------
 // Soak (not in CI: `scripts/soak.sh`)
 
 /// At least 1 000 000 short flows (`SOAK_FLOWS`) through the two-relay
@@ -1619,6 +1769,20 @@ fn soak_short_flows() {
             .map(str::to_string)
             .collect();
         println!("SOAK {role} completed: {done:?}");
+    }
+    let early: Vec<String> = o
+        .metrics("ingress")
+        .lines()
+        .filter(|l| l.starts_with("splitway_early_syn_total"))
+        .map(|l| l.trim_start_matches("splitway_early_syn_total").to_string())
+        .collect();
+    println!("SOAK ingress early SYN: {early:?}");
+    // `SOAK_LOG_DIR`: keep both relays' logs there.
+    if let Ok(dir) = std::env::var("SOAK_LOG_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for role in ["ingress", "egress"] {
+            std::fs::write(format!("{dir}/{role}.log"), o.log(role)).unwrap();
+        }
     }
     // Kernel counters that explain resets, per namespace.
     for role in ["client", "ingress", "egress", "server"] {

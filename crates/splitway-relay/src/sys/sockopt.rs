@@ -30,6 +30,9 @@ pub fn listener(addr: &SocketAddr, transparent: bool, backlog: i32) -> io::Resul
     }
     if transparent {
         set_transparent(&s, addr.is_ipv6())?;
+        // Early SYN pairs a connection with the leg its SYN started by the
+        // SYN's sequence number (`saved_syn_isn`).
+        set_save_syn(&s)?;
     }
     s.bind(&(*addr).into())?;
     s.listen(backlog)?;
@@ -66,6 +69,43 @@ pub fn set_transparent(s: &impl AsFd, v6: bool) -> io::Result<()> {
     } else {
         setsockopt_int(s.as_fd(), libc::SOL_IP, libc::IP_TRANSPARENT, 1)
     }
+}
+
+/// TCP_SAVE_SYN on a listener: the kernel keeps the IP and TCP headers of
+/// each accepted connection's SYN until [`saved_syn_isn`] reads them (or
+/// the socket closes).
+pub fn set_save_syn(s: &impl AsFd) -> io::Result<()> {
+    setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_SAVE_SYN, 1)
+}
+
+/// The initial sequence number of the SYN that opened an accepted
+/// connection (TCP_SAVED_SYN, from a listener with [`set_save_syn`]). The
+/// kernel frees the saved headers on this read, so it works once.
+pub fn saved_syn_isn(s: &impl AsFd) -> io::Result<u32> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is writable for len bytes; the kernel writes at most len.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_fd().as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_SAVED_SYN,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let p = &buf[..(len as usize).min(buf.len())];
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "no TCP SYN saved");
+    let l4 = match p.first().map(|b| b >> 4) {
+        Some(4) => usize::from(p[0] & 0x0f) * 4,
+        Some(6) if p.get(6) == Some(&6) => 40,
+        _ => return Err(bad()),
+    };
+    let seq = p.get(l4 + 4..l4 + 8).ok_or_else(bad)?;
+    Ok(u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]))
 }
 
 /// SO_MARK: the relay's own outbound sockets carry a mark its rules skip.
@@ -239,4 +279,28 @@ pub fn set_buffers_force(s: &impl AsFd, bytes: usize) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener with TCP_SAVE_SYN gives each accepted connection's SYN
+    /// sequence number once, over IPv4 and IPv6.
+    #[test]
+    fn saved_syn_gives_the_isn_once() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let Ok(l) = listener(&addr, false, 8) else {
+                continue; // no IPv6 loopback here
+            };
+            set_save_syn(&l).unwrap();
+            l.set_nonblocking(false).unwrap();
+            let at = l.local_addr().unwrap().as_socket().unwrap();
+            let _c = std::net::TcpStream::connect(at).unwrap();
+            let (a, _) = l.accept().unwrap();
+            assert!(saved_syn_isn(&a).is_ok(), "{addr}");
+            assert!(saved_syn_isn(&a).is_err(), "{addr}: read once");
+        }
+    }
 }
