@@ -361,6 +361,16 @@ impl Pools {
                 health: self.health.clone(),
             });
             pool.set_watermarks(w);
+            // Every series of the peer exists from the start, at 0.
+            for c in [
+                &self.m.hits,
+                &self.m.misses,
+                &self.m.opened,
+                &self.m.open_failures,
+                &self.m.dead,
+            ] {
+                c.with_label_values(&[&name]);
+            }
             let (retire_tx, retire_rx) = watch::channel(false);
             tokio::spawn(pool.clone().refill_loop(self.stop.clone(), retire_rx));
             map.insert(name, (pool, retire_tx));
