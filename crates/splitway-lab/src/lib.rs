@@ -61,7 +61,7 @@ pub struct LabArgs {
     #[arg(long, value_delimiter = ',')]
     pub sizes: Option<Vec<String>>,
 
-    /// Downloads per (configuration, size) [default: 10; --quick: 3]
+    /// Downloads per (configuration, size) [default: 20; --quick: 3]
     #[arg(long)]
     pub runs: Option<usize>,
 
@@ -151,7 +151,7 @@ fn settings(args: &LabArgs) -> Result<Settings> {
             sizes.push(b);
         }
     }
-    let runs = args.runs.unwrap_or(if args.quick { 3 } else { 10 });
+    let runs = args.runs.unwrap_or(if args.quick { 3 } else { 20 });
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
