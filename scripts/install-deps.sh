@@ -18,6 +18,7 @@ want socat socat
 want haproxy haproxy
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 want sysctl procps
+want python3 python3
 
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
