@@ -451,7 +451,8 @@ async fn claim_early(
 /// accept.
 pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let snap = shared.snapshot();
-    if !snap.cfg.features.early_syn {
+    // A draining relay resets new clients: no leg for them.
+    if !snap.cfg.features.early_syn || shared.draining.load(Ordering::SeqCst) {
         return;
     }
     let Some(route) = snap.routes.lookup(&tuple.dst) else {

@@ -293,6 +293,8 @@ fn drain_finishes_open_flows_and_refuses_new_ones() {
     std::thread::sleep(Duration::from_millis(500));
     let (st, _) = http(&o.ingress, "POST", "/drain", "");
     assert_eq!(st, 200);
+    let started = "splitway_early_syn_total{result=\"started\"}";
+    let started_before = o.metric("ingress", started);
     // The relay resets the new connection as soon as it accepts it: the
     // reset can even beat the client's `connect` to its return.
     match o.connect(server_addr(false, 7000)) {
@@ -320,6 +322,11 @@ fn drain_finishes_open_flows_and_refuses_new_ones() {
             "splitway_connections_failed_total{reason=\"draining\"}"
         ),
         1.0
+    );
+    assert_eq!(
+        o.metric("ingress", started),
+        started_before,
+        "no early leg is started for a client a draining relay resets"
     );
 }
 
