@@ -78,18 +78,17 @@ pub fn set_save_syn(s: &impl AsFd) -> io::Result<()> {
     setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_SAVE_SYN, 1)
 }
 
-/// The initial sequence number of the SYN that opened an accepted
-/// connection (TCP_SAVED_SYN, from a listener with [`set_save_syn`]). The
-/// kernel frees the saved headers on this read, so it works once.
-pub fn saved_syn_isn(s: &impl AsFd) -> io::Result<u32> {
-    let mut buf = [0u8; 128];
-    let mut len = buf.len() as libc::socklen_t;
+/// A `SOL_TCP` option read into an `N`-byte buffer: the buffer and how many
+/// bytes the kernel filled.
+fn tcp_opt_bytes<const N: usize>(s: &impl AsFd, opt: libc::c_int) -> io::Result<([u8; N], usize)> {
+    let mut buf = [0u8; N];
+    let mut len = N as libc::socklen_t;
     // SAFETY: buf is writable for len bytes; the kernel writes at most len.
     let rc = unsafe {
         libc::getsockopt(
             s.as_fd().as_raw_fd(),
             libc::SOL_TCP,
-            libc::TCP_SAVED_SYN,
+            opt,
             buf.as_mut_ptr() as *mut libc::c_void,
             &mut len,
         )
@@ -97,7 +96,15 @@ pub fn saved_syn_isn(s: &impl AsFd) -> io::Result<u32> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let p = &buf[..(len as usize).min(buf.len())];
+    Ok((buf, (len as usize).min(N)))
+}
+
+/// The initial sequence number of the SYN that opened an accepted
+/// connection (TCP_SAVED_SYN, from a listener with [`set_save_syn`]). The
+/// kernel frees the saved headers on this read, so it works once.
+pub fn saved_syn_isn(s: &impl AsFd) -> io::Result<u32> {
+    let (buf, len) = tcp_opt_bytes::<128>(s, libc::TCP_SAVED_SYN)?;
+    let p = &buf[..len];
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "no TCP SYN saved");
     let l4 = match p.first().map(|b| b >> 4) {
         Some(4) => usize::from(p[0] & 0x0f) * 4,
@@ -192,22 +199,7 @@ pub struct TcpInfo {
 pub fn tcp_info(s: &impl AsFd) -> io::Result<TcpInfo> {
     // struct tcp_info is stable and append-only; read a generous buffer and
     // pick fields by their fixed offsets (include/uapi/linux/tcp.h).
-    let mut buf = [0u8; 256];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: buf is writable for len bytes; the kernel writes at most len.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_fd().as_raw_fd(),
-            libc::SOL_TCP,
-            libc::TCP_INFO,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let len = len as usize;
+    let (buf, len) = tcp_opt_bytes::<256>(s, libc::TCP_INFO)?;
     let u32_at = |off: usize| -> u32 {
         if off + 4 <= len {
             u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
