@@ -239,3 +239,15 @@ where
         timer.as_mut().reset(next);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_index_matches_its_place_in_all() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i, "{}", o.as_str());
+        }
+    }
+}
