@@ -150,7 +150,7 @@ fn early_syn_switched_off_at_run_time() {
 fn early_syn_switched_on_at_run_time_when_off_at_start() {
     let mut o = Overlay::new();
     o.start_relays("splice", "[features]\nearly_syn = false\n", "");
-    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7000)), 2, 1000, 1);
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7000)), 1, 1000, 1);
     let hit = |o: &Overlay| o.metric("ingress", "splitway_early_syn_total{result=\"hit\"}");
     let s = o.connect(server_addr(false, 7000)).unwrap();
     client_duplex(s, 1000, 1).unwrap();
@@ -158,15 +158,23 @@ fn early_syn_switched_on_at_run_time_when_off_at_start() {
     assert_eq!(hit(&o), 0.0, "off at start");
     let (st, body) = http(&o.ingress, "POST", "/features", r#"{"early_syn": true}"#);
     assert_eq!(st, 200, "{body}");
-    let s = o.connect(server_addr(false, 7000)).unwrap();
-    client_duplex(s, 1000, 1).unwrap();
-    rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(
-        o.metric("ingress", "splitway_early_syn_total{result=\"started\"}"),
-        1.0,
+    // The reader of the newly bound queue starts as a task: the first SYN
+    // report may arrive after its client was accepted (`late`), so allow a
+    // few connections; switched on but unread, none would ever pair.
+    let (rx2, _h2) = serve_duplex(o.listen(server_addr(false, 7001)), 5, 1000, 1);
+    for _ in 0..5 {
+        let s = o.connect(server_addr(false, 7001)).unwrap();
+        client_duplex(s, 1000, 1).unwrap();
+        rx2.recv_timeout(Duration::from_secs(5)).unwrap();
+        if hit(&o) >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        o.metric("ingress", "splitway_early_syn_total{result=\"started\"}") >= 1.0,
         "the tap reports SYNs once switched on"
     );
-    assert_eq!(hit(&o), 1.0, "and the client is paired with its early leg");
+    assert!(hit(&o) >= 1.0, "and a client is paired with its early leg");
 }
 
 #[test]
