@@ -66,8 +66,27 @@ pub struct FlowEntry {
     pub dst: SocketAddr,
     pub started: SystemTime,
     /// The accepted socket and the next hop.
-    pub down: Arc<TcpStream>,
-    pub up: Arc<TcpStream>,
+    pub down: TcpStream,
+    pub up: TcpStream,
+}
+
+impl FlowEntry {
+    pub fn new(
+        kind: &'static str,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        down: TcpStream,
+        up: TcpStream,
+    ) -> FlowEntry {
+        FlowEntry {
+            kind,
+            peer,
+            dst,
+            started: SystemTime::now(),
+            down,
+            up,
+        }
+    }
 }
 
 /// Early-SYN legs waiting for their client's accept. `None` is a tombstone:
@@ -91,7 +110,7 @@ pub struct Shared {
     /// Draining: new connections are refused, open ones finish.
     pub draining: AtomicBool,
     pub started: SystemTime,
-    flows: Mutex<HashMap<u64, FlowEntry>>,
+    flows: Mutex<HashMap<u64, Arc<FlowEntry>>>,
     next_flow: AtomicU64,
     active: AtomicUsize,
     idle_notify: Notify,
@@ -243,7 +262,7 @@ impl Shared {
     }
 
     /// Register a live flow; returns its id for [`Shared::unregister`].
-    pub fn register(&self, e: FlowEntry) -> u64 {
+    pub fn register(&self, e: Arc<FlowEntry>) -> u64 {
         let id = self.next_flow.fetch_add(1, Ordering::Relaxed);
         lock(&self.flows).insert(id, e);
         id
@@ -254,7 +273,7 @@ impl Shared {
     }
 
     /// Run `f` over the live flows (id order).
-    pub fn with_flows<R>(&self, f: impl FnOnce(Vec<(&u64, &FlowEntry)>) -> R) -> R {
+    pub fn with_flows<R>(&self, f: impl FnOnce(Vec<(&u64, &Arc<FlowEntry>)>) -> R) -> R {
         let flows = lock(&self.flows);
         let mut v: Vec<_> = flows.iter().collect();
         v.sort_by_key(|(id, _)| **id);

@@ -5,69 +5,103 @@
 //! from the pool for each burst when there is one: taken when the socket has
 //! data, given back once what was read is written out and the socket is
 //! drained.
+//!
+//! A direction is a small state machine polled by [`super::relay`] (no
+//! async fn: its state is two integers, so an idle connection stays small).
 
-use std::future::poll_fn;
 use std::io;
+use std::task::{ready, Context, Poll};
 
 use tokio::net::TcpStream;
 
-use super::FlowState;
+use super::{FlowState, Pump};
 use crate::resources::Resources;
 use crate::sys::{self, sockopt};
 
-/// Give the buffer back to the pool (if it came from one).
-fn lend_back(slot: &mut Option<Vec<u8>>, stock: Option<&Resources>) {
-    if let Some(stock) = stock {
-        if let Some(b) = slot.take() {
-            stock.give_buf(b);
+/// One direction of the copy engine. `slot` holds the buffer: always
+/// (owned) without `stock`, only during a burst with it.
+pub struct CopyPump<'a> {
+    slot: &'a mut Option<Vec<u8>>,
+    stock: Option<&'a Resources>,
+    /// Bytes read but not yet written: `buf[off..n]`.
+    off: usize,
+    n: usize,
+}
+
+impl<'a> CopyPump<'a> {
+    pub fn new(slot: &'a mut Option<Vec<u8>>, stock: Option<&'a Resources>) -> CopyPump<'a> {
+        CopyPump {
+            slot,
+            stock,
+            off: 0,
+            n: 0,
+        }
+    }
+
+    /// Give the buffer back to the pool (if it came from one).
+    fn lend_back(&mut self) {
+        if let Some(stock) = self.stock {
+            if let Some(b) = self.slot.take() {
+                stock.give_buf(b);
+            }
         }
     }
 }
 
-/// Move bytes `src` → `dst` until EOF (then send FIN on `dst`) or an error.
-/// `slot` holds the buffer: always (owned) without `stock`, only during a
-/// burst with it.
-pub async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    slot: &mut Option<Vec<u8>>,
-    stock: Option<&Resources>,
-    flow: &FlowState,
-    dir: usize,
-) -> io::Result<()> {
-    loop {
-        poll_fn(|cx| src.poll_read_ready(cx)).await?;
-        let buf = match (slot.as_mut(), stock) {
-            (Some(b), _) => b,
-            (None, Some(stock)) => slot.insert(stock.take_buf()),
-            (None, None) => return Err(io::Error::other("copy engine without a buffer")),
-        };
-        let n = match sys::read_clearing(src, buf)? {
-            Some(n) => n,
-            None => {
-                lend_back(slot, stock);
+impl Pump for CopyPump<'_> {
+    /// Move bytes `src` → `dst` until EOF (then FIN on `dst`, unless
+    /// `last`: the caller closes both) or an error.
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        flow: &FlowState,
+        dir: usize,
+        last: bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.off < self.n {
+                let Some(buf) = self.slot.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("copy engine lost its buffer")));
+                };
+                match dst.try_write(&buf[self.off..self.n]) {
+                    Ok(m) => self.off += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(dst.poll_write_ready(cx))?;
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                if self.off == self.n {
+                    flow.add(dir, self.n);
+                    // A short read drained the socket: the burst is over.
+                    if self.n < buf.len() {
+                        self.lend_back();
+                    }
+                    (self.off, self.n) = (0, 0);
+                }
                 continue;
             }
-        };
-        if n == 0 {
-            lend_back(slot, stock);
-            return sockopt::shutdown_write(dst);
-        }
-        let full = n == buf.len();
-        let mut off = 0;
-        while off < n {
-            match dst.try_write(&buf[off..n]) {
-                Ok(m) => off += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    poll_fn(|cx| dst.poll_write_ready(cx)).await?
+            ready!(src.poll_read_ready(cx))?;
+            let buf = match (self.slot.as_mut(), self.stock) {
+                (Some(b), _) => b,
+                (None, Some(stock)) => self.slot.insert(stock.take_buf()),
+                (None, None) => {
+                    return Poll::Ready(Err(io::Error::other("copy engine without a buffer")))
                 }
-                Err(e) => return Err(e),
+            };
+            match sys::read_clearing(src, buf)? {
+                None => self.lend_back(),
+                Some(0) => {
+                    self.lend_back();
+                    return Poll::Ready(if last {
+                        Ok(())
+                    } else {
+                        sockopt::shutdown_write(dst)
+                    });
+                }
+                Some(n) => (self.off, self.n) = (0, n),
             }
-        }
-        flow.add(dir, n);
-        // A short read drained the socket: the burst is over.
-        if !full {
-            lend_back(slot, stock);
         }
     }
 }

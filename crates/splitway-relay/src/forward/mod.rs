@@ -15,17 +15,20 @@ pub mod splice;
 
 use std::future::Future;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::resources::Resources;
 use crate::sys::pipe::Pipe;
 use crate::sys::sockopt;
+use copy::CopyPump;
+use splice::SplicePump;
 
 /// Limits that apply to one split connection.
 #[derive(Debug, Clone, Copy)]
@@ -136,24 +139,66 @@ impl FlowState {
     }
 }
 
-/// Drive both directions of a split connection to the end.
-pub async fn relay(
-    a: &TcpStream,
-    b: &TcpStream,
+/// One direction of an engine: moves bytes `src` → `dst` until EOF on `src`
+/// (then sends FIN on `dst`, unless `last`: the other direction is done
+/// too and the caller closes both sockets, whose close sends the FIN) or an
+/// error. Polled like a future; waits on the sockets' own readiness
+/// (`poll_read_ready` / `poll_write_ready`: one reader and one writer per
+/// socket, which is what a split connection has).
+pub trait Pump {
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        flow: &FlowState,
+        dir: usize,
+        last: bool,
+    ) -> Poll<io::Result<()>>;
+}
+
+/// The engine's two directions.
+enum Pumps<'a> {
+    Copy([CopyPump<'a>; 2]),
+    Splice([SplicePump<'a>; 2]),
+}
+
+pin_project_lite::pin_project! {
+    /// One split connection being forwarded: both directions and the timers,
+    /// as one state machine (see [`relay`]). A few hundred bytes: this is
+    /// what an idle connection's task holds.
+    pub struct Relay<'a> {
+        a: &'a TcpStream,
+        b: &'a TcpStream,
+        t: FlowTimeouts,
+        flow: FlowState,
+        pumps: Pumps<'a>,
+        done: [bool; 2],
+        half_close_at: Option<Instant>,
+        // One timer for the idle and the half-close deadline. It is not
+        // moved on every burst: when it fires early (there was traffic since
+        // it was set) it is set again to the real deadline.
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+/// Drive both directions of a split connection (`a` the accepted side, `b`
+/// the next hop) to the end with `engine`'s buffers or pipes.
+pub fn relay<'a>(
+    a: &'a TcpStream,
+    b: &'a TcpStream,
     t: FlowTimeouts,
-    engine: &mut EngineState,
-) -> FlowReport {
-    let flow = FlowState::new();
-    let outcome = match engine {
+    engine: &'a mut EngineState,
+) -> Relay<'a> {
+    let pumps = match engine {
         EngineState::Copy {
             a_to_b,
             b_to_a,
             stock,
         } => {
             let stock = stock.as_deref();
-            let ab = pin!(copy::pump(a, b, a_to_b, stock, &flow, 0));
-            let ba = pin!(copy::pump(b, a, b_to_a, stock, &flow, 1));
-            drive(a, b, t, &flow, ab, ba).await
+            Pumps::Copy([CopyPump::new(a_to_b, stock), CopyPump::new(b_to_a, stock)])
         }
         EngineState::Splice {
             a_to_b,
@@ -161,19 +206,82 @@ pub async fn relay(
             stock,
         } => {
             let stock = stock.as_deref();
-            let ab = pin!(splice::pump(a, b, a_to_b, stock, &flow, 0));
-            let ba = pin!(splice::pump(b, a, b_to_a, stock, &flow, 1));
-            drive(a, b, t, &flow, ab, ba).await
+            Pumps::Splice([
+                SplicePump::new(a_to_b, stock),
+                SplicePump::new(b_to_a, stock),
+            ])
         }
     };
-    FlowReport {
-        a_to_b: flow.moved[0].load(Ordering::Relaxed),
-        b_to_a: flow.moved[1].load(Ordering::Relaxed),
-        outcome,
-        first_b_to_a: match flow.first_back_ns.load(Ordering::Relaxed) {
-            0 => None,
-            ns => Some(Duration::from_nanos(ns)),
-        },
+    let flow = FlowState::new();
+    let timer = sleep_until(flow.last_activity() + t.idle);
+    Relay {
+        a,
+        b,
+        t,
+        flow,
+        pumps,
+        done: [false, false],
+        half_close_at: None,
+        timer,
+    }
+}
+
+impl Future for Relay<'_> {
+    type Output = FlowReport;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FlowReport> {
+        let mut me = self.project();
+        let (a, b, flow) = (*me.a, *me.b, &*me.flow);
+        let outcome = 'end: loop {
+            for dir in 0..2 {
+                if me.done[dir] {
+                    continue;
+                }
+                let (src, dst) = if dir == 0 { (a, b) } else { (b, a) };
+                let last = me.done[1 - dir];
+                let polled = match me.pumps {
+                    Pumps::Copy(p) => p[dir].poll_pump(cx, src, dst, flow, dir, last),
+                    Pumps::Splice(p) => p[dir].poll_pump(cx, src, dst, flow, dir, last),
+                };
+                match polled {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(())) if last => break 'end Outcome::Closed,
+                    Poll::Ready(Ok(())) => {
+                        me.done[dir] = true;
+                        let at = Instant::now() + me.t.half_close;
+                        *me.half_close_at = Some(at);
+                        let idle_at = flow.last_activity() + me.t.idle;
+                        me.timer.as_mut().reset(at.min(idle_at));
+                    }
+                    Poll::Ready(Err(_)) => {
+                        reset_both(a, b);
+                        break 'end Outcome::Reset;
+                    }
+                }
+            }
+            ready!(me.timer.as_mut().poll(cx));
+            let now = Instant::now();
+            if me.half_close_at.is_some_and(|h| h <= now) {
+                break 'end Outcome::HalfCloseTimeout;
+            }
+            let idle_at = flow.last_activity() + me.t.idle;
+            if idle_at <= now {
+                reset_both(a, b);
+                break 'end Outcome::Idle;
+            }
+            // Traffic since the timer was set: wait for the real deadline.
+            let next = me.half_close_at.map_or(idle_at, |h| h.min(idle_at));
+            me.timer.as_mut().reset(next);
+        };
+        Poll::Ready(FlowReport {
+            a_to_b: flow.moved[0].load(Ordering::Relaxed),
+            b_to_a: flow.moved[1].load(Ordering::Relaxed),
+            outcome,
+            first_b_to_a: match flow.first_back_ns.load(Ordering::Relaxed) {
+                0 => None,
+                ns => Some(Duration::from_nanos(ns)),
+            },
+        })
     }
 }
 
@@ -181,63 +289,6 @@ pub async fn relay(
 pub fn reset_both(a: &TcpStream, b: &TcpStream) {
     let _ = sockopt::set_linger_zero(a);
     let _ = sockopt::set_linger_zero(b);
-}
-
-/// Both directions and the timers. The engines wait for readiness with
-/// `poll_read_ready`/`poll_write_ready` (the socket's own waker slot: one
-/// reader and one writer per socket, which is what a split connection has)
-/// rather than `readable()`, whose futures carry a 150-byte waiter each. The pump futures are pinned by the
-/// caller and borrowed here, so each lives once in the connection's task
-/// (taken by value they would be stored twice: as arguments and pinned),
-/// and one timer serves both the idle and the half-close deadline: the
-/// per-connection task stays small.
-async fn drive<AB, BA>(
-    a: &TcpStream,
-    b: &TcpStream,
-    t: FlowTimeouts,
-    flow: &FlowState,
-    mut ab: Pin<&mut AB>,
-    mut ba: Pin<&mut BA>,
-) -> Outcome
-where
-    AB: Future<Output = io::Result<()>>,
-    BA: Future<Output = io::Result<()>>,
-{
-    let (mut ab_done, mut ba_done) = (false, false);
-    let mut half_close_at: Option<Instant> = None;
-    let timer = sleep_until(flow.last_activity() + t.idle);
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            r = ab.as_mut(), if !ab_done => match r {
-                Ok(()) => ab_done = true,
-                Err(_) => { reset_both(a, b); return Outcome::Reset; }
-            },
-            r = ba.as_mut(), if !ba_done => match r {
-                Ok(()) => ba_done = true,
-                Err(_) => { reset_both(a, b); return Outcome::Reset; }
-            },
-            _ = timer.as_mut() => {
-                let now = Instant::now();
-                if half_close_at.is_some_and(|h| h <= now) {
-                    return Outcome::HalfCloseTimeout;
-                }
-                if flow.last_activity() + t.idle <= now {
-                    reset_both(a, b);
-                    return Outcome::Idle;
-                }
-            },
-        }
-        if ab_done && ba_done {
-            return Outcome::Closed;
-        }
-        if half_close_at.is_none() && (ab_done || ba_done) {
-            half_close_at = Some(Instant::now() + t.half_close);
-        }
-        let idle_at = flow.last_activity() + t.idle;
-        let next = half_close_at.map_or(idle_at, |h| h.min(idle_at));
-        timer.as_mut().reset(next);
-    }
 }
 
 #[cfg(test)]

@@ -10,28 +10,22 @@
 //! connection holds no pipe. Small bursts (up to [`PROBE_BYTES`]) are copied
 //! through a per-worker buffer instead: for a request of a few hundred bytes
 //! one `recv` and one `send` are cheaper than two splices and a pipe.
+//!
+//! A direction is a small state machine polled by [`super::relay`] (no
+//! async fn), so an idle connection stays small.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::task::{ready, Context, Poll};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::FlowState;
+use super::{FlowState, Pump};
 use crate::resources::Resources;
 use crate::sys::pipe::Pipe;
 use crate::sys::{self, sockopt};
-
-/// Give the (empty) pipe back to the pool, if it came from one.
-fn lend_back(slot: &mut Option<Pipe>, stock: Option<&Resources>) {
-    if let Some(stock) = stock {
-        if let Some(p) = slot.take() {
-            stock.give_pipe(p);
-        }
-    }
-}
 
 /// Bursts up to this size are copied, not spliced (HAProxy measured splice
 /// losing below about 4 KB): one `recv` and one `send`, no pipe.
@@ -78,87 +72,156 @@ fn probe(src: &TcpStream, dst: &TcpStream) -> io::Result<Probe> {
     })
 }
 
-/// Move bytes `src` → `dst` through a pipe until EOF (then FIN on `dst`) or
-/// an error. The pipe in `slot` is empty on entry and on a clean return; on
-/// an error it may hold bytes (`Resources::put` checks before reuse).
-pub async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    slot: &mut Option<Pipe>,
-    stock: Option<&Resources>,
-    flow: &FlowState,
-    dir: usize,
-) -> io::Result<()> {
-    // Streaming: the last burst was large, so start the next in the pipe.
-    let mut streaming = false;
-    loop {
-        if !streaming {
-            poll_fn(|cx| src.poll_read_ready(cx)).await?;
-            match probe(src, dst)? {
-                Probe::Empty => continue,
-                Probe::Eof => return sockopt::shutdown_write(dst),
-                Probe::Moved { n, rest } => {
-                    if let Some(rest) = rest {
-                        let mut off = 0;
-                        while off < rest.len() {
-                            match dst.try_write(&rest[off..]) {
-                                Ok(m) => off += m,
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                    poll_fn(|cx| dst.poll_write_ready(cx)).await?
-                                }
-                                Err(e) => return Err(e),
+/// Where a direction of the splice engine is.
+enum Step {
+    /// Waiting for data.
+    Read,
+    /// A small burst `dst` did not take at once: `rest[off..]` is left to
+    /// write; `n` bytes were read in all.
+    Rest { rest: Vec<u8>, off: usize, n: usize },
+    /// `left` of the `n` bytes in the pipe are still to go out.
+    Drain { left: usize, n: usize },
+}
+
+/// One direction of the splice engine. The pipe in `slot` is empty between
+/// bursts; after an error it may hold bytes (`Resources::put` checks before
+/// reuse).
+pub struct SplicePump<'a> {
+    slot: &'a mut Option<Pipe>,
+    stock: Option<&'a Resources>,
+    step: Step,
+    /// The last burst was large: start the next one in the pipe.
+    streaming: bool,
+}
+
+impl<'a> SplicePump<'a> {
+    pub fn new(slot: &'a mut Option<Pipe>, stock: Option<&'a Resources>) -> SplicePump<'a> {
+        SplicePump {
+            slot,
+            stock,
+            step: Step::Read,
+            streaming: false,
+        }
+    }
+
+    /// Give the (empty) pipe back to the pool, if it came from one.
+    fn lend_back(&mut self) {
+        if let Some(stock) = self.stock {
+            if let Some(p) = self.slot.take() {
+                stock.give_pipe(p);
+            }
+        }
+    }
+}
+
+/// EOF on `src`: FIN on `dst`, unless the other direction is done too
+/// (`last`): the caller then closes both, and close sends the FIN.
+fn finish(dst: &TcpStream, last: bool) -> Poll<io::Result<()>> {
+    Poll::Ready(if last {
+        Ok(())
+    } else {
+        sockopt::shutdown_write(dst)
+    })
+}
+
+impl Pump for SplicePump<'_> {
+    /// Move bytes `src` → `dst` until EOF or an error.
+    fn poll_pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        flow: &FlowState,
+        dir: usize,
+        last: bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.step {
+                Step::Rest { rest, off, n } => {
+                    while *off < rest.len() {
+                        match dst.try_write(&rest[*off..]) {
+                            Ok(m) => *off += m,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                ready!(dst.poll_write_ready(cx))?;
                             }
+                            Err(e) => return Poll::Ready(Err(e)),
                         }
                     }
+                    let n = *n;
                     flow.add(dir, n);
-                    // A full probe: more is coming, splice the rest.
-                    streaming = n == PROBE_BYTES;
-                    continue;
+                    self.streaming = n == PROBE_BYTES;
+                    self.step = Step::Read;
+                }
+                Step::Drain { left, n } => {
+                    let Some(pipe) = self.slot.as_ref() else {
+                        return Poll::Ready(Err(io::Error::other("splice engine lost its pipe")));
+                    };
+                    while *left > 0 {
+                        match dst
+                            .try_io(Interest::WRITABLE, || pipe.drain_to(dst.as_raw_fd(), *left))
+                        {
+                            Ok(m) => *left -= m,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                ready!(dst.poll_write_ready(cx))?;
+                            }
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    }
+                    let n = *n;
+                    let full = n == pipe.capacity();
+                    flow.add(dir, n);
+                    self.step = Step::Read;
+                    if !full {
+                        self.lend_back();
+                    }
+                    // Small again: back to copying.
+                    if n < PROBE_BYTES {
+                        self.streaming = false;
+                    }
+                }
+                Step::Read if !self.streaming => {
+                    ready!(src.poll_read_ready(cx))?;
+                    match probe(src, dst)? {
+                        Probe::Empty => {}
+                        Probe::Eof => return finish(dst, last),
+                        Probe::Moved {
+                            n,
+                            rest: Some(rest),
+                        } => {
+                            self.step = Step::Rest { rest, off: 0, n };
+                        }
+                        Probe::Moved { n, rest: None } => {
+                            flow.add(dir, n);
+                            // A full probe: more is coming, splice the rest.
+                            self.streaming = n == PROBE_BYTES;
+                        }
+                    }
+                }
+                Step::Read => {
+                    ready!(src.poll_read_ready(cx))?;
+                    let pipe = match (self.slot.as_ref(), self.stock) {
+                        (Some(p), _) => p,
+                        (None, Some(stock)) => self.slot.insert(stock.take_pipe()?),
+                        (None, None) => {
+                            return Poll::Ready(Err(io::Error::other(
+                                "splice engine without a pipe",
+                            )))
+                        }
+                    };
+                    let chunk = pipe.capacity();
+                    match src.try_io(Interest::READABLE, || {
+                        pipe.fill_from(src.as_raw_fd(), chunk)
+                    }) {
+                        Ok(0) => {
+                            self.lend_back();
+                            return finish(dst, last);
+                        }
+                        Ok(n) => self.step = Step::Drain { left: n, n },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.lend_back(),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
                 }
             }
-        }
-        let n = loop {
-            poll_fn(|cx| src.poll_read_ready(cx)).await?;
-            let pipe = match (slot.as_ref(), stock) {
-                (Some(p), _) => p,
-                (None, Some(stock)) => slot.insert(stock.take_pipe()?),
-                (None, None) => return Err(io::Error::other("splice engine without a pipe")),
-            };
-            let chunk = pipe.capacity();
-            match src.try_io(Interest::READABLE, || {
-                pipe.fill_from(src.as_raw_fd(), chunk)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    lend_back(slot, stock);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            lend_back(slot, stock);
-            return sockopt::shutdown_write(dst);
-        }
-        let pipe = slot.as_ref().expect("pipe held during a burst");
-        let full = n == pipe.capacity();
-        let mut left = n;
-        while left > 0 {
-            match dst.try_io(Interest::WRITABLE, || pipe.drain_to(dst.as_raw_fd(), left)) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    poll_fn(|cx| dst.poll_write_ready(cx)).await?
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        flow.add(dir, n);
-        if !full {
-            lend_back(slot, stock);
-        }
-        // Small again: back to copying.
-        if n < PROBE_BYTES {
-            streaming = false;
         }
     }
 }
