@@ -6,7 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use crate::profile;
 use crate::sys::sockopt;
@@ -52,9 +53,29 @@ pub async fn connect(
             }
         }
     }
-    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
-    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+    match tokio::time::timeout(timeout, connect_registered(sock, addr)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
+}
+
+/// Start a non-blocking connect of `sock` to `addr` and wait for it.
+/// Unlike tokio's `TcpSocket::connect`, success is read from the readiness
+/// epoll reported (writable, not closed) instead of asking the socket for
+/// `SO_ERROR`: one syscall less per connection; `SO_ERROR` is read only when
+/// the connect failed, for its reason.
+async fn connect_registered(sock: socket2::Socket, addr: SocketAddr) -> io::Result<TcpStream> {
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::ConnectionAborted, "closed while connecting")
+        }));
+    }
+    Ok(stream)
 }
