@@ -102,15 +102,28 @@ impl PeerHealth {
 
     /// For each of `route`'s next hops in order: skip it? A hop is skipped
     /// when it is marked down and a later one is not, so when every hop is
-    /// marked down they are all still tried.
-    pub fn skips(&self, route: &Route) -> Vec<bool> {
+    /// marked down they are all still tried. A bit set (asked once per
+    /// connection: no allocation); zip it with `route.hops()`.
+    pub fn skips(&self, route: &Route) -> Skips {
         if route.backup.is_empty() {
-            return vec![false];
+            return Skips { mask: 0, next: 0 };
         }
-        let down: Vec<bool> = route.hops().map(|h| self.hop_down(h)).collect();
-        (0..down.len())
-            .map(|i| down[i] && down[i + 1..].iter().any(|d| !d))
-            .collect()
+        let (mut down, mut up) = (0u64, 0u64);
+        for (i, hop) in route.hops().enumerate().take(64) {
+            if self.hop_down(hop) {
+                down |= 1 << i;
+            } else {
+                up |= 1 << i;
+            }
+        }
+        let mut mask = 0;
+        for i in 0..64 {
+            let later_up = up.checked_shr(i + 1).unwrap_or(0) != 0;
+            if down >> i & 1 == 1 && later_up {
+                mask |= 1 << i;
+            }
+        }
+        Skips { mask, next: 0 }
     }
 
     /// The first next hop of `route` that would be tried now.
@@ -122,6 +135,25 @@ impl PeerHealth {
             .find(|(_, skip)| !skip)
             .map(|(h, _)| h)
             .unwrap_or(&route.via)
+    }
+}
+
+/// Which of a route's next hops to skip, in order (see
+/// [`PeerHealth::skips`]): `true` for a hop to skip; never ends (hops past
+/// the 64th are never skipped).
+#[derive(Debug, Clone, Copy)]
+pub struct Skips {
+    mask: u64,
+    next: u32,
+}
+
+impl Iterator for Skips {
+    type Item = bool;
+
+    fn next(&mut self) -> Option<bool> {
+        let skip = self.next < 64 && self.mask >> self.next & 1 == 1;
+        self.next = self.next.saturating_add(1);
+        Some(skip)
     }
 }
 
@@ -154,21 +186,21 @@ mod tests {
     fn down_peers_are_skipped_while_a_later_hop_is_not() {
         let h = PeerHealth::default();
         let r = route("a", &["b", "direct"]);
-        assert_eq!(h.skips(&r), [false, false, false]);
+        assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [false, false, false]);
         h.failed("a");
-        assert_eq!(h.skips(&r), [true, false, false]);
+        assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [true, false, false]);
         assert_eq!(h.first_hop(&r).to_string(), "b");
         h.failed("b");
-        assert_eq!(h.skips(&r), [true, true, false]);
+        assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [true, true, false]);
         assert_eq!(h.first_hop(&r).to_string(), "direct");
         // Every peer hop down and nothing after them: all are tried.
         let r2 = route("a", &["b"]);
-        assert_eq!(h.skips(&r2), [false, false]);
+        assert_eq!(h.skips(&r2).take(2).collect::<Vec<_>>(), [false, false]);
         assert_eq!(h.first_hop(&r2).to_string(), "a");
         // Without backups nothing is ever skipped.
-        assert_eq!(h.skips(&route("a", &[])), [false]);
+        assert_eq!(h.skips(&route("a", &[])).take(1).collect::<Vec<_>>(), [false]);
         h.ok("a");
-        assert_eq!(h.skips(&r), [false, true, false]);
+        assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [false, true, false]);
     }
 
     #[test]
