@@ -186,9 +186,15 @@ mod tests {
     fn down_peers_are_skipped_while_a_later_hop_is_not() {
         let h = PeerHealth::default();
         let r = route("a", &["b", "direct"]);
-        assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [false, false, false]);
+        assert_eq!(
+            h.skips(&r).take(3).collect::<Vec<_>>(),
+            [false, false, false]
+        );
         h.failed("a");
-        assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [true, false, false]);
+        assert_eq!(
+            h.skips(&r).take(3).collect::<Vec<_>>(),
+            [true, false, false]
+        );
         assert_eq!(h.first_hop(&r).to_string(), "b");
         h.failed("b");
         assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [true, true, false]);
@@ -198,9 +204,15 @@ mod tests {
         assert_eq!(h.skips(&r2).take(2).collect::<Vec<_>>(), [false, false]);
         assert_eq!(h.first_hop(&r2).to_string(), "a");
         // Without backups nothing is ever skipped.
-        assert_eq!(h.skips(&route("a", &[])).take(1).collect::<Vec<_>>(), [false]);
+        assert_eq!(
+            h.skips(&route("a", &[])).take(1).collect::<Vec<_>>(),
+            [false]
+        );
         h.ok("a");
-        assert_eq!(h.skips(&r).take(3).collect::<Vec<_>>(), [false, true, false]);
+        assert_eq!(
+            h.skips(&r).take(3).collect::<Vec<_>>(),
+            [false, true, false]
+        );
     }
 
     #[test]

@@ -80,7 +80,8 @@ pub struct FlowReport {
     pub a_to_b: u64,
     pub b_to_a: u64,
     pub outcome: Outcome,
-    /// From the start of forwarding to the first byte moved b→a.
+    /// From the connection's start (`since` of [`relay`]) to the first byte
+    /// moved b→a: the time to first byte.
     pub first_b_to_a: Option<Duration>,
 }
 
@@ -115,9 +116,9 @@ pub struct FlowState {
 }
 
 impl FlowState {
-    fn new() -> FlowState {
+    fn new(start: Instant) -> FlowState {
         FlowState {
-            start: Instant::now(),
+            start,
             last_ns: AtomicU64::new(0),
             first_back_ns: AtomicU64::new(0),
             moved: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -170,7 +171,9 @@ pin_project_lite::pin_project! {
     pub struct Relay<'a> {
         a: &'a TcpStream,
         b: &'a TcpStream,
-        t: FlowTimeouts,
+        // The timeouts in milliseconds (two `Duration`s take 32 bytes).
+        idle_ms: u64,
+        half_close_ms: u64,
         flow: FlowState,
         pumps: Pumps<'a>,
         done: [bool; 2],
@@ -184,12 +187,15 @@ pin_project_lite::pin_project! {
 }
 
 /// Drive both directions of a split connection (`a` the accepted side, `b`
-/// the next hop) to the end with `engine`'s buffers or pipes.
+/// the next hop) to the end with `engine`'s buffers or pipes. `since` is
+/// when the connection started (accept, or a relay leg's header): the
+/// report's times count from it, and so does the first idle deadline.
 pub fn relay<'a>(
     a: &'a TcpStream,
     b: &'a TcpStream,
     t: FlowTimeouts,
     engine: &'a mut EngineState,
+    since: Instant,
 ) -> Relay<'a> {
     let pumps = match engine {
         EngineState::Copy {
@@ -212,12 +218,14 @@ pub fn relay<'a>(
             ])
         }
     };
-    let flow = FlowState::new();
+    let flow = FlowState::new(since);
     let timer = sleep_until(flow.last_activity() + t.idle);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     Relay {
         a,
         b,
-        t,
+        idle_ms: ms(t.idle),
+        half_close_ms: ms(t.half_close),
         flow,
         pumps,
         done: [false, false],
@@ -248,9 +256,9 @@ impl Future for Relay<'_> {
                     Poll::Ready(Ok(())) if last => break 'end Outcome::Closed,
                     Poll::Ready(Ok(())) => {
                         me.done[dir] = true;
-                        let at = Instant::now() + me.t.half_close;
+                        let at = Instant::now() + Duration::from_millis(*me.half_close_ms);
                         *me.half_close_at = Some(at);
-                        let idle_at = flow.last_activity() + me.t.idle;
+                        let idle_at = flow.last_activity() + Duration::from_millis(*me.idle_ms);
                         me.timer.as_mut().reset(at.min(idle_at));
                     }
                     Poll::Ready(Err(_)) => {
@@ -264,7 +272,7 @@ impl Future for Relay<'_> {
             if me.half_close_at.is_some_and(|h| h <= now) {
                 break 'end Outcome::HalfCloseTimeout;
             }
-            let idle_at = flow.last_activity() + me.t.idle;
+            let idle_at = flow.last_activity() + Duration::from_millis(*me.idle_ms);
             if idle_at <= now {
                 reset_both(a, b);
                 break 'end Outcome::Idle;
