@@ -23,18 +23,29 @@ use crate::sys::{self, sockopt};
 pub struct CopyPump<'a> {
     slot: &'a mut Option<Vec<u8>>,
     stock: Option<&'a Resources>,
-    /// Bytes read but not yet written: `buf[off..n]`.
+    /// A burst of `n` bytes read, of which `buf[off..n]` is not yet written
+    /// (`n == 0`: none in flight).
     off: usize,
     n: usize,
+    /// The first read is still to be tried at once (see
+    /// [`super::first_burst`]).
+    first: bool,
 }
 
 impl<'a> CopyPump<'a> {
-    pub fn new(slot: &'a mut Option<Vec<u8>>, stock: Option<&'a Resources>) -> CopyPump<'a> {
+    /// `first`: try the first read at once (the client → next hop
+    /// direction).
+    pub fn new(
+        slot: &'a mut Option<Vec<u8>>,
+        stock: Option<&'a Resources>,
+        first: bool,
+    ) -> CopyPump<'a> {
         CopyPump {
             slot,
             stock,
             off: 0,
             n: 0,
+            first,
         }
     }
 
@@ -61,16 +72,18 @@ impl Pump for CopyPump<'_> {
         last: bool,
     ) -> Poll<io::Result<()>> {
         loop {
-            if self.off < self.n {
+            if self.n > 0 {
                 let Some(buf) = self.slot.as_ref() else {
                     return Poll::Ready(Err(io::Error::other("copy engine lost its buffer")));
                 };
-                match dst.try_write(&buf[self.off..self.n]) {
-                    Ok(m) => self.off += m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ready!(dst.poll_write_ready(cx))?;
+                if self.off < self.n {
+                    match dst.try_write(&buf[self.off..self.n]) {
+                        Ok(m) => self.off += m,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(dst.poll_write_ready(cx))?;
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                    Err(e) => return Poll::Ready(Err(e)),
                 }
                 if self.off == self.n {
                     flow.add(dir, self.n);
@@ -82,7 +95,10 @@ impl Pump for CopyPump<'_> {
                 }
                 continue;
             }
-            ready!(src.poll_read_ready(cx))?;
+            let first = std::mem::take(&mut self.first);
+            if !first {
+                ready!(src.poll_read_ready(cx))?;
+            }
             let buf = match (self.slot.as_mut(), self.stock) {
                 (Some(b), _) => b,
                 (None, Some(stock)) => self.slot.insert(stock.take_buf()),
@@ -90,9 +106,14 @@ impl Pump for CopyPump<'_> {
                     return Poll::Ready(Err(io::Error::other("copy engine without a buffer")))
                 }
             };
-            match sys::read_clearing(src, buf)? {
+            let got = if first {
+                super::first_burst(src, dst, buf)?
+            } else {
+                sys::read_clearing(src, buf)?.map(|n| (n, 0))
+            };
+            match got {
                 None => self.lend_back(),
-                Some(0) => {
+                Some((0, _)) => {
                     self.lend_back();
                     return Poll::Ready(if last {
                         Ok(())
@@ -100,7 +121,7 @@ impl Pump for CopyPump<'_> {
                         sockopt::shutdown_write(dst)
                     });
                 }
-                Some(n) => (self.off, self.n) = (0, n),
+                Some((n, written)) => (self.off, self.n) = (written, n),
             }
         }
     }

@@ -26,7 +26,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::resources::Resources;
 use crate::sys::pipe::Pipe;
-use crate::sys::sockopt;
+use crate::sys::{self, sockopt};
 use copy::CopyPump;
 use splice::SplicePump;
 
@@ -204,7 +204,10 @@ pub fn relay<'a>(
             stock,
         } => {
             let stock = stock.as_deref();
-            Pumps::Copy([CopyPump::new(a_to_b, stock), CopyPump::new(b_to_a, stock)])
+            Pumps::Copy([
+                CopyPump::new(a_to_b, stock, true),
+                CopyPump::new(b_to_a, stock, false),
+            ])
         }
         EngineState::Splice {
             a_to_b,
@@ -213,8 +216,8 @@ pub fn relay<'a>(
         } => {
             let stock = stock.as_deref();
             Pumps::Splice([
-                SplicePump::new(a_to_b, stock),
-                SplicePump::new(b_to_a, stock),
+                SplicePump::new(a_to_b, stock, true),
+                SplicePump::new(b_to_a, stock, false),
             ])
         }
     };
@@ -291,6 +294,36 @@ impl Future for Relay<'_> {
             },
         })
     }
+}
+
+/// The first burst of the client → next hop direction, tried at once: the
+/// client has usually sent its request by the time the next hop is open,
+/// but tokio has not seen the socket's first readiness event yet (and, for
+/// a next hop that answered within `connect(2)`, no write readiness
+/// either), so waiting for them would cost one more turn of the event
+/// loop. Plain `recv`/`send`, leaving tokio's readiness alone (it is only
+/// ever cleared by a read or write that saw EAGAIN through tokio).
+/// `None`: nothing waiting; `Some((0, 0))`: EOF; `Some((n, written))`.
+pub(crate) fn first_burst(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, usize)>> {
+    use std::os::fd::AsRawFd;
+    let n = match sys::recv(src.as_raw_fd(), buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut off = 0;
+    while off < n {
+        match sys::send(dst.as_raw_fd(), &buf[off..n]) {
+            Ok(m) => off += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some((n, off)))
 }
 
 /// Reset both sockets: their next close sends RST.

@@ -51,15 +51,22 @@ enum Probe {
 /// Read up to [`PROBE_BYTES`] into the worker's scratch buffer and write
 /// what `dst` takes at once; what it does not take is returned to be
 /// written after an await.
-fn probe(src: &TcpStream, dst: &TcpStream) -> io::Result<Probe> {
+fn probe(src: &TcpStream, dst: &TcpStream, first: bool) -> io::Result<Probe> {
     SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
-        let n = match sys::read_clearing(src, &mut buf)? {
-            None => return Ok(Probe::Empty),
-            Some(0) => return Ok(Probe::Eof),
-            Some(n) => n,
+        let (n, mut off) = if first {
+            match super::first_burst(src, dst, &mut buf)? {
+                None => return Ok(Probe::Empty),
+                Some((0, _)) => return Ok(Probe::Eof),
+                Some(moved) => moved,
+            }
+        } else {
+            match sys::read_clearing(src, &mut buf)? {
+                None => return Ok(Probe::Empty),
+                Some(0) => return Ok(Probe::Eof),
+                Some(n) => (n, 0),
+            }
         };
-        let mut off = 0;
         while off < n {
             match dst.try_write(&buf[off..n]) {
                 Ok(m) => off += m,
@@ -92,15 +99,25 @@ pub struct SplicePump<'a> {
     step: Step,
     /// The last burst was large: start the next one in the pipe.
     streaming: bool,
+    /// The first read is still to be tried at once (see
+    /// [`super::first_burst`]).
+    first: bool,
 }
 
 impl<'a> SplicePump<'a> {
-    pub fn new(slot: &'a mut Option<Pipe>, stock: Option<&'a Resources>) -> SplicePump<'a> {
+    /// `first`: try the first read at once (the client → next hop
+    /// direction).
+    pub fn new(
+        slot: &'a mut Option<Pipe>,
+        stock: Option<&'a Resources>,
+        first: bool,
+    ) -> SplicePump<'a> {
         SplicePump {
             slot,
             stock,
             step: Step::Read,
             streaming: false,
+            first,
         }
     }
 
@@ -180,8 +197,11 @@ impl Pump for SplicePump<'_> {
                     }
                 }
                 Step::Read if !self.streaming => {
-                    ready!(src.poll_read_ready(cx))?;
-                    match probe(src, dst)? {
+                    let first = std::mem::take(&mut self.first);
+                    if !first {
+                        ready!(src.poll_read_ready(cx))?;
+                    }
+                    match probe(src, dst, first)? {
                         Probe::Empty => {}
                         Probe::Eof => return finish(dst, last),
                         Probe::Moved {

@@ -21,6 +21,17 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// `send(2)` on a non-blocking socket (no SIGPIPE).
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes for the call.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Read from a tokio socket, and when the read came back short (a TCP
 /// receive queue is then empty) clear the socket's read readiness at once,
 /// as an EAGAIN would: saves the extra `recv` that only returns EAGAIN.
