@@ -73,8 +73,11 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Firewall
 }
 
 /// The nftables table name for a node.
+/// Node names are `[a-z0-9_-]` (checked on load), all valid in nft
+/// identifiers, so the name is used as it is: two nodes on one host never
+/// share a table (mapping `-` to `_` made `a-b` and `a_b` collide).
 pub fn table_name(node: &str) -> String {
-    format!("splitway_{}", node.replace('-', "_"))
+    format!("splitway_{node}")
 }
 
 fn set_of(items: impl IntoIterator<Item = String>) -> String {
@@ -237,6 +240,7 @@ mod tests {
 
     #[test]
     fn table_name_is_nft_safe() {
-        assert_eq!(table_name("eu-west_1"), "splitway_eu_west_1");
+        assert_eq!(table_name("eu-west_1"), "splitway_eu-west_1");
+        assert_ne!(table_name("a-b"), table_name("a_b"));
     }
 }
