@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --release -p splitway
-exec ./target/release/splitway lab "$@"
+exec ./target/x86_64-unknown-linux-gnu/release/splitway lab "$@"

@@ -53,7 +53,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
     /// The splitway binary.
-    #[arg(long, default_value = "target-bench/release/splitway")]
+    #[arg(
+        long,
+        default_value = "target-bench/x86_64-unknown-linux-gnu/release/splitway"
+    )]
     splitway: PathBuf,
     /// Extra `[node]` TOML lines for splitway (e.g. "buffer_bytes = 16384").
     #[arg(long, default_value = "")]
