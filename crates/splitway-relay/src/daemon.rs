@@ -107,6 +107,13 @@ pub async fn run(
         resources,
         stop_rx.clone(),
     ));
+    let transparent: Vec<_> = listeners
+        .iter()
+        .filter(|(_, k)| matches!(k, Kind::Transparent))
+        .map(|(l, _)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned())
+        .collect::<Result<_, _>>()
+        .context("copying a transparent listener's fd")?;
+    shared.set_transparent_listeners(transparent);
     shared
         .apply(cfg)
         .map_err(|e| anyhow::anyhow!(e))
@@ -136,6 +143,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!(active = shared.active(), "shutting down: closing listeners");
     let _ = stop_tx.send(true);
+    shared.forget_listeners();
     while accept_tasks.join_next().await.is_some() {}
     if tokio::time::timeout(grace, shared.drained()).await.is_err() {
         tracing::warn!(

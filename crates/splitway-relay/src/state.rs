@@ -118,6 +118,9 @@ pub struct Shared {
     syn_rules: Mutex<Option<syn_tap::Rules>>,
     syn_queue: Mutex<Option<tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>>>,
     syn_queue_started: AtomicBool,
+    /// Copies of the transparent listeners' fds, for TCP_SAVE_SYN (on
+    /// while early SYN is on); dropped when the listeners close.
+    transparent_listeners: Mutex<Vec<std::os::fd::OwnedFd>>,
     /// Signalled when the SYN queue is bound (at start, or when early SYN
     /// is first switched on at run time), for the task that serves it.
     syn_queue_ready: tokio::sync::Notify,
@@ -172,6 +175,7 @@ impl Shared {
             syn_rules: Mutex::new(None),
             syn_queue: Mutex::new(None),
             syn_queue_started: AtomicBool::new(false),
+            transparent_listeners: Mutex::new(Vec::new()),
             syn_queue_ready: tokio::sync::Notify::new(),
             snapshot: RwLock::new(Arc::new(Snapshot::new(cfg))),
             stop,
@@ -199,6 +203,12 @@ impl Shared {
         }
         // The SYN queue is bound once; its rules come and go with the switch.
         {
+            // Only SYNs that may be paired are kept by the kernel.
+            for l in lock(&self.transparent_listeners).iter() {
+                if let Err(e) = crate::sys::sockopt::set_save_syn(l, cfg.features.early_syn) {
+                    tracing::warn!(error = %e, "TCP_SAVE_SYN on a transparent listener");
+                }
+            }
             let mut rules = lock(&self.syn_rules);
             *rules = None;
             if cfg.features.early_syn && !cfg.transparent.is_empty() {
@@ -235,6 +245,17 @@ impl Shared {
     }
 
     /// Remove kernel state (routes, queue rules) at exit.
+    /// The transparent listeners (copies of their fds), whose TCP_SAVE_SYN
+    /// follows the early-SYN switch; call before [`Shared::apply`].
+    pub fn set_transparent_listeners(&self, fds: Vec<std::os::fd::OwnedFd>) {
+        *lock(&self.transparent_listeners) = fds;
+    }
+
+    /// Drop the listener copies, so closing the listeners closes them.
+    pub fn forget_listeners(&self) {
+        lock(&self.transparent_listeners).clear();
+    }
+
     pub fn teardown(&self) {
         *lock(&self.turbo) = None;
         *lock(&self.syn_rules) = None;

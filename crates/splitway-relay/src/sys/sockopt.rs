@@ -30,9 +30,7 @@ pub fn listener(addr: &SocketAddr, transparent: bool, backlog: i32) -> io::Resul
     }
     if transparent {
         set_transparent(&s, addr.is_ipv6())?;
-        // Early SYN pairs a connection with the leg its SYN started by the
-        // SYN's sequence number (`saved_syn_isn`).
-        set_save_syn(&s)?;
+        // TCP_SAVE_SYN follows the early-SYN switch (`Shared::apply`).
     }
     s.bind(&(*addr).into())?;
     s.listen(backlog)?;
@@ -72,10 +70,12 @@ pub fn set_transparent(s: &impl AsFd, v6: bool) -> io::Result<()> {
 }
 
 /// TCP_SAVE_SYN on a listener: the kernel keeps the IP and TCP headers of
-/// each accepted connection's SYN until [`saved_syn_isn`] reads them (or
-/// the socket closes).
-pub fn set_save_syn(s: &impl AsFd) -> io::Result<()> {
-    setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_SAVE_SYN, 1)
+/// each connection's SYN that arrives while it is on, until
+/// [`saved_syn_isn`] reads them (or the socket closes). Early SYN pairs a
+/// connection with the leg its SYN started by the SYN's sequence number;
+/// with early SYN off it is turned off, so no connection keeps its SYN.
+pub fn set_save_syn(s: &impl AsFd, on: bool) -> io::Result<()> {
+    setsockopt_int(s.as_fd(), libc::SOL_TCP, libc::TCP_SAVE_SYN, on.into())
 }
 
 /// A `SOL_TCP` option read into an `N`-byte buffer: the buffer and how many
@@ -278,7 +278,8 @@ mod tests {
     use super::*;
 
     /// A listener with TCP_SAVE_SYN gives each accepted connection's SYN
-    /// sequence number once, over IPv4 and IPv6.
+    /// sequence number once, over IPv4 and IPv6; switched off, connections
+    /// that arrive after keep no SYN.
     #[test]
     fn saved_syn_gives_the_isn_once() {
         for addr in ["127.0.0.1:0", "[::1]:0"] {
@@ -286,13 +287,17 @@ mod tests {
             let Ok(l) = listener(&addr, false, 8) else {
                 continue; // no IPv6 loopback here
             };
-            set_save_syn(&l).unwrap();
+            set_save_syn(&l, true).unwrap();
             l.set_nonblocking(false).unwrap();
             let at = l.local_addr().unwrap().as_socket().unwrap();
             let _c = std::net::TcpStream::connect(at).unwrap();
             let (a, _) = l.accept().unwrap();
             assert!(saved_syn_isn(&a).is_ok(), "{addr}");
             assert!(saved_syn_isn(&a).is_err(), "{addr}: read once");
+            set_save_syn(&l, false).unwrap();
+            let _c = std::net::TcpStream::connect(at).unwrap();
+            let (a, _) = l.accept().unwrap();
+            assert!(saved_syn_isn(&a).is_err(), "{addr}: off");
         }
     }
 }
