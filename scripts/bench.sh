@@ -13,7 +13,7 @@ command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_stream_module.so 
   echo "nginx stream module missing (apt-get install libnginx-mod-stream)" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-bench}"
 cargo build --release -q -p splitway -p splitway-bench
-out="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release"  # [build] target in .cargo/config.toml
+out="$CARGO_TARGET_DIR/$(rustc --print host-tuple)/release"  # [build] target in .cargo/config.toml
 exec "$out/splitway-bench" \
   --splitway "$out/splitway" \
   --json "$CARGO_TARGET_DIR/bench.json" --md "$CARGO_TARGET_DIR/bench.md" "$@"

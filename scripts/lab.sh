@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --release -p splitway
-exec ./target/x86_64-unknown-linux-gnu/release/splitway lab "$@"
+# Outputs go to target/<host tuple>/ ([build] target in .cargo/config.toml).
+exec "./target/$(rustc --print host-tuple)/release/splitway" lab "$@"

@@ -19,6 +19,15 @@ use serde::Serialize;
 
 use relays::{Kind, Running, Setup};
 
+/// `target-bench/<arch>-unknown-linux-gnu/release/splitway`: cargo's output
+/// for the host tuple (`[build] target` in `.cargo/config.toml`).
+fn default_splitway() -> PathBuf {
+    PathBuf::from(format!(
+        "target-bench/{}-unknown-linux-gnu/release/splitway",
+        std::env::consts::ARCH
+    ))
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "splitway-bench", about = "Side-by-side relay benchmark")]
 struct Args {
@@ -52,11 +61,9 @@ struct Args {
     relay_cpu: usize,
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
-    /// The splitway binary.
-    #[arg(
-        long,
-        default_value = "target-bench/x86_64-unknown-linux-gnu/release/splitway"
-    )]
+    /// The splitway binary (default: where `scripts/bench.sh` builds it,
+    /// `target-bench/<host tuple>/release/splitway`).
+    #[arg(long, default_value_os_t = default_splitway())]
     splitway: PathBuf,
     /// Extra `[node]` TOML lines for splitway (e.g. "buffer_bytes = 16384").
     #[arg(long, default_value = "")]
