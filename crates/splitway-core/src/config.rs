@@ -350,8 +350,11 @@ pub struct Admin {
 fn d_buffer_bytes() -> usize {
     64 * 1024
 }
+/// 64 KiB, the kernel's own pipe size (and HAProxy's): measured side by
+/// side against 256 KiB and 1 MiB (docs/performance.md), the smallest moved
+/// the most per CPU second.
 fn d_pipe_bytes() -> usize {
-    1024 * 1024
+    64 * 1024
 }
 fn d_max_skew_ms() -> u64 {
     30_000
