@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::{FlowState, Pump};
 use crate::resources::Resources;
-use crate::sys::{self, sockopt};
+use crate::sys;
 
 /// One direction of the copy engine. `slot` holds the buffer: always
 /// (owned) without `stock`, only during a burst with it.
@@ -115,11 +115,7 @@ impl Pump for CopyPump<'_> {
                 None => self.lend_back(),
                 Some((0, _)) => {
                     self.lend_back();
-                    return Poll::Ready(if last {
-                        Ok(())
-                    } else {
-                        sockopt::shutdown_write(dst)
-                    });
+                    return super::finish(dst, last);
                 }
                 Some((n, written)) => (self.off, self.n) = (written, n),
             }

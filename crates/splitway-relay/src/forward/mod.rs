@@ -296,6 +296,17 @@ impl Future for Relay<'_> {
     }
 }
 
+/// EOF on a direction's source: FIN on `dst`, unless the other direction
+/// is done too (`last`): the caller then closes both, and close sends the
+/// FIN.
+fn finish(dst: &TcpStream, last: bool) -> Poll<io::Result<()>> {
+    Poll::Ready(if last {
+        Ok(())
+    } else {
+        sockopt::shutdown_write(dst)
+    })
+}
+
 /// The first burst of the client → next hop direction, tried at once: the
 /// client has usually sent its request by the time the next hop is open,
 /// but tokio has not seen the socket's first readiness event yet (and, for

@@ -24,8 +24,8 @@ use tokio::net::TcpStream;
 
 use super::{FlowState, Pump};
 use crate::resources::Resources;
+use crate::sys;
 use crate::sys::pipe::Pipe;
-use crate::sys::{self, sockopt};
 
 /// Bursts up to this size are copied, not spliced (HAProxy measured splice
 /// losing below about 4 KB): one `recv` and one `send`, no pipe.
@@ -131,16 +131,6 @@ impl<'a> SplicePump<'a> {
     }
 }
 
-/// EOF on `src`: FIN on `dst`, unless the other direction is done too
-/// (`last`): the caller then closes both, and close sends the FIN.
-fn finish(dst: &TcpStream, last: bool) -> Poll<io::Result<()>> {
-    Poll::Ready(if last {
-        Ok(())
-    } else {
-        sockopt::shutdown_write(dst)
-    })
-}
-
 impl Pump for SplicePump<'_> {
     /// Move bytes `src` → `dst` until EOF or an error.
     fn poll_pump(
@@ -203,7 +193,7 @@ impl Pump for SplicePump<'_> {
                     }
                     match probe(src, dst, first)? {
                         Probe::Empty => {}
-                        Probe::Eof => return finish(dst, last),
+                        Probe::Eof => return super::finish(dst, last),
                         Probe::Moved {
                             n,
                             rest: Some(rest),
@@ -234,7 +224,7 @@ impl Pump for SplicePump<'_> {
                     }) {
                         Ok(0) => {
                             self.lend_back();
-                            return finish(dst, last);
+                            return super::finish(dst, last);
                         }
                         Ok(n) => self.step = Step::Drain { left: n, n },
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.lend_back(),
