@@ -170,6 +170,10 @@ fn settings(args: &LabArgs) -> Result<Settings> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating the splitway binary")?,
     };
+    // Absolute: nginx, started in its own prefix directory, writes its
+    // error log under `out` and would resolve a relative path against it.
+    let out =
+        std::path::absolute(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     Ok(Settings {
         configs,
         sizes,
@@ -177,8 +181,8 @@ fn settings(args: &LabArgs) -> Result<Settings> {
         json: args
             .json
             .clone()
-            .unwrap_or_else(|| args.out.join("results.json")),
-        out: args.out.clone(),
+            .unwrap_or_else(|| out.join("results.json")),
+        out,
         topo,
         probes: if args.quick { 5 } else { 10 },
         bulk,

@@ -33,7 +33,10 @@ fn quick_lab_produces_sane_results() {
         eprintln!("skipped: needs root");
         return;
     }
-    let out = std::env::temp_dir().join(format!("swlab-test-{}", std::process::id()));
+    // A relative --out, as `scripts/lab.sh` passes by default (`lab-results`):
+    // nginx runs in its own prefix and once resolved a relative log path
+    // against it. Relative to the package root: the workspace's ignored target/.
+    let out = PathBuf::from(format!("../../target/swlab-test-{}", std::process::id()));
     let mut configs = "e2e,nosplit".to_string();
     let bin = splitway_bin();
     if bin.is_some() {
