@@ -1,0 +1,97 @@
+//! The module API: one stage's encoder (at the relay that sends a direction
+//! onto a leg) and its inverse decoder (at the relay that receives it).
+//!
+//! A stage works on a direction's byte chunks as they arrive. With each
+//! burst it sees a [`LegSnapshot`] (inspection) and may
+//! - **transform**: write other bytes for the burst (compress, dedup);
+//! - **hold**: keep bytes inside until a later burst or the flush at the end
+//!   of the burst (dedup holds the unfinished chunk, zstd its block);
+//! - **drop**: consume input and write nothing. No built-in drops bytes of
+//!   the stream (every one is lossless); what the relay may drop or
+//!   re-encode is input not yet given to a stage (see `docs/architecture.md`,
+//!   "Revocation").
+//!
+//! Stages talk to their far counterpart with [`Control`] messages (MODULE
+//! frames): dedup's decoder asks for chunks it does not have and
+//! acknowledges references, its encoder answers.
+
+use crate::error::ModuleError;
+use crate::state::LegSnapshot;
+
+/// A message from one stage to its counterpart at the far relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// The stage's index in the chain (0 = first encoder, last decoder).
+    pub stage: u8,
+    pub msg: Vec<u8>,
+}
+
+/// What a chain call produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Stream bytes: encoded (for DATA frames) or decoded (for the socket).
+    pub data: Vec<u8>,
+    /// Messages for the far relay's stages (MODULE frames). From an encoder
+    /// chain they travel with the direction; from a decoder chain, against it.
+    pub control: Vec<Control>,
+}
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.control.clear();
+    }
+}
+
+/// One stage at the sending relay.
+pub trait Encoder: Send {
+    /// The module's name, as in the config.
+    fn name(&self) -> &'static str;
+    /// Encodes a burst of the direction's bytes. `flush`: the source has
+    /// nothing more for now, so nothing may stay held (latency must not
+    /// grow). Stream bytes go to `out`, control messages to `ctl`.
+    fn encode(
+        &mut self,
+        input: &[u8],
+        flush: bool,
+        state: &LegSnapshot,
+        out: &mut Vec<u8>,
+        ctl: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ModuleError>;
+    /// A control message from this stage's far decoder.
+    fn control(&mut self, msg: &[u8], ctl: &mut Vec<Vec<u8>>) -> Result<(), ModuleError>;
+}
+
+/// One stage at the receiving relay: the inverse of an [`Encoder`].
+pub trait Decoder: Send {
+    fn name(&self) -> &'static str;
+    /// Decodes bytes as they arrive (any split). Decoded bytes go to `out`,
+    /// control messages for the far encoder to `ctl`.
+    fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        ctl: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ModuleError>;
+    /// A control message from this stage's far encoder; may release bytes
+    /// the decoder was holding.
+    fn control(
+        &mut self,
+        msg: &[u8],
+        out: &mut Vec<u8>,
+        ctl: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ModuleError>;
+    /// Bytes received but not yet decodable (waiting for a control message).
+    fn waiting(&self) -> bool {
+        false
+    }
+    /// Input kept back by the output budget of the last call, decodable now:
+    /// call [`Decoder::decode`] again with no new input after the output
+    /// was written.
+    fn has_pending(&self) -> bool {
+        false
+    }
+    /// The direction ended cleanly: an error if it ended inside a record or
+    /// while bytes were still waiting.
+    fn finish(&mut self) -> Result<(), ModuleError>;
+}
