@@ -1,23 +1,30 @@
 #!/bin/sh
-# Bounded fuzz run of the relay-leg header decoder (wire::parse,
-# wire::header_len, KeyRing::open): fuzz/fuzz_targets/header.rs, seeds in
-# fuzz/corpus/header/seed-*.
+# Bounded fuzz runs of the decoders that read bytes from peers, one after
+# the other, each for FUZZ_SECS seconds:
+#   header  relay-leg header (wire::parse, wire::header_len, KeyRing::open)
+#   frame   v2 frames (frame::decode, frame::Decoder)
+# Targets are fuzz/fuzz_targets/NAME.rs, seeds in fuzz/corpus/NAME/seed-*.
 #
-#   scripts/fuzz.sh          # 60 s (CI)
-#   FUZZ_SECS=600 scripts/fuzz.sh
+#   scripts/fuzz.sh                 # every target, 30 s each (CI: ≤ 3 min in all)
+#   FUZZ_SECS=600 scripts/fuzz.sh frame
 #
 # cargo-fuzz (0.13) with `-s none` (no sanitizer) builds and runs on the
 # stable toolchain: no nightly, no RUSTC_BOOTSTRAP. Installs cargo-fuzz from
 # crates.io if missing. The build goes to fuzz/target (about 7 minutes the
-# first time on 2 busy cores). New inputs the run finds go to a scratch copy of the corpus, so
-# the checked-in seeds stay small; a crash leaves its input in
-# fuzz/artifacts/header/ and makes this script fail.
+# first time on 2 busy cores). New inputs a run finds go to a scratch copy of
+# the corpus, so the checked-in seeds stay small; a crash leaves its input in
+# fuzz/artifacts/NAME/ and makes this script fail.
 set -eu
 cd "$(dirname "$0")/../fuzz"
-secs="${FUZZ_SECS:-60}"
+secs="${FUZZ_SECS:-30}"
+targets="${*:-header frame}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
-cp corpus/header/seed-* "$scratch/"
-cargo fuzz run -s none header "$scratch" corpus/header -- \
-    -max_total_time="$secs" -max_len=256 -timeout=10 -print_final_stats=1
+for t in $targets; do
+    scratch="$(mktemp -d)"
+    cp corpus/"$t"/seed-* "$scratch/"
+    echo "fuzz: $t for ${secs}s"
+    cargo fuzz run -s none "$t" "$scratch" corpus/"$t" -- \
+        -max_total_time="$secs" -max_len=4096 -timeout=10 -print_final_stats=1 ||
+        { rm -rf "$scratch"; exit 1; }
+    rm -rf "$scratch"
+done

@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
         key_id: 1,
         timestamp_ms: NOW - u64::from(data[2]) * 100,
         nonce,
+        leg: Default::default(),
     };
     let orig = r.seal(&h);
     let mut sealed = orig.clone();

@@ -211,6 +211,7 @@ mod tests {
             key_id: 0,
             timestamp_ms: ts,
             nonce: [nonce; 16],
+            leg: Default::default(),
         }
     }
 

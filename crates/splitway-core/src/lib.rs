@@ -1,6 +1,7 @@
 //! splitway's sans-IO core: pure logic with no sockets and no clocks of its own.
 //!
 //! - [`wire`]: the relay-leg header, its encoding and decoding.
+//! - [`frame`]: the frames of the relay-leg protocol v2 (framed legs and lanes).
 //! - [`auth`]: the header's MAC, the key ring and the replay guard.
 //! - [`route`]: the route table (destination → next hop) and the egress allow list.
 //! - [`ports`]: port ranges as written in config.
@@ -14,6 +15,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod frame;
 pub mod pairing;
 pub mod pool;
 pub mod ports;

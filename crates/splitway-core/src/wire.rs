@@ -5,10 +5,10 @@
 //! ```text
 //! off  len  field
 //!   0    4  magic "SPLW"
-//!   4    1  version (1)
+//!   4    1  version (1: raw leg; 2: framed leg, see [`crate::frame`])
 //!   5    1  address family (4 or 6)
 //!   6    1  hop limit: relay hops this leg may still take
-//!   7    1  flags (none defined in v1; must be 0)
+//!   7    1  flags (v1: must be 0; v2: bit 0 = lane, others 0)
 //!   8    2  destination port
 //!  10    1  key id (which pre-shared key signed this header)
 //!  11    1  reserved (0)
@@ -24,7 +24,36 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const MAGIC: [u8; 4] = *b"SPLW";
+/// Version of a raw leg (the stream's bytes follow the header).
 pub const VERSION: u8 = 1;
+/// Version of a framed leg (frames follow the header).
+pub const VERSION_FRAMED: u8 = 2;
+/// v2 flag: the leg is a multiplexed lane (streams opened by OPEN frames;
+/// the header's destination is not used).
+pub const FLAG_LANE: u8 = 0x01;
+
+/// What follows the header on a leg: the version and flags fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LegKind {
+    /// v1: the raw bytes of one flow.
+    #[default]
+    Raw,
+    /// v2, no flags: frames of one flow, stream [`crate::frame::LEG_STREAM`],
+    /// to the header's destination.
+    Framed,
+    /// v2, lane flag: frames of many streams, each opened by an OPEN frame.
+    Lane,
+}
+
+impl LegKind {
+    fn version_and_flags(self) -> (u8, u8) {
+        match self {
+            LegKind::Raw => (VERSION, 0),
+            LegKind::Framed => (VERSION_FRAMED, 0),
+            LegKind::Lane => (VERSION_FRAMED, FLAG_LANE),
+        }
+    }
+}
 /// Bytes before the address.
 pub const FIXED_LEN: usize = 36;
 pub const MAC_LEN: usize = 16;
@@ -76,6 +105,8 @@ pub struct Header {
     pub key_id: u8,
     pub timestamp_ms: u64,
     pub nonce: [u8; NONCE_LEN],
+    /// Version and flags: what follows the header.
+    pub leg: LegKind,
 }
 
 /// A parsed header and the pieces the MAC check needs.
@@ -97,14 +128,15 @@ impl Header {
 
     /// Append the signed part (everything but the MAC) to `out`.
     pub fn encode_signed(&self, out: &mut Vec<u8>) {
+        let (version, flags) = self.leg.version_and_flags();
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(version);
         out.push(match self.dst {
             SocketAddr::V4(_) => 4,
             SocketAddr::V6(_) => 6,
         });
         out.push(self.hop_limit);
-        out.push(0); // flags
+        out.push(flags);
         out.extend_from_slice(&self.dst.port().to_be_bytes());
         out.push(self.key_id);
         out.push(0); // reserved
@@ -140,7 +172,7 @@ pub fn header_len(prefix: &[u8]) -> Result<usize, WireError> {
     if prefix[0..4] != MAGIC {
         return Err(WireError::BadMagic);
     }
-    if prefix[4] != VERSION {
+    if prefix[4] != VERSION && prefix[4] != VERSION_FRAMED {
         return Err(WireError::Version(prefix[4]));
     }
     let alen = match prefix[5] {
@@ -159,9 +191,12 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, WireError> {
         return Err(WireError::Incomplete { needed: len });
     }
     let flags = buf[7];
-    if flags != 0 {
-        return Err(WireError::Flags(flags));
-    }
+    let leg = match (buf[4], flags) {
+        (VERSION, 0) => LegKind::Raw,
+        (VERSION_FRAMED, 0) => LegKind::Framed,
+        (VERSION_FRAMED, FLAG_LANE) => LegKind::Lane,
+        _ => return Err(WireError::Flags(flags)),
+    };
     if buf[11] != 0 {
         return Err(WireError::Reserved(buf[11]));
     }
@@ -193,6 +228,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, WireError> {
             key_id: buf[10],
             timestamp_ms: u64::from_be_bytes(ts),
             nonce,
+            leg,
         },
         signed: &buf[..mac_at],
         mac: &buf[mac_at..len],
@@ -212,6 +248,7 @@ mod tests {
             key_id: 7,
             timestamp_ms: 1_700_000_000_123,
             nonce: [9; 16],
+            leg: LegKind::Raw,
         }
     }
 
@@ -248,8 +285,8 @@ mod tests {
         b[0] = b'X';
         assert_eq!(parse(&b), Err(WireError::BadMagic));
         let mut b = good.clone();
-        b[4] = 2;
-        assert_eq!(parse(&b), Err(WireError::Version(2)));
+        b[4] = 3;
+        assert_eq!(parse(&b), Err(WireError::Version(3)));
         let mut b = good.clone();
         b[5] = 5;
         assert_eq!(parse(&b), Err(WireError::Family(5)));
@@ -263,6 +300,28 @@ mod tests {
         b[8] = 0;
         b[9] = 0;
         assert_eq!(parse(&b), Err(WireError::PortZero));
+    }
+
+    #[test]
+    fn v2_version_and_lane_flag_select_the_leg_kind() {
+        let mut h = sample("10.0.0.1:80");
+        for (leg, version, flags) in [
+            (LegKind::Raw, 1, 0),
+            (LegKind::Framed, 2, 0),
+            (LegKind::Lane, 2, 1),
+        ] {
+            h.leg = leg;
+            let b = encode(&h);
+            assert_eq!((b[4], b[7]), (version, flags));
+            assert_eq!(parse(&b).unwrap().header.leg, leg);
+        }
+        // The lane flag means nothing in v1, and unknown v2 flags are refused.
+        let mut b = encode(&sample("10.0.0.1:80"));
+        b[7] = FLAG_LANE;
+        assert_eq!(parse(&b), Err(WireError::Flags(1)));
+        b[4] = 2;
+        b[7] = 0x02;
+        assert_eq!(parse(&b), Err(WireError::Flags(2)));
     }
 
     #[test]
@@ -292,14 +351,20 @@ mod tests {
             any::<u8>(),
             any::<u64>(),
             any::<[u8; 16]>(),
+            prop_oneof![
+                Just(LegKind::Raw),
+                Just(LegKind::Framed),
+                Just(LegKind::Lane)
+            ],
         )
             .prop_map(
-                |(ip, port, hop_limit, key_id, timestamp_ms, nonce)| Header {
+                |(ip, port, hop_limit, key_id, timestamp_ms, nonce, leg)| Header {
                     dst: SocketAddr::new(ip, port),
                     hop_limit,
                     key_id,
                     timestamp_ms,
                     nonce,
+                    leg,
                 },
             )
     }

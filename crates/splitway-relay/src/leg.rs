@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use splitway_core::auth::{AuthError, KeyRing, ReplayGuard};
-use splitway_core::wire::{self, Header, MAX_LEN, PREFIX_LEN};
+use splitway_core::wire::{self, Header, LegKind, MAX_LEN, PREFIX_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -30,6 +30,7 @@ pub fn new_header(dst: SocketAddr, hop_limit: u8) -> Header {
         key_id: 0,
         timestamp_ms: now_ms(),
         nonce: rand::random(),
+        leg: Default::default(),
     }
 }
 
@@ -58,6 +59,9 @@ pub enum HeaderError {
     Truncated,
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A v2 (framed) header where this listener takes only raw legs.
+    #[error("framed leg ({0:?}) not accepted here")]
+    Framed(LegKind),
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -70,6 +74,7 @@ impl HeaderError {
             HeaderError::SlowHeader => Some("header_timeout"),
             HeaderError::Truncated => Some("truncated"),
             HeaderError::Auth(a) => Some(a.reason()),
+            HeaderError::Framed(_) => Some("framed_unsupported"),
             HeaderError::Io(_) => Some("io_error"),
         }
     }
@@ -101,6 +106,9 @@ pub async fn read_header(
     read_exact_by(leg, &mut buf[PREFIX_LEN..len], deadline).await?;
     let mut g = guard.lock().unwrap_or_else(|p| p.into_inner());
     let (header, _) = keys.open(&buf[..len], now_ms(), &mut g)?;
+    if header.leg != LegKind::Raw {
+        return Err(HeaderError::Framed(header.leg));
+    }
     Ok(header)
 }
 

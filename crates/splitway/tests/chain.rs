@@ -89,6 +89,7 @@ fn transit_refuses_a_header_with_no_hops_left() {
                 .unwrap()
                 .as_millis() as u64,
             nonce: rand::random(),
+            leg: Default::default(),
         })
     };
     let send = |bytes: Vec<u8>| {

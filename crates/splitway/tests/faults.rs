@@ -1328,6 +1328,7 @@ fn header(dst: &str, hop_limit: u8) -> Header {
             .unwrap()
             .as_millis() as u64,
         nonce: rand::random(),
+        leg: Default::default(),
     }
 }
 

@@ -219,6 +219,7 @@ fn header_to(dst: &str) -> Header {
             .unwrap()
             .as_millis() as u64,
         nonce: rand::random(),
+        leg: Default::default(),
     }
 }
 
