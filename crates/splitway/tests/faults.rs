@@ -1369,7 +1369,7 @@ fn hostile_fields_and_exhausted_hop_limit_are_refused_and_counted() {
     let valid = || r.seal(&header("10.10.3.2:7100", 3));
     // Every field out of range, each correctly signed.
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("bad_version", tampered(valid(), 4, 2)),
+        ("bad_version", tampered(valid(), 4, 3)),
         ("bad_family", tampered(valid(), 5, 5)),
         ("bad_flags", tampered(valid(), 7, 0x80)),
         ("bad_port", tampered(tampered(valid(), 8, 0), 9, 0)),
