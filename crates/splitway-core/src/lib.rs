@@ -2,6 +2,7 @@
 //!
 //! - [`wire`]: the relay-leg header, its encoding and decoding.
 //! - [`frame`]: the frames of the relay-leg protocol v2 (framed legs and lanes).
+//! - [`mux`]: streams multiplexed on a lane: stream states, flow control, scheduler.
 //! - [`auth`]: the header's MAC, the key ring and the replay guard.
 //! - [`route`]: the route table (destination → next hop) and the egress allow list.
 //! - [`ports`]: port ranges as written in config.
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod frame;
+pub mod mux;
 pub mod pairing;
 pub mod pool;
 pub mod ports;
