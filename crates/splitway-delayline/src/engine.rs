@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::nfq::{self, NfqSocket, PacketMeta};
-use crate::schedule::{Decision, Schedule};
+use crate::schedule::{Decision, Impairments, Schedule};
 
 /// Upper bounds (exclusive, ns) of the lateness histogram buckets; the last
 /// bucket takes everything above.
@@ -31,6 +31,7 @@ pub(crate) struct DirCounters {
     pub bytes: AtomicU64,
     pub released: AtomicU64,
     pub drops: AtomicU64,
+    pub lost: AtomicU64,
     pub enobufs: AtomicU64,
     pub netlink_errors: AtomicU64,
     pub unstamped: AtomicU64,
@@ -49,6 +50,7 @@ impl DirCounters {
             &self.bytes,
             &self.released,
             &self.drops,
+            &self.lost,
             &self.enobufs,
             &self.netlink_errors,
             &self.unstamped,
@@ -84,6 +86,11 @@ pub(crate) struct Shared {
     /// The namespace's `/proc/net/netfilter/nfnetlink_queue`.
     pub proc_queue: std::sync::OnceLock<std::fs::File>,
     pub dirs: [DirCounters; 2],
+    /// Impairments to apply, per direction (set by `DelayLine::set_impairments`),
+    /// and a generation bumped after each change, so the loop picks them up.
+    pub loss_ppb: [std::sync::atomic::AtomicU32; 2],
+    pub jitter_ns: [AtomicU64; 2],
+    pub impair_gen: AtomicU64,
 }
 
 /// One direction: its queue socket, its schedule, and the packets held.
@@ -168,7 +175,18 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
     // ppoll return at once forever, and a real-time thread spinning on it
     // would starve a CPU. Give up instead (the link then fails closed).
     let mut hard_errors = 0u32;
+    let mut impair_gen = shared.impair_gen.load(Relaxed);
     while !shared.stop.load(Relaxed) {
+        let g = shared.impair_gen.load(std::sync::atomic::Ordering::Acquire);
+        if g != impair_gen {
+            impair_gen = g;
+            for (k, d) in dirs.iter_mut().enumerate() {
+                d.sched.set_impairments(Impairments {
+                    loss_ppb: shared.loss_ppb[k].load(Relaxed),
+                    jitter_ns: shared.jitter_ns[k].load(Relaxed),
+                });
+            }
+        }
         // Release everything that is due: one batch verdict per direction.
         let now = now_ns();
         for (k, d) in dirs.iter_mut().enumerate() {
@@ -233,7 +251,18 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
             continue; // timeout (a release is due) or EINTR
         }
         if pfds[2].revents != 0 {
-            continue; // stop signal; checked at the top
+            // Stop or new impairments (both checked at the top): drain the
+            // eventfd so it does not stay readable.
+            let mut v: u64 = 0;
+            // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
+            unsafe {
+                libc::read(
+                    wake.as_raw_fd(),
+                    &mut v as *mut u64 as *mut libc::c_void,
+                    8,
+                )
+            };
+            continue;
         }
         for (k, d) in dirs.iter_mut().enumerate() {
             if pfds[k].revents == 0 {
@@ -270,8 +299,12 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
                     .arrive(arrival_ns(now, now_real, p.rx_realtime_ns), p.len)
                 {
                     Decision::Release { at_ns } => d.held.push_back((at_ns, p.id)),
-                    Decision::Drop => {
-                        c.drops.fetch_add(1, Relaxed);
+                    dec @ (Decision::Drop | Decision::Lose) => {
+                        if dec == Decision::Drop {
+                            c.drops.fetch_add(1, Relaxed);
+                        } else {
+                            c.lost.fetch_add(1, Relaxed);
+                        }
                         // Dropped at once: the packet leaves the kernel
                         // queue before any later batch verdict covers its id.
                         nfq::push_verdict(

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use engine::{Direction, Shared, LATE_BUCKETS_NS};
 use nfq::NfqSocket;
+pub use schedule::Impairments;
 use schedule::Schedule;
 
 /// Errors from starting a delay line.
@@ -71,8 +72,9 @@ pub enum DelayLineError {
     Thread(String),
 }
 
-/// One link: round-trip time, rate and queue, the same in both directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One link: round-trip time, rate, queue, random loss and jitter, the same
+/// in both directions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkSpec {
     /// Round-trip propagation delay added by the link (half each way; an
     /// odd nanosecond goes to the b→a direction). Serialization and queueing
@@ -83,6 +85,12 @@ pub struct LinkSpec {
     pub rate_bps: u64,
     /// Drop-tail limit per direction: bytes accepted but not yet serialized.
     pub queue_limit_bytes: usize,
+    /// Random loss of each direction, parts per billion (see
+    /// [`schedule::Impairments`]; [`LinkSpec::loss_pct`] to set it in per cent).
+    pub loss_ppb: u32,
+    /// Jitter of each direction: every packet's one-way delay gains a
+    /// uniform random extra in `[0, jitter]`, order kept.
+    pub jitter: Duration,
 }
 
 impl LinkSpec {
@@ -94,6 +102,20 @@ impl LinkSpec {
             rtt,
             rate_bps,
             queue_limit_bytes: usize::try_from(bdp).unwrap_or(usize::MAX).max(64 * 1024),
+            ..LinkSpec::default()
+        }
+    }
+
+    /// Set random loss in per cent (0–100) of each direction.
+    pub fn loss_pct(mut self, pct: f64) -> LinkSpec {
+        self.loss_ppb = Impairments::from_pct(pct, 0).loss_ppb;
+        self
+    }
+
+    fn impairments(&self) -> Impairments {
+        Impairments {
+            loss_ppb: self.loss_ppb,
+            jitter_ns: u64::try_from(self.jitter.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 
@@ -144,6 +166,8 @@ pub struct DirectionStats {
     pub released: u64,
     /// Packets tail-dropped because the queue was full.
     pub drops: u64,
+    /// Packets lost at random (the link's loss rate).
+    pub lost: u64,
     /// Times the netlink receive buffer overflowed (packet messages lost;
     /// those packets are released with the next batch, unscheduled).
     pub enobufs: u64,
@@ -255,6 +279,14 @@ impl DelayLine {
         opts: Options,
     ) -> Result<DelayLine, DelayLineError> {
         let (d_ab, d_ba) = spec.one_way_ns()?;
+        if spec.loss_ppb > schedule::PPB {
+            return Err(DelayLineError::InvalidSpec(format!(
+                "loss {} ppb above 100 %",
+                spec.loss_ppb
+            )));
+        }
+        let impair = spec.impairments();
+        let seed = engine::now_ns() ^ u64::from(queue_base) << 32;
         let q_b = queue_base
             .checked_add(1)
             .ok_or(DelayLineError::QueueRange(queue_base))?;
@@ -274,6 +306,10 @@ impl DelayLine {
         });
 
         let shared = Arc::new(Shared::default());
+        for k in 0..2 {
+            shared.loss_ppb[k].store(impair.loss_ppb, Relaxed);
+            shared.jitter_ns[k].store(impair.jitter_ns, Relaxed);
+        }
         let wake = eventfd()?;
         let wake_thread = wake
             .try_clone()
@@ -300,12 +336,14 @@ impl DelayLine {
                     Ok([
                         Direction {
                             sock: a,
-                            sched: Schedule::new(spec.rate_bps, d_ab, limit),
+                            sched: Schedule::new(spec.rate_bps, d_ab, limit)
+                                .with_impairments(impair, seed),
                             held: Default::default(),
                         },
                         Direction {
                             sock: b,
-                            sched: Schedule::new(spec.rate_bps, d_ba, limit),
+                            sched: Schedule::new(spec.rate_bps, d_ba, limit)
+                                .with_impairments(impair, seed.rotate_left(17) ^ 1),
                             held: Default::default(),
                         },
                     ])
@@ -357,6 +395,28 @@ impl DelayLine {
         (self.queue_base, self.queue_base + 1)
     }
 
+    /// Change random loss and jitter while the link runs, per direction
+    /// (`a_to_b`, `b_to_a`); packets arriving from the next loop turn on
+    /// (within microseconds) are subject to them.
+    pub fn set_impairments(
+        &self,
+        a_to_b: Impairments,
+        b_to_a: Impairments,
+    ) -> Result<(), DelayLineError> {
+        if a_to_b.loss_ppb > schedule::PPB || b_to_a.loss_ppb > schedule::PPB {
+            return Err(DelayLineError::InvalidSpec("loss above 100 %".into()));
+        }
+        for (k, i) in [a_to_b, b_to_a].into_iter().enumerate() {
+            self.shared.loss_ppb[k].store(i.loss_ppb, Relaxed);
+            self.shared.jitter_ns[k].store(i.jitter_ns, Relaxed);
+        }
+        self.shared
+            .impair_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.wake_thread();
+        Ok(())
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> DelayLineStats {
         let proc_text = self.shared.proc_queue.get().and_then(nfq::read_proc_queue);
@@ -381,6 +441,7 @@ impl DelayLine {
                 bytes: c.bytes.load(Relaxed),
                 released,
                 drops: c.drops.load(Relaxed),
+                lost: c.lost.load(Relaxed),
                 enobufs: c.enobufs.load(Relaxed),
                 netlink_errors: c.netlink_errors.load(Relaxed),
                 unstamped: c.unstamped.load(Relaxed),
@@ -445,6 +506,13 @@ impl DelayLine {
 
     fn stop_thread(&mut self) {
         self.shared.stop.store(true, Relaxed);
+        self.wake_thread();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn wake_thread(&self) {
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a live u64 to our eventfd.
         unsafe {
@@ -454,9 +522,6 @@ impl DelayLine {
                 8,
             )
         };
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -12,6 +12,15 @@
 //! whole nanosecond. Release times never decrease, so releasing in arrival
 //! order is also releasing in time order.
 //!
+//! Impairments ([`Impairments`]): each packet is lost at random with a given
+//! probability (Bernoulli, decided on arrival, before the queue: a lost
+//! packet takes no link time and is never released), and each accepted
+//! packet's propagation delay gains a random extra in `[0, jitter]`
+//! (uniform). Order is kept, as on a real link: a packet is never released
+//! before the one ahead of it, so jitter bunches packets rather than
+//! reordering them (`release = max(finish + delay + extra, previous release)`).
+//! Randomness comes from a seeded xorshift generator, so a seed replays.
+//!
 //! The caller supplies the clock; nothing here reads it.
 
 use std::collections::VecDeque;
@@ -25,6 +34,56 @@ pub enum Decision {
     Release { at_ns: u64 },
     /// The queue is full: drop it (tail drop).
     Drop,
+    /// Lost at random (the link's loss rate).
+    Lose,
+}
+
+/// One part in a billion: the unit of loss probabilities.
+pub const PPB: u32 = 1_000_000_000;
+
+/// Random loss and jitter of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Impairments {
+    /// Probability that a packet is lost, in parts per billion (0..=10^9).
+    pub loss_ppb: u32,
+    /// Largest extra one-way delay; each packet draws uniformly from
+    /// `[0, jitter_ns]`.
+    pub jitter_ns: u64,
+}
+
+impl Impairments {
+    /// From a loss percentage (0..=100) and a jitter.
+    pub fn from_pct(loss_pct: f64, jitter_ns: u64) -> Impairments {
+        let p = (loss_pct.clamp(0.0, 100.0) / 100.0 * f64::from(PPB)).round();
+        Impairments {
+            loss_ppb: p as u32,
+            jitter_ns,
+        }
+    }
+}
+
+/// xorshift64*: small, fast, seeded; good enough for loss and jitter draws.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `[0, n)` for `n > 0` (multiply-shift; bias below 2^-32).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
 }
 
 /// One direction of a link: rate, drop-tail queue, delay.
@@ -40,6 +99,10 @@ pub struct Schedule {
     /// arrival: (finish in whole ns, rounded up; bytes).
     backlog: VecDeque<(u64, u32)>,
     backlog_bytes: u64,
+    impair: Impairments,
+    rng: Rng,
+    /// Release time of the last accepted packet (jitter never reorders).
+    last_release_ns: u64,
 }
 
 impl Schedule {
@@ -55,7 +118,46 @@ impl Schedule {
             last_finish_scaled: 0,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
+            impair: Impairments::default(),
+            rng: Rng::new(0),
+            last_release_ns: 0,
         }
+    }
+
+    /// Set random loss and jitter (from now on), with the generator's seed.
+    pub fn with_impairments(mut self, impair: Impairments, seed: u64) -> Schedule {
+        self.impair = impair;
+        self.rng = Rng::new(seed);
+        self
+    }
+
+    /// Change loss and jitter for later packets (the generator goes on).
+    pub fn set_impairments(&mut self, impair: Impairments) {
+        self.impair = impair;
+    }
+
+    pub fn impairments(&self) -> Impairments {
+        self.impair
+    }
+
+    /// Lost at random? Draws only when a loss rate is set.
+    fn lost(&mut self) -> bool {
+        let p = self.impair.loss_ppb;
+        p > 0 && (p >= PPB || self.rng.below(u64::from(PPB)) < u64::from(p))
+    }
+
+    /// The release time of a packet whose delay ends at `at`: plus jitter,
+    /// never before the previous release.
+    fn release(&mut self, at: u64) -> Decision {
+        let j = self.impair.jitter_ns;
+        let at = if j > 0 {
+            at.saturating_add(self.rng.below(j + 1))
+        } else {
+            at
+        };
+        let at = at.max(self.last_release_ns);
+        self.last_release_ns = at;
+        Decision::Release { at_ns: at }
     }
 
     pub fn rate_bps(&self) -> u64 {
@@ -75,10 +177,11 @@ impl Schedule {
     /// decrease between calls (a smaller one is treated as equal to the
     /// latest seen).
     pub fn arrive(&mut self, now_ns: u64, bytes: u32) -> Decision {
+        if self.lost() {
+            return Decision::Lose;
+        }
         if self.rate_bps == 0 {
-            return Decision::Release {
-                at_ns: now_ns.saturating_add(self.delay_ns),
-            };
+            return self.release(now_ns.saturating_add(self.delay_ns));
         }
         while let Some(&(finish, b)) = self.backlog.front() {
             if finish > now_ns {
@@ -99,9 +202,7 @@ impl Schedule {
         let finish_ns = u64::try_from(finish_scaled.div_ceil(rate)).unwrap_or(u64::MAX);
         self.backlog.push_back((finish_ns, bytes));
         self.backlog_bytes += u64::from(bytes);
-        Decision::Release {
-            at_ns: finish_ns.saturating_add(self.delay_ns),
-        }
+        self.release(finish_ns.saturating_add(self.delay_ns))
     }
 }
 
@@ -190,6 +291,69 @@ mod tests {
         }
     }
 
+    #[test]
+    fn loss_rate_matches_over_many_packets() {
+        // 1 % of 1,000,000 packets: 10,000 expected, σ ≈ 99.5; allow 4σ.
+        let mut s = Schedule::new(0, 0, 0).with_impairments(Impairments::from_pct(1.0, 0), 7);
+        let lost = (0..1_000_000u64)
+            .filter(|&t| s.arrive(t, 100) == Decision::Lose)
+            .count();
+        assert!((lost as i64 - 10_000).abs() < 400, "lost {lost}");
+        // 0 % loses nothing, 100 % everything
+        let mut s = Schedule::new(0, 0, 0).with_impairments(Impairments::from_pct(0.0, 0), 7);
+        assert!((0..10_000).all(|t| s.arrive(t, 100) != Decision::Lose));
+        let mut s = Schedule::new(0, 0, 0).with_impairments(Impairments::from_pct(100.0, 0), 7);
+        assert!((0..10_000).all(|t| s.arrive(t, 100) == Decision::Lose));
+    }
+
+    #[test]
+    fn lost_packets_take_no_link_time() {
+        let mut s = Schedule::new(8_000, 0, 1_000_000)
+            .with_impairments(Impairments::from_pct(100.0, 0), 1);
+        assert_eq!(s.arrive(0, 1000), Decision::Lose);
+        s.set_impairments(Impairments::default());
+        // 1000 B at 8 kbit/s = 1 s: the lost packet did not occupy the serializer
+        assert_eq!(
+            s.arrive(0, 1000),
+            Decision::Release {
+                at_ns: 1_000_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_delay_but_keeps_order() {
+        let jitter = 5_000_000; // 5 ms
+        let mut s = Schedule::new(0, 20_000_000, 0)
+            .with_impairments(Impairments::from_pct(0.0, jitter), 3);
+        let mut prev = 0;
+        let mut extras = Vec::new();
+        for i in 0..10_000u64 {
+            // one packet every 10 ms: far apart, so order-keeping rarely binds
+            let t = i * 10_000_000;
+            let Decision::Release { at_ns } = s.arrive(t, 100) else {
+                panic!("no loss configured");
+            };
+            assert!(at_ns >= prev, "order kept");
+            assert!(at_ns >= t + 20_000_000 && at_ns <= t + 20_000_000 + jitter);
+            extras.push(at_ns - t - 20_000_000);
+            prev = at_ns;
+        }
+        let mean = extras.iter().sum::<u64>() as f64 / extras.len() as f64;
+        assert!((mean - 2_500_000.0).abs() < 100_000.0, "mean extra {mean}");
+        assert!(*extras.iter().max().unwrap() > 4_900_000);
+        assert!(*extras.iter().min().unwrap() < 100_000);
+        // back to back, order-keeping binds: releases still never decrease
+        let mut prev = 0;
+        for _ in 0..1000 {
+            let Decision::Release { at_ns } = s.arrive(200_000_000_000, 100) else {
+                panic!()
+            };
+            assert!(at_ns >= prev);
+            prev = at_ns;
+        }
+    }
+
     fn arrivals() -> impl Strategy<Value = Vec<(u64, u32)>> {
         proptest::collection::vec((0u64..2_000_000, 1u32..65_536), 1..300).prop_map(|v| {
             let mut t = 0u64;
@@ -225,6 +389,7 @@ mod tests {
                         accepted.push((t, at_ns, b));
                     }
                     Decision::Drop => prop_assert!(limit > 0 || !accepted.is_empty()),
+                    Decision::Lose => prop_assert!(false, "no loss configured"),
                 }
                 prop_assert!(s.backlog_bytes() <= limit.max(65_536));
             }
@@ -242,6 +407,27 @@ mod tests {
                     let span = u128::from(accepted[j].1 - accepted[i].1) + 1;
                     prop_assert!(bits * NANOS_PER_SEC <= u128::from(rate) * span,
                         "bits {} span {} rate {}", bits, span, rate);
+                }
+            }
+        }
+
+        #[test]
+        fn impaired_schedule_keeps_order_and_bounds(
+            arr in arrivals(),
+            rate in 0u64..10_000_000_000,
+            delay in 0u64..300_000_000,
+            loss in 0u32..PPB,
+            jitter in 0u64..50_000_000,
+            seed: u64,
+        ) {
+            let mut s = Schedule::new(rate, delay, 1_000_000)
+                .with_impairments(Impairments { loss_ppb: loss, jitter_ns: jitter }, seed);
+            let mut prev = 0u64;
+            for &(t, b) in &arr {
+                if let Decision::Release { at_ns } = s.arrive(t, b) {
+                    prop_assert!(at_ns >= prev);
+                    prop_assert!(at_ns >= t + delay);
+                    prev = at_ns;
                 }
             }
         }
