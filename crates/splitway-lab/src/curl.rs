@@ -45,6 +45,18 @@ pub fn parse_output(out: &str, expect_bytes: u64) -> Result<Sample> {
 
 /// Download `url` once from the client; fails on non-200 or short body.
 pub fn fetch(tb: &Testbed, url: &str, size: u64, timeout: Duration) -> Result<Sample> {
+    let child = spawn(tb, url, None, timeout)?;
+    finish(child, url, size, timeout)
+}
+
+/// Start one download from the client (from address `source`, if given),
+/// without waiting.
+pub fn spawn(
+    tb: &Testbed,
+    url: &str,
+    source: Option<&str>,
+    timeout: Duration,
+) -> Result<std::process::Child> {
     let mut cmd = tb.command("client", "curl");
     cmd.args([
         "-s",
@@ -55,12 +67,24 @@ pub fn fetch(tb: &Testbed, url: &str, size: u64, timeout: Duration) -> Result<Sa
         &format!("{}", timeout.as_secs().max(1)),
         "-w",
         FORMAT,
-        url,
-    ])
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().context("running curl")?;
+    ]);
+    if let Some(a) = source {
+        cmd.args(["--interface", a]);
+    }
+    cmd.arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().context("running curl")
+}
+
+/// Wait for a download started by [`spawn`] and read its times.
+pub fn finish(
+    mut child: std::process::Child,
+    url: &str,
+    size: u64,
+    timeout: Duration,
+) -> Result<Sample> {
     let deadline = Instant::now() + timeout + Duration::from_secs(5);
     loop {
         if child.try_wait()?.is_some() {

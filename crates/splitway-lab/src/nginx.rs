@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use splitway_netns::ChildGuard;
 
 use crate::testbed::Testbed;
-use crate::topology::plan;
 
 pub struct Nginx {
     _child: ChildGuard,
@@ -90,7 +89,7 @@ http {{
             &["-c", &conf_s, "-p", &w.to_string()],
             &logs.join("nginx.log"),
         )?;
-        let to = SocketAddr::new(plan::host_addr("server").into(), 80);
+        let to = SocketAddr::new(tb.plan().server_addr().into(), 80);
         splitway_netns::wait_until(Duration::from_secs(10), "nginx to listen", || {
             tb.ns("server")
                 .run_in(move || TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok())

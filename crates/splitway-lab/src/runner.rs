@@ -27,6 +27,10 @@ pub type Points = BTreeMap<(usize, usize), Point>;
 const MAX_CONSECUTIVE_FAILURES: usize = 3;
 
 pub struct Plan<'a> {
+    /// The chains the configurations run in (`Running::chain` indexes it).
+    pub chains: &'a [&'a Testbed],
+    /// A label per chain for the progress line (may be empty).
+    pub chain_labels: &'a [String],
     pub sizes: &'a [u64],
     pub runs: usize,
     pub timeout: Duration,
@@ -34,16 +38,16 @@ pub struct Plan<'a> {
 }
 
 /// The progress line: bar, counts, current point, ETA.
-struct Progress {
+pub struct Progress {
     total: usize,
-    done: usize,
+    pub done: usize,
     start: Instant,
-    tty: bool,
+    pub tty: bool,
     last_print: Instant,
 }
 
 impl Progress {
-    fn new(total: usize) -> Progress {
+    pub fn new(total: usize) -> Progress {
         // SAFETY: isatty only inspects the descriptor.
         let tty = unsafe { libc::isatty(2) } == 1;
         Progress {
@@ -55,13 +59,13 @@ impl Progress {
         }
     }
 
-    fn show(&mut self, what: &str, eta: Option<Duration>) {
+    pub fn show(&mut self, what: &str, eta: Option<Duration>) {
         let pct = self.done as f64 / self.total.max(1) as f64;
         let width = 30;
         let filled = (pct * width as f64).round() as usize;
         let eta = eta.map(fmt_dur).unwrap_or_else(|| "?".into());
         let line = format!(
-            "[{}{}] {:>4}/{} {:>3.0}%  {:<28} elapsed {}  ETA {}",
+            "[{}{}] {:>4}/{} {:>3.0}%  {:<34} elapsed {}  ETA {}",
             "#".repeat(filled),
             "-".repeat(width - filled),
             self.done,
@@ -80,7 +84,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if self.tty {
             eprintln!();
         }
@@ -128,15 +132,15 @@ pub struct Outcome {
 
 /// Run every point. Stops early (keeping what it has) when interrupted or
 /// when a configuration breaks for good.
-pub fn run(tb: &Testbed, configs: &mut [Running], plan: &Plan) -> Outcome {
+pub fn run(configs: &mut [Running], plan: &Plan) -> Outcome {
     let mut points = Points::new();
-    let stopped = run_into(tb, configs, plan, &mut points)
+    let stopped = run_into(configs, plan, &mut points)
         .err()
         .map(|e| format!("{e:#}"));
     Outcome { points, stopped }
 }
 
-fn run_into(tb: &Testbed, configs: &mut [Running], plan: &Plan, points: &mut Points) -> Result<()> {
+fn run_into(configs: &mut [Running], plan: &Plan, points: &mut Points) -> Result<()> {
     let nc = configs.len();
     let mut order: Vec<(usize, usize)> = Vec::new();
     for r in 0..plan.runs {
@@ -159,8 +163,14 @@ fn run_into(tb: &Testbed, configs: &mut [Running], plan: &Plan, points: &mut Poi
             progress.finish();
             bail!("configuration {}: {dead}; logs: {:?}", cfg.name, cfg.logs);
         }
+        let tb = plan.chains[cfg.chain];
+        let label = plan
+            .chain_labels
+            .get(cfg.chain)
+            .map(|l| format!("{l} "))
+            .unwrap_or_default();
         progress.show(
-            &format!("{} {}", cfg.name, crate::units::size_label(size)),
+            &format!("{label}{} {}", cfg.name, crate::units::size_label(size)),
             eta(points, &order[idx..]),
         );
         if plan.flush_metrics {
@@ -185,7 +195,7 @@ fn run_into(tb: &Testbed, configs: &mut [Running], plan: &Plan, points: &mut Poi
                     eprintln!();
                 }
                 eprintln!(
-                    "lab: {} {}: download failed: {msg}",
+                    "lab: {label}{} {}: download failed: {msg}",
                     cfg.name,
                     crate::units::size_label(size)
                 );
@@ -199,7 +209,7 @@ fn run_into(tb: &Testbed, configs: &mut [Running], plan: &Plan, points: &mut Poi
                         .map(|l| format!("--- {}\n{}", l.display(), crate::configs::tail(l, 10)))
                         .collect();
                     bail!(
-                        "configuration {}: {MAX_CONSECUTIVE_FAILURES} downloads in a row failed\n{}",
+                        "configuration {label}{}: {MAX_CONSECUTIVE_FAILURES} downloads in a row failed\n{}",
                         cfg.name,
                         logs.join("\n")
                     );

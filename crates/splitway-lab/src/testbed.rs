@@ -1,5 +1,7 @@
-//! The namespaces of one lab: four hosts and three link routers in a chain,
-//! wired with veth pairs and static routes (see [`crate::topology::plan`]).
+//! The namespaces of one chain: its hosts (client, relays, server) and a
+//! link router between each two, wired with veth pairs and static routes
+//! (see [`crate::topology::plan`]). A lab may build several chains side by
+//! side (each under its own tag), so runs over them can interleave.
 //!
 //! Everything here is deleted when the [`Testbed`] drops (namespaces take
 //! their interfaces, rules and remaining processes with them).
@@ -12,47 +14,66 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 use splitway_netns::{ChildGuard, Netns};
 
-use crate::topology::plan;
+use crate::topology::{plan, Topology};
 
 /// Prefix of every namespace the lab creates (the lab lock makes it unique).
 pub const PREFIX: &str = "swlab-";
 
 pub struct Testbed {
-    /// In chain order: client, l1, ingress, l2, egress, l3, server.
+    plan: plan::Plan,
+    /// Node names in chain order: client, l1, host 1, l2, …, server.
+    names: Vec<String>,
     nodes: Vec<Netns>,
 }
 
+/// Delete namespaces an earlier (killed) lab left behind. Call once, before
+/// building the first testbed of a lab.
+pub fn sweep() {
+    splitway_netns::sweep(PREFIX);
+}
+
 impl Testbed {
-    /// Build the chain. `cc` is the congestion control set in every namespace.
-    pub fn build(cc: &str) -> Result<Testbed> {
-        splitway_netns::sweep(PREFIX);
+    /// Build the chain of `topo` as namespaces `swlab-<tag><node>`. `cc` is
+    /// the congestion control set in every namespace.
+    pub fn build(tag: &str, topo: &Topology, cc: &str) -> Result<Testbed> {
+        let plan = topo.plan();
+        let hosts = topo.hosts();
+        let names: Vec<String> = (0..plan.nodes())
+            .map(|j| {
+                if j % 2 == 0 {
+                    hosts[j / 2].clone()
+                } else {
+                    format!("l{}", j / 2 + 1)
+                }
+            })
+            .collect();
         let mut nodes = Vec::new();
-        for name in plan::NODES {
+        for name in &names {
             nodes.push(
-                Netns::create(&format!("{PREFIX}{name}"))
-                    .with_context(|| format!("creating namespace {name}"))?,
+                Netns::create(&format!("{PREFIX}{tag}{name}"))
+                    .with_context(|| format!("creating namespace {tag}{name}"))?,
             );
         }
-        let tb = Testbed { nodes };
-        for seg in 0..plan::SEGMENTS {
+        let tb = Testbed { plan, names, nodes };
+        for seg in 0..plan.segments() {
             let (l, r) = (seg, seg + 1);
-            let la = format!("{}/24", plan::addr(l, seg));
-            let ra = format!("{}/24", plan::addr(r, seg));
+            let la = format!("{}/24", plan.addr(l, seg));
+            let ra = format!("{}/24", plan.addr(r, seg));
             splitway_netns::link(
                 &tb.nodes[l],
-                &plan::ifname(l, seg),
+                &plan.ifname(l, seg),
                 &[&la],
                 &tb.nodes[r],
-                &plan::ifname(r, seg),
+                &plan.ifname(r, seg),
                 &[&ra],
             )
-            .with_context(|| format!("linking {} and {}", plan::NODES[l], plan::NODES[r]))?;
+            .with_context(|| format!("linking {} and {}", tb.names[l], tb.names[r]))?;
         }
         for (i, ns) in tb.nodes.iter().enumerate() {
-            for (subnet, via) in plan::routes(i) {
+            for (subnet, via) in plan.routes(i) {
                 ns.ip(["route", "add", &subnet, "via", &via.to_string()])?;
             }
-            if i > 0 && i < plan::NODES.len() - 1 {
+            if i > 0 && i < plan.nodes() - 1 {
                 ns.enable_forwarding()?;
             }
             ns.sysctl("net.ipv4.tcp_congestion_control", cc)
@@ -66,40 +87,59 @@ impl Testbed {
         Ok(tb)
     }
 
+    pub fn plan(&self) -> &plan::Plan {
+        &self.plan
+    }
+
+    /// The namespace of node `node` (a host name or `l1`, `l2`, …).
     pub fn ns(&self, node: &str) -> &Netns {
-        let i = plan::node_index(node).unwrap_or(0);
+        let i = self.names.iter().position(|n| n == node).unwrap_or(0);
         &self.nodes[i]
+    }
+
+    /// The namespace of host `i` (0 = client).
+    pub fn host(&self, i: usize) -> &Netns {
+        &self.nodes[self.plan.host_node(i)]
+    }
+
+    /// The name of host `i`.
+    pub fn host_name(&self, i: usize) -> &str {
+        &self.names[self.plan.host_node(i)]
+    }
+
+    /// Number of hosts (client, relays, server).
+    pub fn hosts(&self) -> usize {
+        self.plan.links() + 1
+    }
+
+    /// The namespace of link `k`'s router (0-based) and its name.
+    pub fn link_ns(&self, k: usize) -> &Netns {
+        &self.nodes[self.plan.link_node(k)]
+    }
+
+    /// Add an address to host `i`'s interface `ifname`.
+    pub fn add_addr(&self, i: usize, addr: Ipv4Addr, ifname: &str) -> Result<()> {
+        self.host(i)
+            .ip(["addr", "add", &format!("{addr}/24"), "dev", ifname])?;
+        Ok(())
     }
 
     /// Give the server an extra address (one per configuration that needs its own).
     pub fn add_server_alias(&self, addr: Ipv4Addr) -> Result<()> {
-        self.ns("server").ip([
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &plan::ifname(6, 5),
-        ])?;
-        Ok(())
+        let n = self.plan.host_node(self.plan.links());
+        self.add_addr(self.plan.links(), addr, &self.plan.ifname(n, n - 1))
     }
 
-    /// Give `host` (ingress or egress) an extra address on its relay-leg side.
-    pub fn add_leg_alias(&self, host: &str, addr: Ipv4Addr) -> Result<()> {
-        self.ns(host).ip([
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &plan::leg_ifname(host),
-        ])?;
-        Ok(())
+    /// Give the client an extra address (for many clients).
+    pub fn add_client_alias(&self, addr: Ipv4Addr) -> Result<()> {
+        self.add_addr(0, addr, &self.plan.ifname(0, 0))
     }
 
     /// Forget cached per-destination TCP metrics (ssthresh, RTT) in every
     /// host, so each run starts as a fresh connection would on a fresh host.
     pub fn flush_tcp_metrics(&self) {
-        for h in crate::topology::HOSTS {
-            let _ = self.ns(h).ip(["tcp_metrics", "flush", "all"]);
+        for i in 0..self.hosts() {
+            let _ = self.host(i).ip(["tcp_metrics", "flush", "all"]);
         }
     }
 

@@ -1,10 +1,14 @@
-//! The lab's path: four hosts in a chain, three emulated links between them.
+//! The lab's path: a chain of hosts, an emulated link between each two.
 //!
 //! ```text
-//! client ─[L1]─ ingress ─[L2]─ egress ─[L3]─ server
+//! client ─[L1]─ relay 1 ─[L2]─ … ─ relay n ─[Ln+1]─ server
 //! ```
-//! Each link has a round-trip time, a rate and a queue limit. This module owns
-//! the defaults (the KTCP paper's measured path), the topology file format, the
+//! Any number of relays (0 = end to end: client ─[L1]─ server). The relays
+//! are named as a user would name them: one relay is `relay`; two are
+//! `ingress` and `egress`; more are `ingress`, `transit1`, …, `egress`.
+//! Each link has a round-trip time, a rate, a queue limit, random loss (per
+//! cent, each direction) and jitter (order kept). This module owns the
+//! defaults (the KTCP paper's measured path), the topology file format, the
 //! per-link flags, the addressing plan and the ideal-pipe bounds. Pure logic.
 
 use std::net::Ipv4Addr;
@@ -30,8 +34,8 @@ pub enum TopologyError {
 /// One emulated link between two adjacent hosts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Link {
-    pub a: &'static str,
-    pub b: &'static str,
+    pub a: String,
+    pub b: String,
     /// Round-trip time the emulation adds (half each way).
     pub rtt_ms: f64,
     /// Rate in each direction, Mbit/s (10^6 bit/s).
@@ -41,6 +45,11 @@ pub struct Link {
     /// link's rate, the rule-of-thumb buffer for a flow crossing it), at
     /// least 128 KiB.
     pub queue_bytes: usize,
+    /// Random loss of each direction, per cent of packets.
+    pub loss_pct: f64,
+    /// Jitter of each direction: each packet's one-way delay gains a uniform
+    /// random extra in [0, jitter_ms]; order is kept.
+    pub jitter_ms: f64,
 }
 
 impl Link {
@@ -48,123 +57,201 @@ impl Link {
     pub fn bdp_bytes(&self) -> usize {
         (self.mbit * 1e6 / 8.0 * self.rtt_ms / 1e3) as usize
     }
+
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.a, self.b)
+    }
 }
 
-/// The three links, client side first.
+/// The links, client side first; `links.len() - 1` relays.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Topology {
-    pub links: [Link; 3],
+    pub links: Vec<Link>,
 }
 
-/// Host names in chain order (hosts, not link routers).
-pub const HOSTS: [&str; 4] = ["client", "ingress", "egress", "server"];
+/// The most relays a chain may have: the relays' hop limit (8) counts
+/// every relay after the first.
+pub const MAX_RELAYS: usize = 8;
 
 /// The smallest default queue, so short links still absorb a burst.
 const MIN_QUEUE_BYTES: usize = 128 * 1024;
 
-/// The topology file: one table per link, every key optional.
+/// The topology file. Either a chain of any length:
 ///
 /// ```toml
-/// [client_ingress]
-/// rtt_ms = 32.7
+/// [[link]]          # client - first relay (or the server, for one link)
+/// rtt_ms = 25
 /// mbit = 100
-/// [ingress_egress]
-/// rtt_ms = 215
-/// queue_bytes = 4000000
-/// [egress_server]
-/// rtt_ms = 26
+/// loss_pct = 0.5    # each direction
+/// jitter_ms = 2
+/// [[link]]
+/// rtt_ms = 25
 /// ```
+///
+/// or the three named tables of the KTCP path (`[client_ingress]`,
+/// `[ingress_egress]`, `[egress_server]`), every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopologyFile {
     #[serde(default)]
-    pub client_ingress: LinkFile,
-    #[serde(default)]
-    pub ingress_egress: LinkFile,
-    #[serde(default)]
-    pub egress_server: LinkFile,
+    pub link: Vec<LinkFile>,
+    pub client_ingress: Option<LinkFile>,
+    pub ingress_egress: Option<LinkFile>,
+    pub egress_server: Option<LinkFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkFile {
     pub rtt_ms: Option<f64>,
     pub mbit: Option<f64>,
     pub queue_bytes: Option<usize>,
+    pub loss_pct: Option<f64>,
+    pub jitter_ms: Option<f64>,
+}
+
+/// Per-link values from flags: one value for every link, or one per link.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinkFlags<'a> {
+    pub rtt: Option<&'a [f64]>,
+    pub mbit: Option<&'a [f64]>,
+    pub loss: Option<&'a [f64]>,
+    pub jitter: Option<&'a [f64]>,
+}
+
+/// The name of host `i` of a chain with `relays` relays (0 = client,
+/// `relays + 1` = server).
+pub fn host_name(i: usize, relays: usize) -> String {
+    if i == 0 {
+        "client".into()
+    } else if i == relays + 1 {
+        "server".into()
+    } else if relays == 1 {
+        "relay".into()
+    } else if i == 1 {
+        "ingress".into()
+    } else if i == relays {
+        "egress".into()
+    } else {
+        format!("transit{}", i - 1)
+    }
 }
 
 impl Default for Topology {
     /// The KTCP paper's path: 32.7 / 215 / 26 ms, 100 Mbit/s everywhere.
     fn default() -> Self {
-        Topology::from_rtts([32.7, 215.0, 26.0], [100.0; 3], [None; 3])
+        Topology::chain(&[32.7, 215.0, 26.0], 100.0)
     }
 }
 
 impl Topology {
-    fn from_rtts(rtts: [f64; 3], mbits: [f64; 3], queues: [Option<usize>; 3]) -> Topology {
-        let path_rtt_ms: f64 = rtts.iter().sum();
-        let names = [
-            ("client", "ingress"),
-            ("ingress", "egress"),
-            ("egress", "server"),
-        ];
-        let links = std::array::from_fn(|i| {
-            let mut l = Link {
-                a: names[i].0,
-                b: names[i].1,
-                rtt_ms: rtts[i],
-                mbit: mbits[i],
-                queue_bytes: 0,
-            };
-            let path_bdp = (l.mbit * 1e6 / 8.0 * path_rtt_ms / 1e3) as usize;
-            l.queue_bytes = queues[i].unwrap_or_else(|| path_bdp.max(MIN_QUEUE_BYTES));
-            l
-        });
+    /// A chain with these link RTTs, all at `mbit`, default queues, no loss.
+    pub fn chain(rtts: &[f64], mbit: f64) -> Topology {
+        let files: Vec<LinkFile> = rtts
+            .iter()
+            .map(|&r| LinkFile {
+                rtt_ms: Some(r),
+                mbit: Some(mbit),
+                ..Default::default()
+            })
+            .collect();
+        Topology::from_files(&files)
+    }
+
+    /// Build from link descriptions (missing values: 100 Mbit/s, no loss,
+    /// no jitter, the path-BDP queue; a missing RTT is 0).
+    fn from_files(files: &[LinkFile]) -> Topology {
+        let relays = files.len().saturating_sub(1);
+        let path_rtt_ms: f64 = files.iter().map(|l| l.rtt_ms.unwrap_or(0.0)).sum();
+        let links = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mbit = f.mbit.unwrap_or(100.0);
+                let path_bdp = (mbit * 1e6 / 8.0 * path_rtt_ms / 1e3) as usize;
+                Link {
+                    a: host_name(i, relays),
+                    b: host_name(i + 1, relays),
+                    rtt_ms: f.rtt_ms.unwrap_or(0.0),
+                    mbit,
+                    queue_bytes: f
+                        .queue_bytes
+                        .unwrap_or_else(|| path_bdp.max(MIN_QUEUE_BYTES)),
+                    loss_pct: f.loss_pct.unwrap_or(0.0),
+                    jitter_ms: f.jitter_ms.unwrap_or(0.0),
+                }
+            })
+            .collect();
         Topology { links }
     }
 
-    /// Build from an optional file, then per-link flags (`--rtt`, `--mbit`).
-    pub fn build(
-        file: Option<&Path>,
-        rtt_flag: Option<&[f64]>,
-        mbit_flag: Option<&[f64]>,
-    ) -> Result<Topology, TopologyError> {
-        let def = Topology::default();
-        let mut rtts = def.links.each_ref().map(|l| l.rtt_ms);
-        let mut mbits = def.links.each_ref().map(|l| l.mbit);
-        let mut queues = [None; 3];
+    /// Build from an optional file, then per-link flags. A flag with one
+    /// value sets every link; with several it sets one link each (and,
+    /// for `--rtt`, defines how many links the chain has).
+    pub fn build(file: Option<&Path>, flags: LinkFlags) -> Result<Topology, TopologyError> {
+        let mut files: Vec<LinkFile> = [32.7, 215.0, 26.0]
+            .iter()
+            .map(|&r| LinkFile {
+                rtt_ms: Some(r),
+                ..Default::default()
+            })
+            .collect();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
                 path: path.display().to_string(),
                 source,
             })?;
-            let f = parse_file(&text).map_err(|msg| TopologyError::Parse {
+            files = parse_file(&text).map_err(|msg| TopologyError::Parse {
                 path: path.display().to_string(),
                 msg,
             })?;
-            for (i, l) in [f.client_ingress, f.ingress_egress, f.egress_server]
-                .into_iter()
-                .enumerate()
-            {
-                rtts[i] = l.rtt_ms.unwrap_or(rtts[i]);
-                mbits[i] = l.mbit.unwrap_or(mbits[i]);
-                queues[i] = l.queue_bytes;
+        }
+        if let Some(v) = flags.rtt {
+            if v.len() > 1 && v.len() != files.len() {
+                let last = files.last().cloned().unwrap_or_default();
+                files.resize(v.len(), last);
             }
         }
-        if let Some(v) = rtt_flag {
-            rtts = spread(v, "--rtt")?;
-        }
-        if let Some(v) = mbit_flag {
-            mbits = spread(v, "--mbit")?;
-        }
-        let t = Topology::from_rtts(rtts, mbits, queues);
+        let n = files.len();
+        let set = |v: Option<&[f64]>,
+                   flag: &str,
+                   files: &mut Vec<LinkFile>,
+                   put: fn(&mut LinkFile, f64)|
+         -> Result<(), TopologyError> {
+            let Some(v) = v else { return Ok(()) };
+            let vals = spread(v, n, flag)?;
+            for (f, x) in files.iter_mut().zip(vals) {
+                put(f, x);
+            }
+            Ok(())
+        };
+        set(flags.rtt, "--rtt", &mut files, |f, x| f.rtt_ms = Some(x))?;
+        set(flags.mbit, "--mbit", &mut files, |f, x| f.mbit = Some(x))?;
+        set(flags.loss, "--loss", &mut files, |f, x| {
+            f.loss_pct = Some(x)
+        })?;
+        set(flags.jitter, "--jitter", &mut files, |f, x| {
+            f.jitter_ms = Some(x)
+        })?;
+        let t = Topology::from_files(&files);
         t.validate()?;
         Ok(t)
     }
 
     pub fn validate(&self) -> Result<(), TopologyError> {
-        for l in &self.links {
-            let name = format!("link {}-{}", l.a, l.b);
+        if self.links.is_empty() {
+            return Err(TopologyError::Invalid(
+                "a topology needs at least one link".into(),
+            ));
+        }
+        if self.relays() > MAX_RELAYS {
+            return Err(TopologyError::Invalid(format!(
+                "{} relays: at most {MAX_RELAYS} (the relays' hop limit)",
+                self.relays()
+            )));
+        }
+        for (i, l) in self.links.iter().enumerate() {
+            let name = format!("link {} ({})", i + 1, l.name());
             if !(l.rtt_ms.is_finite() && (0.0..=10_000.0).contains(&l.rtt_ms)) {
                 return Err(TopologyError::Invalid(format!(
                     "{name}: rtt_ms must be 0..10000, got {}",
@@ -183,11 +270,35 @@ impl Topology {
                     l.queue_bytes
                 )));
             }
+            if !(l.loss_pct.is_finite() && (0.0..=50.0).contains(&l.loss_pct)) {
+                return Err(TopologyError::Invalid(format!(
+                    "{name}: loss_pct must be 0..50 (per cent, each direction), got {}",
+                    l.loss_pct
+                )));
+            }
+            if !(l.jitter_ms.is_finite() && (0.0..=1000.0).contains(&l.jitter_ms)) {
+                return Err(TopologyError::Invalid(format!(
+                    "{name}: jitter_ms must be 0..1000, got {}",
+                    l.jitter_ms
+                )));
+            }
         }
         Ok(())
     }
 
-    /// r1: the client–ingress RTT.
+    /// Number of relays (0 = end to end).
+    pub fn relays(&self) -> usize {
+        self.links.len().saturating_sub(1)
+    }
+
+    /// Host names in chain order: client, relays…, server.
+    pub fn hosts(&self) -> Vec<String> {
+        (0..self.links.len() + 1)
+            .map(|i| host_name(i, self.relays()))
+            .collect()
+    }
+
+    /// r1: the client's RTT to the first relay (the server, with none).
     pub fn r1_ms(&self) -> f64 {
         self.links[0].rtt_ms
     }
@@ -207,9 +318,9 @@ impl Topology {
 
     /// The index of the link with the longest RTT (for the throughput check).
     pub fn longest_link(&self) -> usize {
-        (0..3)
+        (0..self.links.len())
             .max_by(|&a, &b| self.links[a].rtt_ms.total_cmp(&self.links[b].rtt_ms))
-            .unwrap_or(1)
+            .unwrap_or(0)
     }
 
     /// Ideal-pipe bounds (KTCP §1) for a download of `size` bytes.
@@ -221,20 +332,45 @@ impl Topology {
             total_ms: ttfb + size as f64 * 8.0 / (self.bottleneck_mbit() * 1e6) * 1e3,
         }
     }
+
+    /// The addressing plan of this chain.
+    pub fn plan(&self) -> plan::Plan {
+        plan::Plan::new(self.links.len())
+    }
 }
 
-fn parse_file(text: &str) -> Result<TopologyFile, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
+fn parse_file(text: &str) -> Result<Vec<LinkFile>, String> {
+    let f: TopologyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let named =
+        f.client_ingress.is_some() || f.ingress_egress.is_some() || f.egress_server.is_some();
+    if !f.link.is_empty() {
+        if named {
+            return Err(
+                "use either [[link]] entries or the tables [client_ingress], [ingress_egress], [egress_server], not both"
+                    .into(),
+            );
+        }
+        return Ok(f.link);
+    }
+    let def = [32.7, 215.0, 26.0];
+    Ok([f.client_ingress, f.ingress_egress, f.egress_server]
+        .into_iter()
+        .zip(def)
+        .map(|(l, d)| {
+            let mut l = l.unwrap_or_default();
+            l.rtt_ms = l.rtt_ms.or(Some(d));
+            l
+        })
+        .collect())
 }
 
-/// One value for all three links, or exactly three.
-fn spread(v: &[f64], flag: &str) -> Result<[f64; 3], TopologyError> {
-    match v {
-        [x] => Ok([*x; 3]),
-        [a, b, c] => Ok([*a, *b, *c]),
-        _ => Err(TopologyError::Invalid(format!(
-            "{flag} takes one value for all links or three (client-ingress,ingress-egress,egress-server), got {}",
-            v.len()
+/// One value for all `n` links, or exactly `n`.
+fn spread(v: &[f64], n: usize, flag: &str) -> Result<Vec<f64>, TopologyError> {
+    match v.len() {
+        1 => Ok(vec![v[0]; n]),
+        k if k == n => Ok(v.to_vec()),
+        k => Err(TopologyError::Invalid(format!(
+            "{flag} takes one value for all links or one per link ({n} links), got {k}"
         ))),
     }
 }
@@ -247,82 +383,123 @@ pub struct Bounds {
     pub total_ms: f64,
 }
 
-/// The addressing plan of the chain of namespaces.
+/// The addressing plan of a chain of namespaces.
 ///
-/// Nodes in order: client, L1, ingress, L2, egress, L3, server (indices 0..7);
-/// segment `k` (0..6) joins node `k` (address `10.77.k.1`) and node `k+1`
-/// (address `10.77.k.2`). Extra server addresses (`10.77.5.10+n`) give each
-/// configuration under test its own destination, so they never intercept each
-/// other's traffic.
+/// Nodes in order: host 0 (client), link router 1, host 1, …, host n
+/// (server): host `i` is node `2i`, link `k` (0-based) is node `2k + 1`.
+/// Segment `s` joins node `s` (address `10.77.s.1`) and node `s + 1`
+/// (address `10.77.s.2`). Extra server addresses (`10.77.<last>.10+n`)
+/// give each configuration under test its own destination, so they never
+/// intercept each other's traffic; extra relay addresses on both sides of
+/// each relay (`10.77.s.10+n`) keep each variant's relay legs apart.
 pub mod plan {
     use super::Ipv4Addr;
 
-    pub const NODES: [&str; 7] = ["client", "l1", "ingress", "l2", "egress", "l3", "server"];
-    pub const SEGMENTS: usize = 6;
-
-    pub fn node_index(name: &str) -> Option<usize> {
-        NODES.iter().position(|n| *n == name)
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Plan {
+        links: usize,
     }
 
-    /// Address of node `node` on segment `seg` (must be adjacent).
-    pub fn addr(node: usize, seg: usize) -> Ipv4Addr {
-        debug_assert!(seg == node || seg + 1 == node);
-        Ipv4Addr::new(10, 77, seg as u8, if seg == node { 1 } else { 2 })
-    }
-
-    pub fn subnet(seg: usize) -> String {
-        format!("10.77.{seg}.0/24")
-    }
-
-    /// Interface name of node `node` on segment `seg`.
-    pub fn ifname(node: usize, seg: usize) -> String {
-        format!("swl{seg}{}", if seg == node { "l" } else { "r" })
-    }
-
-    /// The canonical address of a host (the one its neighbours use).
-    pub fn host_addr(host: &str) -> Ipv4Addr {
-        match host {
-            "client" => addr(0, 0),
-            "ingress" => addr(2, 1),
-            "egress" => addr(4, 3),
-            _ => addr(6, 5),
+    impl Plan {
+        pub fn new(links: usize) -> Plan {
+            Plan { links }
         }
-    }
 
-    /// The server's extra address number `n` (one per configuration that needs its own).
-    pub fn server_alias(n: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, 5, 10 + n as u8)
-    }
-
-    /// The address splitway variant `n` uses on `host`'s relay-leg side
-    /// (ingress: segment 2, egress: segment 3). Each variant's legs run
-    /// between their own pair of addresses, so per-destination route
-    /// metrics (turbo-start windows) of one variant never touch another.
-    pub fn leg_alias(host: &str, n: usize) -> Ipv4Addr {
-        let seg = if host == "ingress" { 2 } else { 3 };
-        Ipv4Addr::new(10, 77, seg, 10 + n as u8)
-    }
-
-    /// The interface of `host` on its relay-leg side.
-    pub fn leg_ifname(host: &str) -> String {
-        if host == "ingress" {
-            ifname(2, 2)
-        } else {
-            ifname(4, 3)
+        pub fn links(&self) -> usize {
+            self.links
         }
-    }
 
-    /// Static routes of node `i`: (subnet, via) for every segment not attached.
-    pub fn routes(i: usize) -> Vec<(String, Ipv4Addr)> {
-        let mut v = Vec::new();
-        for seg in 0..SEGMENTS {
-            if seg + 1 < i {
-                v.push((subnet(seg), addr(i - 1, i - 1)));
-            } else if seg > i {
-                v.push((subnet(seg), addr(i + 1, i)));
+        pub fn nodes(&self) -> usize {
+            2 * self.links + 1
+        }
+
+        pub fn segments(&self) -> usize {
+            2 * self.links
+        }
+
+        /// The node of host `i`.
+        pub fn host_node(&self, i: usize) -> usize {
+            2 * i
+        }
+
+        /// The node of link `k` (0-based).
+        pub fn link_node(&self, k: usize) -> usize {
+            2 * k + 1
+        }
+
+        /// Address of node `node` on segment `seg` (must be adjacent).
+        pub fn addr(&self, node: usize, seg: usize) -> Ipv4Addr {
+            debug_assert!(seg == node || seg + 1 == node);
+            Ipv4Addr::new(10, 77, seg as u8, if seg == node { 1 } else { 2 })
+        }
+
+        /// Interface name of node `node` on segment `seg`.
+        pub fn ifname(&self, node: usize, seg: usize) -> String {
+            format!("swl{seg}{}", if seg == node { "l" } else { "r" })
+        }
+
+        /// The canonical address of host `i`: the one its client-side
+        /// neighbour uses (the client's: its only one).
+        pub fn host_addr(&self, i: usize) -> Ipv4Addr {
+            let n = self.host_node(i);
+            if i == 0 {
+                self.addr(0, 0)
+            } else {
+                self.addr(n, n - 1)
             }
         }
-        v
+
+        /// The server's address.
+        pub fn server_addr(&self) -> Ipv4Addr {
+            self.host_addr(self.links)
+        }
+
+        /// The server's extra address number `n`.
+        pub fn server_alias(&self, n: usize) -> Ipv4Addr {
+            Ipv4Addr::new(10, 77, (self.segments() - 1) as u8, 10 + n as u8)
+        }
+
+        /// The client's extra address number `n` (for many clients).
+        pub fn client_alias(&self, n: usize) -> Ipv4Addr {
+            Ipv4Addr::new(10, 77, 0, 10 + n as u8)
+        }
+
+        /// Variant `n`'s address of host `i` on its server side (toward
+        /// host `i + 1`) and its interface.
+        pub fn right_alias(&self, i: usize, n: usize) -> (Ipv4Addr, String) {
+            let node = self.host_node(i);
+            (
+                Ipv4Addr::new(10, 77, node as u8, 10 + n as u8),
+                self.ifname(node, node),
+            )
+        }
+
+        /// Variant `n`'s address of host `i` on its client side (toward
+        /// host `i - 1`) and its interface.
+        pub fn left_alias(&self, i: usize, n: usize) -> (Ipv4Addr, String) {
+            let node = self.host_node(i);
+            (
+                Ipv4Addr::new(10, 77, (node - 1) as u8, 10 + n as u8),
+                self.ifname(node, node - 1),
+            )
+        }
+
+        pub fn subnet(&self, seg: usize) -> String {
+            format!("10.77.{seg}.0/24")
+        }
+
+        /// Static routes of node `i`: (subnet, via) for every segment not attached.
+        pub fn routes(&self, i: usize) -> Vec<(String, Ipv4Addr)> {
+            let mut v = Vec::new();
+            for seg in 0..self.segments() {
+                if seg + 1 < i {
+                    v.push((self.subnet(seg), self.addr(i - 1, i - 1)));
+                } else if seg > i {
+                    v.push((self.subnet(seg), self.addr(i + 1, i)));
+                }
+            }
+            v
+        }
     }
 }
 
@@ -330,17 +507,60 @@ pub mod plan {
 mod tests {
     use super::*;
 
+    fn build(
+        file: Option<&Path>,
+        rtt: Option<&[f64]>,
+        mbit: Option<&[f64]>,
+    ) -> Result<Topology, TopologyError> {
+        Topology::build(
+            file,
+            LinkFlags {
+                rtt,
+                mbit,
+                ..Default::default()
+            },
+        )
+    }
+
     #[test]
     fn default_is_the_paper_path() {
         let t = Topology::default();
         assert_eq!(t.r1_ms(), 32.7);
         assert!((t.rtt_ms() - 273.7).abs() < 1e-9);
         assert_eq!(t.longest_link(), 1);
+        assert_eq!(t.relays(), 2);
+        assert_eq!(t.hosts(), ["client", "ingress", "egress", "server"]);
         // queues: 100 Mbit/s × 273.7 ms (the path's BDP) on every link
         assert_eq!(t.links[1].bdp_bytes(), 2_687_500);
         assert!(t.links.iter().all(|l| l.queue_bytes == 3_421_250));
-        let short = Topology::build(None, Some(&[1.0]), None).unwrap();
+        let short = build(None, Some(&[1.0]), None).unwrap();
         assert_eq!(short.links[0].queue_bytes, 128 * 1024);
+        assert_eq!(build(None, None, None).unwrap(), t);
+    }
+
+    #[test]
+    fn chains_of_any_length_are_named_as_users_name_relays() {
+        assert_eq!(
+            Topology::chain(&[100.0], 100.0).hosts(),
+            ["client", "server"]
+        );
+        assert_eq!(
+            Topology::chain(&[50.0, 50.0], 100.0).hosts(),
+            ["client", "relay", "server"]
+        );
+        let t = Topology::chain(&[25.0; 4], 100.0);
+        assert_eq!(
+            t.hosts(),
+            ["client", "ingress", "transit1", "egress", "server"]
+        );
+        assert_eq!(t.relays(), 3);
+        assert_eq!(t.links[2].name(), "transit1-egress");
+        assert_eq!(Topology::chain(&[25.0; 5], 100.0).hosts()[3], "transit2");
+        assert!(Topology::chain(&[1.0; 10], 100.0).validate().is_err());
+        // --rtt with several values defines the chain
+        let t = build(None, Some(&[10.0, 20.0]), Some(&[50.0])).unwrap();
+        assert_eq!(t.links.len(), 2);
+        assert_eq!(t.links[1].mbit, 50.0);
     }
 
     #[test]
@@ -350,6 +570,8 @@ mod tests {
         assert!((b.ttfb_ms - 306.4).abs() < 1e-9);
         // 10 MiB at 100 Mbit/s = 838.86 ms
         assert!((b.total_ms - (306.4 + 838.8608)).abs() < 1e-3);
+        // end to end: 2R
+        assert_eq!(Topology::chain(&[100.0], 100.0).bounds(0).ttfb_ms, 200.0);
     }
 
     #[test]
@@ -362,53 +584,83 @@ mod tests {
             "[ingress_egress]\nrtt_ms = 100\nqueue_bytes = 50000\n[egress_server]\nmbit = 10\n",
         )
         .unwrap();
-        let t = Topology::build(Some(&p), None, None).unwrap();
+        let t = build(Some(&p), None, None).unwrap();
         assert_eq!(t.links[1].rtt_ms, 100.0);
         assert_eq!(t.links[1].queue_bytes, 50_000);
         assert_eq!(t.links[0].rtt_ms, 32.7);
         assert_eq!(t.bottleneck_mbit(), 10.0);
-        let t = Topology::build(Some(&p), Some(&[1.0, 2.0, 3.0]), Some(&[50.0])).unwrap();
+        let t = build(Some(&p), Some(&[1.0, 2.0, 3.0]), Some(&[50.0])).unwrap();
         assert_eq!(t.rtt_ms(), 6.0);
         assert_eq!(t.links[2].mbit, 50.0);
         std::fs::write(&p, "[ingress_egress]\nrtt = 100\n").unwrap();
-        let e = Topology::build(Some(&p), None, None)
-            .unwrap_err()
-            .to_string();
+        let e = build(Some(&p), None, None).unwrap_err().to_string();
         assert!(e.contains("rtt"), "{e}");
+        // a chain file with loss and jitter
+        std::fs::write(
+            &p,
+            "[[link]]\nrtt_ms = 20\nloss_pct = 0.5\n[[link]]\nrtt_ms = 30\njitter_ms = 2\n[[link]]\nrtt_ms = 30\n[[link]]\nrtt_ms = 20\n",
+        )
+        .unwrap();
+        let t = build(Some(&p), None, None).unwrap();
+        assert_eq!(t.relays(), 3);
+        assert_eq!(t.links[0].loss_pct, 0.5);
+        assert_eq!(t.links[1].jitter_ms, 2.0);
+        assert_eq!(t.rtt_ms(), 100.0);
+        let t = Topology::build(
+            Some(&p),
+            LinkFlags {
+                loss: Some(&[1.0]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(t.links.iter().all(|l| l.loss_pct == 1.0));
+        std::fs::write(&p, "[[link]]\nrtt_ms = 20\nloss_pct = 60\n").unwrap();
+        let e = build(Some(&p), None, None).unwrap_err().to_string();
+        assert!(e.contains("loss_pct"), "{e}");
+        std::fs::write(&p, "[[link]]\nrtt_ms = 20\n[egress_server]\nrtt_ms = 3\n").unwrap();
+        assert!(build(Some(&p), None, None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn bad_flags() {
-        assert!(Topology::build(None, Some(&[1.0, 2.0]), None).is_err());
-        assert!(Topology::build(None, Some(&[-1.0]), None).is_err());
-        assert!(Topology::build(None, None, Some(&[0.0])).is_err());
+        assert!(build(None, Some(&[-1.0]), None).is_err());
+        assert!(build(None, None, Some(&[0.0])).is_err());
+        assert!(build(None, None, Some(&[1.0, 2.0])).is_err());
     }
 
     #[test]
     fn addressing_plan_routes_everything() {
-        use plan::*;
-        assert_eq!(host_addr("ingress").to_string(), "10.77.1.2");
-        assert_eq!(host_addr("egress").to_string(), "10.77.3.2");
-        assert_eq!(host_addr("server").to_string(), "10.77.5.2");
-        assert_eq!(ifname(2, 1), "swl1r");
-        assert_eq!(ifname(2, 2), "swl2l");
-        // every node reaches every segment: attached or routed
-        for i in 0..NODES.len() {
-            let routed = routes(i).len();
-            let attached = [i.checked_sub(1), (i < SEGMENTS).then_some(i)]
-                .iter()
-                .flatten()
-                .count();
-            assert_eq!(routed + attached, SEGMENTS, "node {i}");
+        for links in 1..=4 {
+            let p = plan::Plan::new(links);
+            // every node reaches every segment: attached or routed
+            for i in 0..p.nodes() {
+                let routed = p.routes(i).len();
+                let attached = [i.checked_sub(1), (i < p.segments()).then_some(i)]
+                    .iter()
+                    .flatten()
+                    .count();
+                assert_eq!(routed + attached, p.segments(), "node {i} of {links} links");
+            }
         }
+        let p = Topology::default().plan();
+        assert_eq!(p.host_addr(1).to_string(), "10.77.1.2");
+        assert_eq!(p.host_addr(2).to_string(), "10.77.3.2");
+        assert_eq!(p.server_addr().to_string(), "10.77.5.2");
+        assert_eq!(p.server_alias(0).to_string(), "10.77.5.10");
+        assert_eq!(p.ifname(2, 1), "swl1r");
+        assert_eq!(p.ifname(2, 2), "swl2l");
+        assert_eq!(p.right_alias(1, 3).0.to_string(), "10.77.2.13");
+        assert_eq!(p.left_alias(2, 3).0.to_string(), "10.77.3.13");
         // the client routes everything via L1's address on segment 0
-        assert!(routes(0)
+        assert!(p
+            .routes(0)
             .iter()
             .all(|(_, via)| via.to_string() == "10.77.0.2"));
         // ingress: segment 0 to the left via L1 (10.77.1.1), 3.. to the right via L2 (10.77.2.2)
-        let r = routes(2);
-        assert!(r.contains(&(subnet(0), "10.77.1.1".parse().unwrap())));
-        assert!(r.contains(&(subnet(5), "10.77.2.2".parse().unwrap())));
+        let r = p.routes(2);
+        assert!(r.contains(&(p.subnet(0), "10.77.1.1".parse().unwrap())));
+        assert!(r.contains(&(p.subnet(5), "10.77.2.2".parse().unwrap())));
     }
 }

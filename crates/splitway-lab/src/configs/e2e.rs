@@ -3,14 +3,17 @@
 use anyhow::Result;
 
 use super::{Ctx, Running};
-use crate::topology::plan;
 
-pub fn start(_ctx: &Ctx) -> Result<Running> {
+pub fn start(ctx: &Ctx) -> Result<Running> {
     Ok(Running {
         name: "e2e",
-        base_url: format!("http://{}", plan::host_addr("server")),
-        detail: "client -> server:80, routed through ingress and egress".into(),
+        base_url: format!("http://{}", ctx.tb.plan().server_addr()),
+        detail: format!(
+            "client -> server:80, routed through {} relay host(s)",
+            ctx.topo.relays()
+        ),
         children: Vec::new(),
         logs: Vec::new(),
+        chain: 0,
     })
 }

@@ -18,7 +18,7 @@ use splitway_netns::ChildGuard;
 use crate::testbed::Testbed;
 use crate::topology::Topology;
 
-pub use self::splitway::Features;
+pub use self::splitway::{admin_port, Features};
 
 /// Every configuration the lab knows, in report order, with a one-line description.
 pub const CATALOGUE: &[(&str, &str)] = &[
@@ -80,6 +80,19 @@ pub struct Ctx<'a> {
     pub secret: &'a str,
 }
 
+impl Ctx<'_> {
+    /// The canonical address of the host named `name` (see
+    /// [`crate::topology::host_name`]); the server's if unknown.
+    pub fn addr(&self, name: &str) -> std::net::Ipv4Addr {
+        let hosts = self.topo.hosts();
+        let i = hosts
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or(hosts.len() - 1);
+        self.tb.plan().host_addr(i)
+    }
+}
+
 /// A configuration that is set up and ready for downloads.
 pub struct Running {
     pub name: &'static str,
@@ -91,6 +104,8 @@ pub struct Running {
     pub children: Vec<(String, ChildGuard)>,
     /// Log files worth showing when something fails.
     pub logs: Vec<PathBuf>,
+    /// Which of the lab's chains (testbeds) it runs in.
+    pub chain: usize,
 }
 
 impl Running {
@@ -120,6 +135,15 @@ impl Drop for Running {
 /// Set up configuration `name`; `nth_split` numbers the splitway variants
 /// (each gets its own server address, ports and firewall marks).
 pub fn start(name: &'static str, ctx: &Ctx, nth_split: usize) -> Result<Running> {
+    if matches!(name, "nosplit" | "ssh" | "ssh-nagle") && ctx.topo.relays() != 2 {
+        bail!(
+            "configuration {name} needs a path with two relays (ingress and egress); this one has {}",
+            ctx.topo.relays()
+        );
+    }
+    if is_splitway(name) && ctx.topo.relays() == 0 {
+        bail!("configuration {name} needs at least one relay; this path has none");
+    }
     match name {
         "e2e" => e2e::start(ctx),
         "nosplit" => nosplit::start(ctx),

@@ -6,13 +6,12 @@
 use anyhow::{Context, Result};
 
 use super::{Ctx, Running};
-use crate::topology::plan;
 
 /// Port the DNAT chain listens on at the ingress and the egress.
 pub const PORT: u16 = 8080;
 
 fn dnat(ctx: &Ctx, node: &str, to: String) -> Result<()> {
-    let me = plan::host_addr(node);
+    let me = ctx.addr(node);
     let rules = format!(
         "table ip swlab_nosplit {{
     chain pre {{
@@ -32,17 +31,18 @@ fn dnat(ctx: &Ctx, node: &str, to: String) -> Result<()> {
 }
 
 pub fn start(ctx: &Ctx) -> Result<Running> {
-    let egress = plan::host_addr("egress");
-    let server = plan::host_addr("server");
+    let egress = ctx.addr("egress");
+    let server = ctx.addr("server");
     dnat(ctx, "ingress", format!("{egress}:{PORT}"))?;
     dnat(ctx, "egress", format!("{server}:80"))?;
     Ok(Running {
         name: "nosplit",
-        base_url: format!("http://{}:{PORT}", plan::host_addr("ingress")),
+        base_url: format!("http://{}:{PORT}", ctx.addr("ingress")),
         detail: format!(
             "client -> ingress:{PORT} -DNAT-> egress:{PORT} -DNAT-> server:80 (nftables)"
         ),
         children: Vec::new(),
         logs: Vec::new(),
+        chain: 0,
     })
 }

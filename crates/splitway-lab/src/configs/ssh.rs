@@ -19,7 +19,6 @@ use anyhow::{Context, Result};
 
 use super::{Ctx, Running};
 use crate::host::which;
-use crate::topology::plan;
 
 fn keygen(path: &Path) -> Result<()> {
     if path.exists() {
@@ -54,7 +53,7 @@ pub fn start(ctx: &Ctx, nodelay: bool) -> Result<Running> {
     // sshd's privilege separation directory (Debian creates it at boot).
     std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
 
-    let egress = plan::host_addr("egress");
+    let egress = ctx.addr("egress");
     let conf = dir.join(format!("sshd_config-{sshd_port}"));
     std::fs::write(
         &conf,
@@ -97,8 +96,8 @@ ClientAliveInterval 0
     })
     .with_context(|| format!("sshd did not start:\n{}", super::tail(&sshd_log, 10)))?;
 
-    let ingress = plan::host_addr("ingress");
-    let server = plan::host_addr("server");
+    let ingress = ctx.addr("ingress");
+    let server = ctx.addr("server");
     let fwd = format!("{ingress}:{fwd_port}:{server}:80");
     let key_s = user_key.display().to_string();
     let port_s = sshd_port.to_string();
@@ -156,5 +155,6 @@ ClientAliveInterval 0
         detail,
         children: vec![("sshd".into(), sshd), ("ssh".into(), ssh)],
         logs: vec![sshd_log, ssh_log],
+        chain: 0,
     })
 }

@@ -2,6 +2,8 @@
 //! and its three renderings: terminal table, `results.json`, SVG charts.
 
 pub mod charts;
+pub mod lines;
+pub mod scenario;
 pub mod table;
 
 use std::path::Path;
@@ -69,6 +71,26 @@ pub struct LabInfo {
     pub loadavg_start: f64,
     pub loadavg_end: f64,
     pub cpus: usize,
+}
+
+/// Print each delay line's counters, loudly when it was off.
+pub fn print_link_stats(stats: &[crate::emulation::LinkStats]) {
+    for l in stats {
+        println!(
+            "  delay line {}: {} packets, {} dropped by the queue limit, {} lost at random ({}% set), {} released over 1 ms late (worst {:.1} ms), realtime {}",
+            l.link,
+            l.packets,
+            l.drops,
+            l.lost,
+            l.loss_pct_configured,
+            l.late_over_1ms,
+            l.max_lateness_us as f64 / 1e3,
+            l.realtime
+        );
+        if let Some(w) = l.warning() {
+            println!("  !!! EMULATION OFF during the runs: {w}");
+        }
+    }
 }
 
 /// The host's 1-minute load average.
@@ -143,7 +165,7 @@ impl Report {
         Report {
             lab,
             topology: TopologyOut {
-                links: topo.links.to_vec(),
+                links: topo.links.clone(),
                 r1_ms: topo.r1_ms(),
                 rtt_ms: topo.rtt_ms(),
                 bottleneck_mbit: topo.bottleneck_mbit(),

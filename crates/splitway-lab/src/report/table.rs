@@ -43,6 +43,23 @@ pub fn emulation(e: &EmulationCheck, title: &str) -> String {
         e.throughput_mbit_configured,
         100.0 * e.throughput_mbit / e.throughput_mbit_configured
     );
+    for i in &e.impairments {
+        let _ = writeln!(
+            s,
+            "  {:<18} {}: loss {:.3}% of {} probes (configured {}%, ±{:.3}), reordered {}, one-way extra p1/median/p99 {:.2}/{:.2}/{:.2} ms (jitter {} ms)",
+            i.link,
+            i.direction,
+            i.loss_pct_measured,
+            i.sent,
+            i.loss_pct_configured,
+            i.loss_tolerance_pct,
+            i.reordered,
+            i.extra_ms_p1,
+            i.extra_ms_median,
+            i.extra_ms_p99,
+            i.jitter_ms_configured
+        );
+    }
     if e.warnings.is_empty() {
         let _ = writeln!(
             s,
