@@ -255,13 +255,7 @@ pub(crate) fn run(mut dirs: [Direction; 2], shared: Arc<Shared>, wake: OwnedFd) 
             // eventfd so it does not stay readable.
             let mut v: u64 = 0;
             // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
-            unsafe {
-                libc::read(
-                    wake.as_raw_fd(),
-                    &mut v as *mut u64 as *mut libc::c_void,
-                    8,
-                )
-            };
+            unsafe { libc::read(wake.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
             continue;
         }
         for (k, d) in dirs.iter_mut().enumerate() {

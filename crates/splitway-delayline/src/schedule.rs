@@ -308,8 +308,8 @@ mod tests {
 
     #[test]
     fn lost_packets_take_no_link_time() {
-        let mut s = Schedule::new(8_000, 0, 1_000_000)
-            .with_impairments(Impairments::from_pct(100.0, 0), 1);
+        let mut s =
+            Schedule::new(8_000, 0, 1_000_000).with_impairments(Impairments::from_pct(100.0, 0), 1);
         assert_eq!(s.arrive(0, 1000), Decision::Lose);
         s.set_impairments(Impairments::default());
         // 1000 B at 8 kbit/s = 1 s: the lost packet did not occupy the serializer
@@ -324,8 +324,8 @@ mod tests {
     #[test]
     fn jitter_spreads_delay_but_keeps_order() {
         let jitter = 5_000_000; // 5 ms
-        let mut s = Schedule::new(0, 20_000_000, 0)
-            .with_impairments(Impairments::from_pct(0.0, jitter), 3);
+        let mut s =
+            Schedule::new(0, 20_000_000, 0).with_impairments(Impairments::from_pct(0.0, jitter), 3);
         let mut prev = 0;
         let mut extras = Vec::new();
         for i in 0..10_000u64 {

@@ -246,18 +246,16 @@ fn kernel_queue_length_and_its_counters() {
 /// returns the sequence numbers b received, in arrival order, with each
 /// one-way delay.
 fn udp_blast(t: &Topo, n: u32, gap: Duration) -> Vec<(u32, Duration)> {
-    let rx = t
-        .b
-        .run_in(|| UdpSocket::bind("10.77.2.1:7000"))
-        .expect("enter b")
-        .expect("bind in b");
+    let rx =
+        t.b.run_in(|| UdpSocket::bind("10.77.2.1:7000"))
+            .expect("enter b")
+            .expect("bind in b");
     rx.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let tx = t
-        .a
-        .run_in(|| UdpSocket::bind("10.77.1.1:0"))
-        .expect("enter a")
-        .expect("bind in a");
+    let tx =
+        t.a.run_in(|| UdpSocket::bind("10.77.1.1:0"))
+            .expect("enter a")
+            .expect("bind in a");
     let start = Instant::now();
     let sender = std::thread::spawn(move || {
         for i in 0..n {
@@ -303,7 +301,10 @@ fn random_loss_and_jitter_order_kept() {
     let got = udp_blast(&t, n, Duration::from_micros(100));
     let s = line.stats();
     let missing = n as u64 - got.len() as u64;
-    eprintln!("loss 10 %: {missing} of {n} missing, emulator lost {}", s.a_to_b.lost);
+    eprintln!(
+        "loss 10 %: {missing} of {n} missing, emulator lost {}",
+        s.a_to_b.lost
+    );
     assert!((missing as i64 - 400).abs() < 95, "missing {missing}");
     assert_eq!(s.a_to_b.lost, missing);
     assert_eq!(s.a_to_b.drops, 0);
@@ -317,7 +318,10 @@ fn random_loss_and_jitter_order_kept() {
     line.set_impairments(j, j).expect("set impairments");
     let got = udp_blast(&t, 400, Duration::from_millis(2));
     assert_eq!(got.len(), 400, "no loss any more");
-    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "jitter keeps order");
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "jitter keeps order"
+    );
     let mut d: Vec<f64> = got.iter().map(|g| g.1.as_secs_f64() * 1e3).collect();
     d.sort_by(f64::total_cmp);
     let (lo, med, hi) = (d[4], d[200], d[360]);
@@ -326,6 +330,9 @@ fn random_loss_and_jitter_order_kept() {
     assert!(hi - lo > 4.0, "spread {lo}..{hi} shows the jitter");
     // The emulator never holds a packet past delay + jitter; the slack is
     // for the probe threads' own wake-up on a busy machine.
-    assert!(hi < 5.0 + 8.0 + 5.0, "p90 {hi} within delay + jitter (+5 ms slack)");
+    assert!(
+        hi < 5.0 + 8.0 + 5.0,
+        "p90 {hi} within delay + jitter (+5 ms slack)"
+    );
     drop(line);
 }

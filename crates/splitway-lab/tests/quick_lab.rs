@@ -1,10 +1,14 @@
-//! End-to-end check of `splitway lab --quick` on a short path: builds the
-//! namespaces, emulates the links, downloads through the configurations and
-//! checks `results.json` for shape and sane numbers. Needs root (skipped
-//! otherwise). The splitway configuration runs when a built `splitway` binary
-//! sits next to this test's target directory (or `SPLITWAY_BIN` names one).
+//! End-to-end checks of `splitway lab --quick`, one per scenario, on short
+//! paths: builds the namespaces, emulates the links, downloads through the
+//! configurations and checks the JSON for shape and sane numbers. Needs
+//! root (skipped otherwise). The splitway configurations run when a built
+//! `splitway` binary sits next to this test's target directory (or
+//! `SPLITWAY_BIN` names one); the scenarios that compare against splitway
+//! are skipped without one. One lab at a time (the lab's lock): the tests
+//! take a mutex. About 1–2 minutes in all on a busy 2-core machine.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use clap::Parser;
 use serde_json::Value;
@@ -27,12 +31,185 @@ fn splitway_bin() -> Option<PathBuf> {
 
 const RTTS: [f64; 3] = [4.0, 12.0, 4.0];
 
+/// The lab holds a host-wide lock: run one at a time.
+static ONE_LAB: Mutex<()> = Mutex::new(());
+
+/// Run `splitway lab` with `args` (after `lab`) into a fresh relative --out;
+/// returns the out directory.
+fn run_lab(name: &str, args: &[&str]) -> PathBuf {
+    let out = PathBuf::from(format!(
+        "../../target/swlab-test-{name}-{}",
+        std::process::id()
+    ));
+    let mut argv: Vec<String> = vec!["lab".into()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    argv.extend(["--out".into(), out.display().to_string()]);
+    if let Some(b) = splitway_bin() {
+        argv.extend(["--splitway-bin".into(), b.display().to_string()]);
+    }
+    let cli = Cli::try_parse_from(&argv).expect("arguments parse");
+    splitway_lab::run(cli.lab).unwrap_or_else(|e| panic!("lab {args:?}: {e:#}"));
+    out
+}
+
+fn read_json(p: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p:?}: {e}")))
+        .expect("valid JSON")
+}
+
+fn no_namespace_left() {
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&ns.stdout).contains("swlab-"));
+}
+
+/// The median of a row of a scenario report.
+fn med(rows: &[Value], chain: &str, config: &str, size: u64, metric: &str) -> f64 {
+    rows.iter()
+        .find(|r| r["chain"] == chain && r["config"] == config && r["size_bytes"] == size)
+        .and_then(|r| r[metric]["median"].as_f64())
+        .unwrap_or_else(|| panic!("no {metric} for {chain} {config} {size}"))
+}
+
+/// Root and a splitway binary, or a reason to skip.
+fn ready() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    if splitway_bin().is_none() {
+        eprintln!("skipped: no splitway binary (build it: cargo build -p splitway)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn quick_miniproxy_chains_of_relays() {
+    if !ready() {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_lab("miniproxy", &["--scenario", "miniproxy", "--quick"]);
+    let j = read_json(out.join("miniproxy.json"));
+    // four chains for Figure 4 (0-3 relays) and four for Figure 5
+    let chains = j["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 8, "r0..r3, direct, three off-path steps");
+    for (k, c) in chains[..4].iter().enumerate() {
+        assert_eq!(c["label"], format!("r{k}"));
+        let links = c["topology"]["links"].as_array().unwrap();
+        assert_eq!(links.len(), k + 1);
+        let rtt: f64 = links.iter().map(|l| l["rtt_ms"].as_f64().unwrap()).sum();
+        assert!((rtt - 20.0).abs() < 1e-9, "the 20 ms path split evenly");
+    }
+    let rows = j["rows"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["failed"] == 0), "nothing failed");
+    assert!(rows.iter().all(|r| r["runs"] == 3));
+    let e2e = med(rows, "r0", "e2e", 10240, "ttfb_ms");
+    assert!(e2e >= 2.0 * 20.0 - 0.5, "end to end needs 2R: {e2e}");
+    for k in 1..=3 {
+        let t = med(rows, &format!("r{k}"), "splitway", 10240, "ttfb_ms");
+        let bound = 20.0 / (k + 1) as f64 + 20.0;
+        assert!(t >= bound - 0.5, "{k} relays: TTFB {t} below the bound {bound}");
+    }
+    // three relays with every improvement beat end to end on TTFB
+    let t3 = med(rows, "r3", "splitway", 10240, "ttfb_ms");
+    assert!(t3 < e2e, "3 relays {t3} vs e2e {e2e}");
+    let f4 = j["analysis"]["figure4"].as_array().unwrap();
+    assert_eq!(f4.len(), 3);
+    assert_eq!(f4[2]["paper_ttfb_pct"], -37.5);
+    assert!(f4[2]["splitway"]["ttfb_pct"].as_f64().unwrap() < 0.0);
+    assert!(j["analysis"]["figure5_breakeven"].as_array().unwrap().len() >= 2);
+    for f in ["miniproxy-ttfb.svg", "miniproxy-ttc.svg", "miniproxy-offpath.svg"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    no_namespace_left();
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn quick_loss_is_emulated_measured_and_compared() {
+    if !ready() {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_lab("loss", &["--scenario", "loss", "--quick"]);
+    let j = read_json(out.join("loss.json"));
+    let phases = j["analysis"]["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(names, ["none", "long-1", "client-1"]);
+    for p in &phases[1..] {
+        // the UDP probes saw about 1 % loss each way (10,000 probes: σ 0.1 %)
+        let checks = p["loss_check"].as_array().unwrap();
+        assert_eq!(checks.len(), 2, "both directions probed");
+        for c in checks {
+            let m = c["loss_pct_measured"].as_f64().unwrap();
+            assert!((0.5..1.5).contains(&m), "{}: measured {m} %", p["phase"]);
+        }
+        // and the delay lines lost packets during the downloads
+        let lost: u64 = p["delay_line_stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["lost"].as_u64().unwrap())
+            .sum();
+        assert!(lost > 0, "{}: no packet lost", p["phase"]);
+    }
+    let none_lost: u64 = phases[0]["delay_line_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(none_lost, 0);
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3 * 2, "three phases, e2e and splitway, one size");
+    assert!(rows.iter().all(|r| r["failed"] == 0 && r["runs"] == 2));
+    assert!(out.join("loss-long.svg").exists() && out.join("loss-client.svg").exists());
+    no_namespace_left();
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn quick_many_clients_through_one_ingress() {
+    if !ready() {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_lab("many", &["--scenario", "many", "--quick"]);
+    let j = read_json(out.join("many.json"));
+    let a = &j["analysis"];
+    assert_eq!(a["concurrent"], 30);
+    for c in a["configs"].as_array().unwrap() {
+        assert_eq!(c["downloads"], 30, "{}", c["config"]);
+        assert_eq!(c["failed"], 0, "nothing fails: {}", c["config"]);
+        let jain = c["jain_per_round"][0].as_f64().unwrap();
+        assert!(jain > 0.0 && jain <= 1.0 + 1e-9);
+        assert!(c["ttfb_ms"]["p99"].as_f64().unwrap() >= c["ttfb_ms"]["p50"].as_f64().unwrap());
+    }
+    let sw = a["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["config"] == "splitway")
+        .unwrap();
+    // the relay's own counters were read: every flow is a hit or a miss
+    let used = sw["pool_hits"].as_f64().unwrap() + sw["pool_misses"].as_f64().unwrap();
+    assert!(used >= 30.0, "pool hits + misses {used}");
+    assert!(out.join("many-ttfb.svg").exists());
+    no_namespace_left();
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn quick_lab_produces_sane_results() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root");
         return;
     }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     // A relative --out, as `scripts/lab.sh` passes by default (`lab-results`):
     // nginx runs in its own prefix and once resolved a relative log path
     // against it. Relative to the package root: the workspace's ignored target/.
