@@ -112,7 +112,10 @@ fn quick_miniproxy_chains_of_relays() {
     for k in 1..=3 {
         let t = med(rows, &format!("r{k}"), "splitway", 10240, "ttfb_ms");
         let bound = 20.0 / (k + 1) as f64 + 20.0;
-        assert!(t >= bound - 0.5, "{k} relays: TTFB {t} below the bound {bound}");
+        assert!(
+            t >= bound - 0.5,
+            "{k} relays: TTFB {t} below the bound {bound}"
+        );
     }
     // three relays with every improvement beat end to end on TTFB
     let t3 = med(rows, "r3", "splitway", 10240, "ttfb_ms");
@@ -122,7 +125,11 @@ fn quick_miniproxy_chains_of_relays() {
     assert_eq!(f4[2]["paper_ttfb_pct"], -37.5);
     assert!(f4[2]["splitway"]["ttfb_pct"].as_f64().unwrap() < 0.0);
     assert!(j["analysis"]["figure5_breakeven"].as_array().unwrap().len() >= 2);
-    for f in ["miniproxy-ttfb.svg", "miniproxy-ttc.svg", "miniproxy-offpath.svg"] {
+    for f in [
+        "miniproxy-ttfb.svg",
+        "miniproxy-ttc.svg",
+        "miniproxy-offpath.svg",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
     no_namespace_left();
@@ -138,7 +145,10 @@ fn quick_loss_is_emulated_measured_and_compared() {
     let out = run_lab("loss", &["--scenario", "loss", "--quick"]);
     let j = read_json(out.join("loss.json"));
     let phases = j["analysis"]["phases"].as_array().unwrap();
-    let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["none", "long-1", "client-1"]);
     for p in &phases[1..] {
         // the UDP probes saw about 1 % loss each way (10,000 probes: σ 0.1 %)
@@ -165,7 +175,11 @@ fn quick_loss_is_emulated_measured_and_compared() {
         .sum();
     assert_eq!(none_lost, 0);
     let rows = j["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3 * 2, "three phases, e2e and splitway, one size");
+    assert_eq!(
+        rows.len(),
+        3 * 2,
+        "three phases, e2e and splitway, one size"
+    );
     assert!(rows.iter().all(|r| r["failed"] == 0 && r["runs"] == 2));
     assert!(out.join("loss-long.svg").exists() && out.join("loss-client.svg").exists());
     no_namespace_left();

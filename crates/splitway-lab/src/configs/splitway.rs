@@ -121,7 +121,7 @@ pub fn relay_configs(
                 let listen = plan.left_alias(i, n).0;
                 let _ = write!(c, "[relay]\nlisten = \"{listen}:{relay_port}\"\n");
                 if i == relays {
-                    let _ = write!(c, "allow = [{{ prefix = \"{server}/32\", ports = 80 }}]\n");
+                    let _ = writeln!(c, "allow = [{{ prefix = \"{server}/32\", ports = 80 }}]");
                 }
                 // The previous relay only connects to us; as a peer,
                 // turbo-start widens the windows toward it too
