@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::auth::{KeyRing, Secret};
 use crate::ports::PortRange;
+use crate::proxy_config::{HttpConnectListener, Socks5Listener};
 use crate::route::{AllowList, NextHop, Route, RouteTable};
 
 /// A config that could not be loaded.
@@ -52,6 +53,11 @@ pub struct Config {
     pub transparent: Vec<Transparent>,
     #[serde(default)]
     pub explicit: Vec<Explicit>,
+    /// SOCKS5 and HTTP CONNECT proxy listeners (`proxy_config.rs`).
+    #[serde(default)]
+    pub socks5: Vec<Socks5Listener>,
+    #[serde(default)]
+    pub http_connect: Vec<HttpConnectListener>,
     #[serde(default, rename = "peer")]
     pub peers: Vec<Peer>,
     #[serde(default, rename = "route")]
@@ -680,10 +686,17 @@ impl Config {
                 ));
             }
         }
-        if self.transparent.is_empty() && self.explicit.is_empty() && self.relay.is_none() {
+        crate::proxy_config::validate(&self.socks5, &self.http_connect, &table)?;
+        if self.transparent.is_empty()
+            && self.explicit.is_empty()
+            && self.socks5.is_empty()
+            && self.http_connect.is_empty()
+            && self.relay.is_none()
+        {
             return Err(ConfigError::invalid(
                 "relay",
-                "nothing to do: configure [relay], [[transparent]] or [[explicit]]",
+                "nothing to do: configure [relay], [[transparent]], [[explicit]], \
+                 [[socks5]] or [[http_connect]]",
             ));
         }
 
@@ -783,13 +796,21 @@ impl Config {
 }
 
 /// A TOML error as the parser prints it (line, snippet, message), with the
-/// value of every `secret = "..."` in the file masked: the snippet may be
+/// value of every `secret = "..."` and `password = "..."` in the file masked: the snippet may be
 /// the line that holds a key.
 fn parse_message(text: &str, e: &toml::de::Error) -> String {
     let mut msg = e.to_string();
+    for word in ["secret", "password"] {
+        msg = mask_values(msg, text, word);
+    }
+    msg
+}
+
+/// `msg` with the value of every `word = "..."` in `text` masked.
+fn mask_values(mut msg: String, text: &str, word: &str) -> String {
     let mut rest = text;
-    while let Some(i) = rest.find("secret") {
-        rest = &rest[i + "secret".len()..];
+    while let Some(i) = rest.find(word) {
+        rest = &rest[i + word.len()..];
         let after = rest.trim_start();
         let Some(after) = after.strip_prefix('=') else {
             continue;

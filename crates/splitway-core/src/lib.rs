@@ -9,6 +9,8 @@
 //! - [`config`]: the typed, validated configuration file.
 //! - [`pool`]: watermark bookkeeping of pre-established relay legs.
 //! - [`pairing`]: early-SYN legs waiting for their accepted client, bounded.
+//! - [`proxy`], [`socks5`], [`http_connect`], [`proxy_config`]: the proxy
+//!   ingresses' handshakes (SOCKS5, HTTP CONNECT), their shared types and config.
 //! - [`turbo`]: turbo-start window sizing and route parsing.
 //!
 //! Everything here is tested without a network; the daemon in `splitway-relay`
@@ -17,10 +19,14 @@
 pub mod auth;
 pub mod config;
 pub mod frame;
+pub mod http_connect;
 pub mod mux;
 pub mod pairing;
 pub mod pool;
 pub mod ports;
+pub mod proxy;
+pub mod proxy_config;
 pub mod route;
+pub mod socks5;
 pub mod turbo;
 pub mod wire;
