@@ -38,6 +38,7 @@ pub struct RunOptions {
 enum Kind {
     Transparent,
     Explicit(SocketAddr),
+    Proxy(crate::ingress::Proto),
     Relay,
 }
 
@@ -77,6 +78,14 @@ pub async fn run(
     }
     for e in &cfg.explicit {
         listeners.push((bind(e.listen, false)?, Kind::Explicit(e.target)));
+    }
+    for s in &cfg.socks5 {
+        let proto = crate::ingress::Proto::Socks5(s.listen);
+        listeners.push((bind(s.listen, false)?, Kind::Proxy(proto)));
+    }
+    for h in &cfg.http_connect {
+        let proto = crate::ingress::Proto::HttpConnect(h.listen);
+        listeners.push((bind(h.listen, false)?, Kind::Proxy(proto)));
     }
     if let Some(r) = &cfg.relay {
         let l = bind(r.listen, false)?;
@@ -208,6 +217,9 @@ fn spawn_flow(sock: TcpStream, peer: SocketAddr, kind: Kind, shared: &Arc<Shared
         },
         Kind::Explicit(target) => {
             tokio::spawn(flow::client(shared, sock, peer, target, "explicit"));
+        }
+        Kind::Proxy(proto) => {
+            tokio::spawn(crate::ingress::serve(shared, sock, peer, proto));
         }
         Kind::Relay => {
             tokio::spawn(flow::relay_leg(shared, sock, peer));

@@ -34,7 +34,7 @@ static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(5);
 static REJECT_LOG: RateLimit = RateLimit::new(5);
 
 /// Close `s` with a RST.
-fn reset(s: TcpStream) {
+pub(crate) fn reset(s: TcpStream) {
     let _ = sockopt::set_linger_zero(&s);
     drop(s);
 }
@@ -136,7 +136,7 @@ pub async fn open_leg(
 /// move counted and logged; peers marked down are skipped while a later
 /// hop is not (see `failover`). Refusals by policy (`not_allowed`,
 /// `hop_limit`) do not fail over.
-async fn next_hop(
+pub(crate) async fn next_hop(
     shared: &Shared,
     snap: &Snapshot,
     dst: SocketAddr,
@@ -205,17 +205,17 @@ async fn open_hop(
 
 /// What the connection's two sockets are, and when it started (accept, or
 /// a relay leg's header): for the metrics.
-struct Legs {
-    down: LegKind,
-    up: LegKind,
-    since: Instant,
+pub(crate) struct Legs {
+    pub down: LegKind,
+    pub up: LegKind,
+    pub since: Instant,
 }
 
 /// A split connection whose next hop is open, ready to forward. Setting up
 /// (routing, connecting, early-SYN pairing, header checks) runs in its own
 /// boxed future that is freed once this exists, so the task an idle
 /// connection keeps holds only this and the engine's state machine.
-struct Split {
+pub(crate) struct Split {
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
     /// The two sockets and what the admin API shows; shared with the
@@ -277,7 +277,7 @@ impl Split {
 
 /// Set up with `setup` (boxed: its state is freed before forwarding
 /// starts), then forward.
-async fn set_up_and_run(setup: Pin<Box<impl Future<Output = Option<Split>>>>) {
+pub(crate) async fn set_up_and_run(setup: Pin<Box<impl Future<Output = Option<Split>>>>) {
     if let Some(split) = setup.await {
         split.run().await;
     }
@@ -345,7 +345,7 @@ async fn set_up_client(
 }
 
 impl Split {
-    fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         snap: Arc<Snapshot>,
         entry: FlowEntry,

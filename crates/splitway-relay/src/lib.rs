@@ -6,6 +6,7 @@
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
+//! - [`ingress`]: SOCKS5 and HTTP CONNECT listeners: handshake, then a flow.
 //! - [`failover`]: which next hop of a route to try; peers that recently failed.
 //! - [`syn_tap`]: early SYN: NFQUEUE tap that starts the next leg on the client's SYN.
 //! - [`pool`]: pools of pre-established relay legs per peer.
@@ -27,6 +28,7 @@ pub mod failover;
 pub mod firewall;
 pub mod flow;
 pub mod forward;
+pub mod ingress;
 pub mod leg;
 pub mod metrics;
 pub mod pool;

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Connections moved from one next hop of their route to the next
     /// (`[[route]].backup`), by the hop left and the hop tried.
     pub failover: IntCounterVec,
+    /// Proxy ingress (SOCKS5, HTTP CONNECT) requests refused, by listener
+    /// kind and reason.
+    pub proxy_refused: IntCounterVec,
     /// Children of the vectors above that every connection touches,
     /// resolved once (a label lookup hashes and locks).
     pub hot: Hot,
@@ -207,6 +210,11 @@ impl Metrics {
             "Connections that failed over from one next hop of their route to the next",
             &["from", "to"],
         );
+        let proxy_refused = counter_vec(
+            "splitway_proxy_refused_total",
+            "SOCKS5 / HTTP CONNECT requests refused with an error reply or closed, by kind and reason",
+            &["kind", "reason"],
+        );
         let resources_pooled = IntGauge::new(
             "splitway_resources_pooled",
             "Per-connection buffer or pipe pairs ready in the pool",
@@ -219,6 +227,7 @@ impl Metrics {
             hot: Hot::new(&accepted, &bytes, &completed),
             ttfb_seconds,
             failover,
+            proxy_refused,
             resources_pooled,
             early_syn,
             registry,
