@@ -19,6 +19,8 @@ want haproxy haproxy
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 want sysctl procps
 want python3 python3
+want openssl openssl        # lab --scenario web: per-run CA and certificate
+want chromium chromium      # lab --scenario web: headless browser
 
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""

@@ -45,16 +45,17 @@ pub fn parse_output(out: &str, expect_bytes: u64) -> Result<Sample> {
 
 /// Download `url` once from the client; fails on non-200 or short body.
 pub fn fetch(tb: &Testbed, url: &str, size: u64, timeout: Duration) -> Result<Sample> {
-    let child = spawn(tb, url, None, timeout)?;
+    let child = spawn(tb, url, None, &[], timeout)?;
     finish(child, url, size, timeout)
 }
 
-/// Start one download from the client (from address `source`, if given),
-/// without waiting.
+/// Start one download from the client (from address `source`, if given;
+/// `extra` curl arguments, e.g. `--cacert`), without waiting.
 pub fn spawn(
     tb: &Testbed,
     url: &str,
     source: Option<&str>,
+    extra: &[&str],
     timeout: Duration,
 ) -> Result<std::process::Child> {
     let mut cmd = tb.command("client", "curl");
@@ -71,6 +72,7 @@ pub fn spawn(
     if let Some(a) = source {
         cmd.args(["--interface", a]);
     }
+    cmd.args(extra);
     cmd.arg(url)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

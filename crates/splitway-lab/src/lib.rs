@@ -53,7 +53,8 @@ pub struct LabArgs {
     /// What to run: paper (the KTCP paper's path, all configurations),
     /// miniproxy (relay chains of 0-3 relays and a relay off the path),
     /// loss (random loss on the long link, then the client's), many
-    /// (100 concurrent downloads from 10 clients through one ingress)
+    /// (100 concurrent downloads from 10 clients through one ingress), web
+    /// (HTTPS and headless Chromium loading a median-shaped page)
     #[arg(long, default_value = "paper")]
     pub scenario: String,
 

@@ -41,6 +41,17 @@ fn write_file(path: &Path, size: u64) -> Result<()> {
 impl Nginx {
     /// Generate the files under `work/www` and start nginx in `server`.
     pub fn start(tb: &Testbed, work: &Path, logs: &Path, sizes: &[u64]) -> Result<Nginx> {
+        Nginx::start_with(tb, work, logs, sizes, "")
+    }
+
+    /// [`Nginx::start`] with more `server { }` blocks (e.g. HTTPS) in `http`.
+    pub fn start_with(
+        tb: &Testbed,
+        work: &Path,
+        logs: &Path,
+        sizes: &[u64],
+        extra_servers: &str,
+    ) -> Result<Nginx> {
         let www = work.join("www");
         std::fs::create_dir_all(&www)?;
         for &s in sizes {
@@ -75,6 +86,7 @@ http {{
         listen 80 default_server backlog=4096;
         root {www};
     }}
+{extra_servers}
 }}
 ",
                 logs = logs.display(),

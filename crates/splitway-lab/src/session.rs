@@ -132,6 +132,17 @@ impl Session {
 
     /// Build, emulate, serve `sizes` and check one chain.
     pub fn chain(&self, label: &str, topo: &Topology, sizes: &[u64]) -> Result<Chain> {
+        self.chain_with(label, topo, sizes, "")
+    }
+
+    /// [`Session::chain`] with more nginx `server { }` blocks.
+    pub fn chain_with(
+        &self,
+        label: &str,
+        topo: &Topology,
+        sizes: &[u64],
+        nginx_servers: &str,
+    ) -> Result<Chain> {
         let tag = if label.is_empty() {
             String::new()
         } else {
@@ -176,7 +187,7 @@ impl Session {
         };
         std::fs::create_dir_all(&dir)?;
         std::fs::create_dir_all(&logs)?;
-        let nginx = Nginx::start(&tb, &dir, &logs, sizes)?;
+        let nginx = Nginx::start_with(&tb, &dir, &logs, sizes, nginx_servers)?;
         crate::host::check_stop()?;
         let (probes, bulk, loss_cap) = self.check_effort(topo);
         eprintln!("lab: measuring the emulation ...");

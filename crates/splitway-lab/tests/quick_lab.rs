@@ -305,3 +305,37 @@ fn quick_lab_produces_sane_results() {
     assert!(!String::from_utf8_lossy(&ns.stdout).contains("swlab-"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn quick_web_https_and_chromium() {
+    if !ready() {
+        return;
+    }
+    if !splitway_lab::host::have("chromium") {
+        eprintln!("skipped: no chromium (scripts/install-deps.sh installs it)");
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_lab("web", &["--scenario", "web", "--quick"]);
+    let j = read_json(out.join("web.json"));
+    let cfgs = j["analysis"]["configs"].as_array().unwrap();
+    assert_eq!(cfgs.len(), 2);
+    for c in cfgs {
+        let pages = c["pages"].as_array().unwrap();
+        assert_eq!(pages.len(), 2, "{}: {}", c["config"], c["failures"]);
+        for p in pages {
+            // every object loaded; the load event after the first byte
+            assert!(p["resources"].as_u64().unwrap() >= 38);
+            assert!(p["plt"].as_f64().unwrap() > p["ttfb"].as_f64().unwrap());
+            // HTTPS over the 20 ms path: TCP + TLS 1.3 handshakes before the first byte
+            assert!(p["ttfb"].as_f64().unwrap() > 20.0, "{p}");
+        }
+        assert!(c["curl_https_ttfb_ms"]["median"].as_f64().unwrap() > 20.0);
+    }
+    for s in j["analysis"]["screenshots"].as_array().unwrap() {
+        assert!(s["bytes"].as_u64().unwrap() > 10_000, "screenshot {s}");
+    }
+    assert!(out.join("web-plt.svg").exists());
+    no_namespace_left();
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -113,7 +113,7 @@ pub fn relay_configs(
             if i == 1 {
                 let _ = write!(
                     c,
-                    "[[transparent]]\nport = {tport}\nprefixes = [\"{server}/32\"]\nports = [80]\n\n\
+                    "[[transparent]]\nport = {tport}\nprefixes = [\"{server}/32\"]\nports = [80, 443]\n\n\
                      [admin]\nlisten = \"127.0.0.1:{}\"\n\n",
                     admin_port(n)
                 );
@@ -121,7 +121,10 @@ pub fn relay_configs(
                 let listen = plan.left_alias(i, n).0;
                 let _ = write!(c, "[relay]\nlisten = \"{listen}:{relay_port}\"\n");
                 if i == relays {
-                    let _ = writeln!(c, "allow = [{{ prefix = \"{server}/32\", ports = 80 }}]");
+                    let _ = writeln!(
+                        c,
+                        "allow = [{{ prefix = \"{server}/32\", ports = 80 }}, {{ prefix = \"{server}/32\", ports = 443 }}]"
+                    );
                 }
                 // The previous relay only connects to us; as a peer,
                 // turbo-start widens the windows toward it too

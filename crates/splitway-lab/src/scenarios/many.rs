@@ -96,7 +96,7 @@ fn round(
     let mut children = Vec::new();
     for i in 0..n {
         let src = &sources[i % sources.len()];
-        children.push(curl::spawn(&chain.tb, &url, Some(src), sess.timeout)?);
+        children.push(curl::spawn(&chain.tb, &url, Some(src), &[], sess.timeout)?);
     }
     let mut samples = Vec::new();
     let mut failures = Vec::new();

@@ -9,6 +9,7 @@ mod loss;
 mod many;
 mod miniproxy;
 mod paper;
+mod web;
 
 use anyhow::{bail, Result};
 
@@ -42,6 +43,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "many",
         about: "100 concurrent downloads from 10 client addresses through one ingress, pool smaller than the load",
         run: many::run,
+    },
+    Scenario {
+        name: "web",
+        about: "HTTPS (TLS 1.3, per-run certificate) and headless Chromium loading a median-shaped page: e2e vs splitway",
+        run: web::run,
     },
 ];
 
