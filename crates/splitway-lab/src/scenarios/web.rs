@@ -75,7 +75,10 @@ pub fn write_page(root: &Path) -> Result<u64> {
         let text = if path.ends_with(".css") {
             head.push_str(&format!("<link rel=\"stylesheet\" href=\"{path}\">\n"));
             let rule = format!(".c{i} {{ color: #{:06x}; margin: 2px; }}\n", i * 40_000);
-            format!("{rule}/* {} */\n", filler(size.saturating_sub(rule.len() + 7), seed))
+            format!(
+                "{rule}/* {} */\n",
+                filler(size.saturating_sub(rule.len() + 7), seed)
+            )
         } else if path.ends_with(".js") {
             body.push_str(&format!("<script src=\"{path}\"></script>\n"));
             format!(
@@ -92,7 +95,10 @@ pub fn write_page(root: &Path) -> Result<u64> {
                  <rect width=\"160\" height=\"100\" fill=\"hsl({hue},60%,60%)\"/>\
                  <text x=\"10\" y=\"55\" font-size=\"20\">object {i}</text></svg>\n"
             );
-            format!("{svg}<!-- {} -->\n", filler(size.saturating_sub(svg.len() + 10), seed))
+            format!(
+                "{svg}<!-- {} -->\n",
+                filler(size.saturating_sub(svg.len() + 10), seed)
+            )
         };
         std::fs::write(root.join(path.trim_start_matches('/')), text)?;
     }
@@ -153,7 +159,13 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Result<String> {
 fn make_certs(dir: &Path, ips: &[String]) -> Result<(PathBuf, PathBuf, PathBuf, String)> {
     std::fs::create_dir_all(dir)?;
     let p = |f: &str| dir.join(f).display().to_string();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     run_cmd(
         Command::new("openssl")
             .args(["req", "-x509"])
@@ -180,9 +192,21 @@ fn make_certs(dir: &Path, ips: &[String]) -> Result<(PathBuf, PathBuf, PathBuf, 
     )?;
     run_cmd(
         Command::new("openssl").args([
-            "x509", "-req", "-in", &p("server.csr"), "-CA", &p("ca.pem"), "-CAkey",
-            &p("ca.key"), "-CAcreateserial", "-out", &p("server.pem"), "-days", "2",
-            "-extfile", &p("ext.cnf"),
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("server.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
         ]),
         "openssl (sign)",
     )?;
@@ -314,12 +338,22 @@ pub fn run(args: &LabArgs) -> Result<()> {
                 chains[0].tb.flush_tcp_metrics();
             }
             let profile = web.join(format!("profile-{a}"));
-            match chromium(&chains[0], &profile, &spki, &["--dump-dom"], &url, Duration::from_secs(90))
-                .and_then(|dom| {
-                    parse_timing(&dom).with_context(|| {
-                        format!("no timing in the page Chromium loaded ({} bytes of DOM)", dom.len())
-                    })
-                }) {
+            match chromium(
+                &chains[0],
+                &profile,
+                &spki,
+                &["--dump-dom"],
+                &url,
+                Duration::from_secs(90),
+            )
+            .and_then(|dom| {
+                parse_timing(&dom).with_context(|| {
+                    format!(
+                        "no timing in the page Chromium loaded ({} bytes of DOM)",
+                        dom.len()
+                    )
+                })
+            }) {
                 Ok(t) if t.resources >= nobj => pages[a].push(t),
                 Ok(t) => failures[a].push(format!(
                     "page loaded only {} of {nobj} objects",
@@ -333,8 +367,14 @@ pub fn run(args: &LabArgs) -> Result<()> {
             if !sess.keep_tcp_metrics {
                 chains[0].tb.flush_tcp_metrics();
             }
-            match crate::curl::spawn(&chains[0].tb, &url, None, &["--cacert", &ca_s], sess.timeout)
-                .and_then(|c| crate::curl::finish(c, &url, html_bytes, sess.timeout))
+            match crate::curl::spawn(
+                &chains[0].tb,
+                &url,
+                None,
+                &["--cacert", &ca_s],
+                sess.timeout,
+            )
+            .and_then(|c| crate::curl::finish(c, &url, html_bytes, sess.timeout))
             {
                 Ok(s) => curls[a].push(s),
                 Err(e) => failures[a].push(format!("curl: {e:#}")),
@@ -452,7 +492,8 @@ pub fn run(args: &LabArgs) -> Result<()> {
     rep.collect_warnings();
     let json_path = rep.write_json(&sess.out)?;
     let mut c = Chart {
-        title: "Headless Chromium, HTTPS: page load time per run (load event, Navigation Timing)".into(),
+        title: "Headless Chromium, HTTPS: page load time per run (load event, Navigation Timing)"
+            .into(),
         x_label: "page load time (ms)".into(),
         y_label: "share of runs done".into(),
         ..Default::default()
@@ -463,14 +504,22 @@ pub fn run(args: &LabArgs) -> Result<()> {
         let n = v.len().max(1) as f64;
         c.series.push(Series {
             name: row.config.clone(),
-            points: v.iter().enumerate().map(|(i, x)| (*x, (i + 1) as f64 / n)).collect(),
+            points: v
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (*x, (i + 1) as f64 / n))
+                .collect(),
             dashed: row.config == "e2e",
             ..Default::default()
         });
     }
     let chart = lines::write(&c, &sess.out, "web-plt.svg")?;
     rep.print_warnings();
-    println!("\nwrote {}, {} and the screenshots", json_path.display(), chart.display());
+    println!(
+        "\nwrote {}, {} and the screenshots",
+        json_path.display(),
+        chart.display()
+    );
     drop(chains);
     if let Some(why) = stopped {
         bail!("the lab stopped early ({why}); partial results were written");
@@ -491,14 +540,21 @@ mod tests {
         assert!((1_500_000..3_000_000).contains(&total), "{total} bytes");
         assert_eq!(objects().len(), 38);
         for (p, size) in objects() {
-            let got = std::fs::metadata(dir.join(p.trim_start_matches('/'))).unwrap().len() as usize;
+            let got = std::fs::metadata(dir.join(p.trim_start_matches('/')))
+                .unwrap()
+                .len() as usize;
             assert!(got.abs_diff(size) < 200, "{p}: {got} vs {size}");
         }
         let _ = std::fs::remove_dir_all(&dir);
         let dom = "<pre id=\"swlab-timing\">SWLAB {\"plt\":812.5,\"ttfb\":310.1,\"dcl\":700,\"resources\":38}</pre>";
         assert_eq!(
             parse_timing(dom),
-            Some(PageTiming { plt: 812.5, ttfb: 310.1, dcl: 700.0, resources: 38 })
+            Some(PageTiming {
+                plt: 812.5,
+                ttfb: 310.1,
+                dcl: 700.0,
+                resources: 38
+            })
         );
         assert_eq!(parse_timing("<html></html>"), None);
     }
