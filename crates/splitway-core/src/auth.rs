@@ -111,12 +111,15 @@ impl KeyRing {
         out
     }
 
-    /// Parse and authenticate a header at the start of `buf`.
+    /// Parse and authenticate a header at the start of `buf`. The MAC is
+    /// verified first, without `guard`: only a header signed with one of
+    /// our keys reaches the replay guard (and its lock, when shared by all
+    /// workers), so forged or garbled headers never serialize the workers.
     pub fn open(
         &self,
         buf: &[u8],
         now_ms: u64,
-        guard: &mut ReplayGuard,
+        mut guard: impl ReplayCheck,
     ) -> Result<(Header, usize), AuthError> {
         let p = wire::parse(buf)?;
         let m = self
@@ -124,8 +127,29 @@ impl KeyRing {
             .ok_or(AuthError::UnknownKey(p.header.key_id))?;
         m.verify_truncated_left(p.mac)
             .map_err(|_| AuthError::BadMac)?;
-        guard.check(&p.header, now_ms)?;
+        guard.check_replay(&p.header, now_ms)?;
         Ok((p.header, p.len))
+    }
+}
+
+/// Where [`KeyRing::open`] checks an authentic header's timestamp and
+/// nonce: a guard of one's own, or one shared behind a lock, which is
+/// taken only for that check.
+pub trait ReplayCheck {
+    fn check_replay(&mut self, header: &Header, now_ms: u64) -> Result<(), AuthError>;
+}
+
+impl ReplayCheck for &mut ReplayGuard {
+    fn check_replay(&mut self, header: &Header, now_ms: u64) -> Result<(), AuthError> {
+        self.check(header, now_ms)
+    }
+}
+
+impl ReplayCheck for &std::sync::Mutex<ReplayGuard> {
+    fn check_replay(&mut self, header: &Header, now_ms: u64) -> Result<(), AuthError> {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(header, now_ms)
     }
 }
 
@@ -246,6 +270,38 @@ mod tests {
                 "byte {i}: {err:?}"
             );
         }
+    }
+
+    /// Counts how often the replay guard is reached.
+    struct Counting(u32);
+
+    impl ReplayCheck for &mut Counting {
+        fn check_replay(&mut self, _: &Header, _: u64) -> Result<(), AuthError> {
+            self.0 += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_bad_mac_never_reaches_the_replay_guard() {
+        let a = ring(1, b"0123456789abcdef");
+        let b = ring(1, b"fedcba9876543210");
+        let bytes = a.seal(&header(1, NOW));
+        let mut c = Counting(0);
+        assert_eq!(b.open(&bytes, NOW, &mut c), Err(AuthError::BadMac));
+        let mut t = bytes.clone();
+        *t.last_mut().unwrap() ^= 1;
+        assert_eq!(a.open(&t, NOW, &mut c), Err(AuthError::BadMac));
+        assert_eq!(c.0, 0, "forged headers never touch the guard");
+        assert!(a.open(&bytes, NOW, &mut c).is_ok());
+        assert_eq!(c.0, 1, "an authentic one does, once");
+        // Shared behind a lock: a forged header opens while another worker
+        // holds the lock (it would wait forever if the lock were taken).
+        let shared = std::sync::Mutex::new(ReplayGuard::new(30_000, 100));
+        let held = shared.lock().unwrap();
+        assert_eq!(b.open(&bytes, NOW, &shared), Err(AuthError::BadMac));
+        drop(held);
+        assert!(a.open(&bytes, NOW, &shared).is_ok());
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct Config {
     #[serde(default)]
     pub firewall: Firewall,
     pub admin: Option<Admin>,
+    /// `[metrics]`: a read-only listener for Prometheus.
+    pub metrics: Option<MetricsListener>,
 }
 
 /// `[node]`: this relay.
@@ -345,12 +347,52 @@ impl Default for Firewall {
     }
 }
 
-/// `[admin]`: the local control API.
-#[derive(Debug, Clone, Deserialize)]
+/// `[admin]`: the control API.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// `127.0.0.1:9900` or `unix:/run/splitway.sock`.
     pub listen: String,
+    /// The bearer token every write (POST, PUT, DELETE) must carry.
+    pub token: Option<AdminToken>,
+    /// A file whose first line is the token, read at start.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// The admin API's bearer token. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(s: impl Into<String>) -> AdminToken {
+        AdminToken(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compare in time that does not depend on where they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken(<{} bytes>)", self.0.len())
+    }
+}
+
+/// `[metrics]`: `/metrics` and `/health` only, read-only, for scrapers on
+/// other hosts.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsListener {
+    /// `0.0.0.0:9901`, `[::]:9901`...
+    pub listen: SocketAddr,
 }
 
 fn d_buffer_bytes() -> usize {
@@ -743,10 +785,13 @@ impl Config {
             ));
         }
         if let Some(a) = &self.admin {
-            if parse_admin_listen(&a.listen).is_none() {
+            validate_admin(a)?;
+        }
+        if let (Some(m), Some(a)) = (&self.metrics, &self.admin) {
+            if parse_admin_listen(&a.listen) == Some(AdminListen::Tcp(m.listen)) {
                 return Err(ConfigError::invalid(
-                    "admin.listen",
-                    "must be IP:PORT or unix:/path",
+                    "metrics.listen",
+                    "must differ from admin.listen",
                 ));
             }
         }
@@ -830,6 +875,41 @@ fn mask_values(mut msg: String, text: &str, word: &str) -> String {
         }
     }
     msg
+}
+
+fn validate_admin(a: &Admin) -> Result<(), ConfigError> {
+    let Some(listen) = parse_admin_listen(&a.listen) else {
+        return Err(ConfigError::invalid(
+            "admin.listen",
+            "must be IP:PORT or unix:/path",
+        ));
+    };
+    if a.token.is_some() && a.token_file.is_some() {
+        return Err(ConfigError::invalid(
+            "admin.token_file",
+            "give admin.token or admin.token_file, not both",
+        ));
+    }
+    if let Some(t) = &a.token {
+        if t.0.trim().is_empty() || t.0.chars().any(|c| c.is_whitespace()) {
+            return Err(ConfigError::invalid(
+                "admin.token",
+                "must be non-empty, without spaces",
+            ));
+        }
+    }
+    let local = match listen {
+        AdminListen::Unix(_) => true,
+        AdminListen::Tcp(addr) => addr.ip().is_loopback(),
+    };
+    if !local && a.token.is_none() && a.token_file.is_none() {
+        return Err(ConfigError::invalid(
+            "admin.token",
+            "required when admin.listen is neither a loopback address nor a Unix socket \
+             (anyone who reaches it could reroute traffic); or use [metrics] listen for scrapers",
+        ));
+    }
+    Ok(())
 }
 
 /// Where the admin API listens.
@@ -1154,6 +1234,34 @@ via = "egress"
     fn marks_must_differ() {
         let e = err_of(&(base() + "\n[firewall]\ntproxy_mark = 5\nown_mark = 5\n"));
         assert!(e.contains("firewall.own_mark"), "{e}");
+    }
+
+    #[test]
+    fn admin_token_required_off_loopback_and_masked() {
+        let with = |admin: &str| base() + "\n[admin]\n" + admin + "\n";
+        assert!(err_of(&with("listen = \"0.0.0.0:9900\"")).contains("admin.token"));
+        assert!(err_of(&with("listen = \"10.0.0.1:9900\"")).contains("admin.token"));
+        let c =
+            Config::parse(&with("listen = \"0.0.0.0:9900\"\ntoken = \"s3cr3t-t0ken\"")).unwrap();
+        let t = c.admin.as_ref().unwrap().token.as_ref().unwrap();
+        assert!(t.matches("s3cr3t-t0ken") && !t.matches("s3cr3t-t0keN") && !t.matches(""));
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "token masked in Debug"
+        );
+        assert!(Config::parse(&with("listen = \"[::1]:9900\"")).is_ok());
+        assert!(Config::parse(&with("listen = \"unix:/run/x.sock\"")).is_ok());
+        assert!(Config::parse(&with("listen = \"0.0.0.0:9900\"\ntoken_file = \"/etc/t\"")).is_ok());
+        assert!(err_of(&with(
+            "listen = \"0.0.0.0:9900\"\ntoken = \"a\"\ntoken_file = \"/t\""
+        ))
+        .contains("admin.token_file"));
+        assert!(err_of(&with("listen = \"127.0.0.1:9900\"\ntoken = \"\"")).contains("admin.token"));
+        let m = base()
+            + "\n[admin]\nlisten = \"127.0.0.1:9900\"\n[metrics]\nlisten = \"127.0.0.1:9900\"\n";
+        assert!(err_of(&m).contains("metrics.listen"));
+        let m = base() + "\n[metrics]\nlisten = \"0.0.0.0:9901\"\n";
+        assert!(Config::parse(&m).is_ok());
     }
 
     #[test]

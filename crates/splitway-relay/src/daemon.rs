@@ -16,12 +16,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::admin::{Api, Role};
+use crate::control::{Change, Control};
 use crate::firewall::Firewall;
 use crate::flow;
+use crate::kernel::Kernel;
 use crate::metrics::Metrics;
 use crate::resources::Resources;
 use crate::state::Shared;
+use crate::syn_tap::TapMetrics;
 use crate::sys::sockopt;
+
+/// `splitway_syn_tap_errors_total`, registered once per relay.
+fn tap_errors(m: &Metrics) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(
+        "splitway_syn_tap_errors_total",
+        "Failed receives or verdicts on the early-SYN queue",
+    )
+    .expect("static metric definition");
+    let _ = m.registry().register(Box::new(c.clone()));
+    c
+}
 
 /// Options that are not part of the config file.
 #[derive(Debug, Default, Clone)]
@@ -98,10 +113,17 @@ pub async fn run(
         }
         listeners.push((l, Kind::Relay));
     }
+    // `nft` and `ip` block: off the runtime's workers.
     let firewall = if cfg.transparent.is_empty() {
         None
     } else {
-        Some(Firewall::install(&cfg).context("installing nftables rules")?)
+        let c = cfg.clone();
+        Some(
+            tokio::task::spawn_blocking(move || Firewall::install(&c))
+                .await
+                .context("installing nftables rules")?
+                .context("installing nftables rules")?,
+        )
     };
     let grace = Duration::from_secs(cfg.timeouts.shutdown_grace_secs);
     let name = cfg.node.name.clone();
@@ -122,27 +144,52 @@ pub async fn run(
         .map(|(l, _)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned())
         .collect::<Result<_, _>>()
         .context("copying a transparent listener's fd")?;
-    shared.set_transparent_listeners(transparent);
-    shared
-        .apply(cfg)
-        .map_err(|e| anyhow::anyhow!(e))
+    let kernel = Arc::new(
+        Kernel::start(TapMetrics {
+            dropped: shared.metrics.early_syn.with_label_values(&["dropped"]),
+            errors: tap_errors(&shared.metrics),
+        })
+        .context("starting the kernel-state thread")?,
+    );
+    kernel.set_transparent_listeners(transparent);
+    let control = Control::start(shared.clone(), kernel.clone());
+    control
+        .apply(Change::Replace(Box::new(cfg)))
+        .await
         .context("setting up features (early-SYN tap, turbo-start routes)")?;
     if !shared.snapshot().cfg.transparent.is_empty() {
-        tokio::spawn(early_syn_loop(shared.clone(), stop_rx.clone()));
+        tokio::spawn(early_syn_loop(
+            shared.clone(),
+            kernel.clone(),
+            stop_rx.clone(),
+        ));
     }
     if opts.reload_on_sighup {
-        tokio::spawn(sighup_loop(shared.clone(), stop_rx.clone()));
+        tokio::spawn(sighup_loop(control.clone(), stop_rx.clone()));
     }
     let mut accept_tasks = JoinSet::new();
     for (l, kind) in listeners {
         tracing::info!(node = %name, addr = ?l.local_addr().ok(), ?kind, "listening");
         accept_tasks.spawn(accept_loop(l, kind, shared.clone(), stop_rx.clone()));
     }
-    if let Some(admin) = shared.snapshot().cfg.admin.clone() {
-        crate::admin::serve(&admin.listen, shared.clone(), stop_rx.clone())
+    let snap = shared.snapshot();
+    let token = match &snap.cfg.admin {
+        Some(admin) => crate::admin::token(admin)?,
+        None => None,
+    };
+    let api = Arc::new(Api::new(shared.clone(), control.clone(), token));
+    if let Some(admin) = &snap.cfg.admin {
+        crate::admin::serve(&admin.listen, Role::Admin, api.clone(), stop_rx.clone())
             .await
             .with_context(|| format!("admin API on {}", admin.listen))?;
     }
+    if let Some(m) = &snap.cfg.metrics {
+        let listen = m.listen.to_string();
+        crate::admin::serve(&listen, Role::Metrics, api, stop_rx.clone())
+            .await
+            .with_context(|| format!("metrics listener on {listen}"))?;
+    }
+    drop(snap);
     if let Some(path) = &opts.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing ready file {}", path.display()))?;
@@ -152,7 +199,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!(active = shared.active(), "shutting down: closing listeners");
     let _ = stop_tx.send(true);
-    shared.forget_listeners();
+    kernel.forget_listeners();
     while accept_tasks.join_next().await.is_some() {}
     if tokio::time::timeout(grace, shared.drained()).await.is_err() {
         tracing::warn!(
@@ -160,8 +207,8 @@ pub async fn run(
             "grace period over; closing remaining flows"
         );
     }
-    shared.teardown();
-    drop(firewall);
+    kernel.teardown().await;
+    let _ = tokio::task::spawn_blocking(move || drop(firewall)).await;
     if let Some(path) = &opts.ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -230,9 +277,9 @@ fn spawn_flow(sock: TcpStream, peer: SocketAddr, kind: Kind, shared: &Arc<Shared
 /// Start a leg for every SYN the tap reports; expire unclaimed ones. Waits
 /// for the tap to be bound first: at start if early SYN is on, else when it
 /// is first switched on at run time.
-async fn early_syn_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn early_syn_loop(shared: Arc<Shared>, kernel: Arc<Kernel>, mut stop: watch::Receiver<bool>) {
     let mut syns = tokio::select! {
-        rx = shared.take_syn_queue() => rx,
+        rx = kernel.take_syn_queue() => rx,
         _ = stop.changed() => return,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -249,7 +296,7 @@ async fn early_syn_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Reload the config file on every SIGHUP.
-async fn sighup_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn sighup_loop(control: Control, mut stop: watch::Receiver<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot watch SIGHUP; reload only through the admin API");
@@ -257,7 +304,7 @@ async fn sighup_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => match crate::control::reload(&shared) {
+            _ = hup.recv() => match control.apply(Change::Reload).await {
                 Ok(msg) => tracing::info!("{msg}"),
                 Err(e) => tracing::error!(error = %e, "reload refused; the running config stays"),
             },

@@ -104,8 +104,8 @@ pub async fn read_header(
     read_exact_by(leg, &mut buf[first..PREFIX_LEN], deadline).await?;
     let len = wire::header_len(&buf[..PREFIX_LEN]).map_err(AuthError::from)?;
     read_exact_by(leg, &mut buf[PREFIX_LEN..len], deadline).await?;
-    let mut g = guard.lock().unwrap_or_else(|p| p.into_inner());
-    let (header, _) = keys.open(&buf[..len], now_ms(), &mut g)?;
+    // The MAC is checked before the shared guard's lock is taken.
+    let (header, _) = keys.open(&buf[..len], now_ms(), guard)?;
     if header.leg != LegKind::Raw {
         return Err(HeaderError::Framed(header.leg));
     }

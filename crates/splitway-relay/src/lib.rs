@@ -1,8 +1,11 @@
 //! The splitway relay daemon.
 //!
 //! Layout, following a connection:
-//! - [`admin`]: the local HTTP admin API (metrics, status).
-//! - [`control`]: runtime changes (reload, pools, routes, peers, switches, drain).
+//! - [`admin`]: the HTTP admin API and the read-only metrics listener.
+//! - [`control`]: runtime changes (reload, pools, routes, peers, switches,
+//!   drain), applied one at a time by one owner ([`control::Control`]).
+//! - [`kernel`]: the one owner of run-time kernel state (turbo routes,
+//!   early-SYN queue and rules), on its own thread.
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
@@ -29,6 +32,7 @@ pub mod firewall;
 pub mod flow;
 pub mod forward;
 pub mod ingress;
+pub mod kernel;
 pub mod leg;
 pub mod metrics;
 pub mod pool;

@@ -1,11 +1,12 @@
 //! What every connection task of one relay shares: the current config
 //! snapshot (routes, allow list, keys), pools, the replay guard, metrics,
-//! the connection limit, the registry of live flows, and the parts of the
-//! kernel set up for features (turbo-start routes, SYN queue rules).
+//! the connection limit and the registry of live flows. Kernel state
+//! (routes, queue rules) has its own owner, [`crate::kernel`].
 //!
 //! A connection takes a [`Snapshot`] when it starts and keeps it, so a
-//! reload or an admin change affects new connections only. [`Shared::apply`]
-//! is the one way a new config takes effect.
+//! reload or an admin change affects new connections only. Changes come
+//! only through [`crate::control::Control`], which calls
+//! [`Shared::install`] once the kernel state is in place.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,8 +26,6 @@ use crate::forward::FlowTimeouts;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::resources::Resources;
-use crate::syn_tap;
-use crate::turbo::Turbo;
 
 /// An immutable view of the config, with its derived tables.
 #[derive(Debug)]
@@ -114,16 +113,6 @@ pub struct Shared {
     next_flow: AtomicU64,
     active: AtomicUsize,
     idle_notify: Notify,
-    turbo: Mutex<Option<Turbo>>,
-    syn_rules: Mutex<Option<syn_tap::Rules>>,
-    syn_queue: Mutex<Option<tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple>>>,
-    syn_queue_started: AtomicBool,
-    /// Copies of the transparent listeners' fds, for TCP_SAVE_SYN (on
-    /// while early SYN is on); dropped when the listeners close.
-    transparent_listeners: Mutex<Vec<std::os::fd::OwnedFd>>,
-    /// Signalled when the SYN queue is bound (at start, or when early SYN
-    /// is first switched on at run time), for the task that serves it.
-    syn_queue_ready: tokio::sync::Notify,
     /// Flips when the daemon stops; background tasks watch it.
     pub stop: watch::Receiver<bool>,
 }
@@ -171,12 +160,6 @@ impl Shared {
             next_flow: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle_notify: Notify::new(),
-            turbo: Mutex::new(None),
-            syn_rules: Mutex::new(None),
-            syn_queue: Mutex::new(None),
-            syn_queue_started: AtomicBool::new(false),
-            transparent_listeners: Mutex::new(Vec::new()),
-            syn_queue_ready: tokio::sync::Notify::new(),
             snapshot: RwLock::new(Arc::new(Snapshot::new(cfg))),
             stop,
         }
@@ -190,75 +173,13 @@ impl Shared {
             .clone()
     }
 
-    /// Make `cfg` (already validated) the running config: kernel state for
-    /// features first, then pools, then the snapshot new connections use.
-    pub fn apply(&self, cfg: Config) -> Result<(), String> {
-        // Turbo-start routes follow the peers and the switch.
-        {
-            let mut t = lock(&self.turbo);
-            *t = None; // restore the old routes before pinning new ones
-            if cfg.features.turbo_start && !cfg.peers.is_empty() {
-                *t = Some(Turbo::install(&cfg));
-            }
-        }
-        // The SYN queue is bound once; its rules come and go with the switch.
-        {
-            // Only SYNs that may be paired are kept by the kernel.
-            for l in lock(&self.transparent_listeners).iter() {
-                if let Err(e) = crate::sys::sockopt::set_save_syn(l, cfg.features.early_syn) {
-                    tracing::warn!(error = %e, "TCP_SAVE_SYN on a transparent listener");
-                }
-            }
-            let mut rules = lock(&self.syn_rules);
-            *rules = None;
-            if cfg.features.early_syn && !cfg.transparent.is_empty() {
-                if !self.syn_queue_started.load(Ordering::SeqCst) {
-                    let rx = syn_tap::start_queue(
-                        &cfg,
-                        self.metrics.early_syn.with_label_values(&["dropped"]),
-                    )
-                    .map_err(|e| e.to_string())?;
-                    *lock(&self.syn_queue) = Some(rx);
-                    self.syn_queue_started.store(true, Ordering::SeqCst);
-                    self.syn_queue_ready.notify_one();
-                }
-                *rules = Some(syn_tap::install_rules(&cfg).map_err(|e| e.to_string())?);
-            }
-        }
+    /// Make `cfg` (already validated, its kernel state in place) the
+    /// running config: pools and worker pools follow it, then the snapshot
+    /// new connections use. Only [`crate::control`] calls this.
+    pub fn install(&self, cfg: Config) {
         self.pools.sync(&cfg);
         self.resources.set_enabled(cfg.features.worker_pools);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(cfg));
-        Ok(())
-    }
-
-    /// The SYN channel, once, for the task that serves it: waits until
-    /// the queue is bound (early SYN may be switched on only later).
-    pub async fn take_syn_queue(
-        &self,
-    ) -> tokio::sync::mpsc::Receiver<splitway_core::pairing::FourTuple> {
-        loop {
-            if let Some(rx) = lock(&self.syn_queue).take() {
-                return rx;
-            }
-            self.syn_queue_ready.notified().await;
-        }
-    }
-
-    /// Remove kernel state (routes, queue rules) at exit.
-    /// The transparent listeners (copies of their fds), whose TCP_SAVE_SYN
-    /// follows the early-SYN switch; call before [`Shared::apply`].
-    pub fn set_transparent_listeners(&self, fds: Vec<std::os::fd::OwnedFd>) {
-        *lock(&self.transparent_listeners) = fds;
-    }
-
-    /// Drop the listener copies, so closing the listeners closes them.
-    pub fn forget_listeners(&self) {
-        lock(&self.transparent_listeners).clear();
-    }
-
-    pub fn teardown(&self) {
-        *lock(&self.turbo) = None;
-        *lock(&self.syn_rules) = None;
     }
 
     /// Mark a connection task as running until the guard drops.

@@ -8,14 +8,25 @@
 //! starts the next leg while the client is still in its handshake. Rules
 //! carry a comment naming the node, so a restart removes a crashed run's
 //! rules first, and they are removed on exit.
+//!
+//! A receive error never makes the thread spin: it is counted
+//! (`splitway_syn_tap_errors_total`), logged at most once a second, and
+//! followed by a pause that grows to a second; the thread ends at shutdown.
+//! Rules and queue are set up only by the kernel-state owner
+//! ([`crate::kernel`]), on its own thread: `iptables` blocks.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use splitway_core::config::Config;
 use splitway_core::pairing::FourTuple;
 use tokio::sync::mpsc;
+
+use crate::ratelimit::RateLimit;
 
 /// Parse the 4-tuple and initial sequence number of a TCP SYN from the
 /// start of an IP packet.
@@ -167,14 +178,31 @@ fn shell_words(s: &str) -> Vec<String> {
     out
 }
 
-/// Installed queue rules; removed on drop.
+/// Installed queue rules (exactly these); removed on drop.
+#[derive(Debug)]
 pub struct Rules {
-    node: String,
+    specs: Vec<(bool, Vec<String>)>,
+}
+
+impl Rules {
+    /// The iptables arguments (after `-A PREROUTING`) of each rule.
+    pub fn specs(&self) -> &[(bool, Vec<String>)] {
+        &self.specs
+    }
+}
+
+fn delete_rule(v6: bool, spec: &[String]) {
+    let _ = Command::new(tool(v6))
+        .args(["-t", "mangle", "-D", "PREROUTING"])
+        .args(spec)
+        .output();
 }
 
 impl Drop for Rules {
     fn drop(&mut self) {
-        remove_rules(&self.node);
+        for (v6, spec) in &self.specs {
+            delete_rule(*v6, spec);
+        }
     }
 }
 
@@ -190,49 +218,145 @@ pub enum TapError {
     Rule(String, String),
 }
 
+/// What the tap thread counts.
+#[derive(Clone)]
+pub struct TapMetrics {
+    /// SYNs the relay had no room for (the packet itself was accepted).
+    pub dropped: prometheus::IntCounter,
+    /// Failed receives or verdicts on the queue.
+    pub errors: prometheus::IntCounter,
+}
+
+/// Pause after a failed receive: doubles from [`Backoff::MIN`] up to
+/// [`Backoff::MAX`], back to the minimum after a success.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub const MIN: Duration = Duration::from_millis(1);
+    pub const MAX: Duration = Duration::from_secs(1);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::MIN }
+    }
+
+    /// The pause after one more failure.
+    pub fn fail(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+
+    pub fn ok(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+static TAP_ERROR_LOG: RateLimit = RateLimit::new(1);
+
+/// How often a tap blocked in `recv` looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(250);
+
+/// The tap's loop: `recv` returns the next SYN's 4-tuple (`None`: a
+/// packet that was no client SYN), or an error; a timeout (`WouldBlock`,
+/// `TimedOut`) only gives the loop a look at `stop`. A persistent error
+/// never spins: every failure is counted, logged (at most once a second)
+/// and followed by a growing pause. Returns when `stop` is set or the relay
+/// side of the channel is gone.
+pub fn run_tap(
+    mut recv: impl FnMut() -> std::io::Result<Option<FourTuple>>,
+    tx: &mpsc::Sender<FourTuple>,
+    m: &TapMetrics,
+    stop: &AtomicBool,
+    mut pause: impl FnMut(Duration),
+) {
+    let mut backoff = Backoff::new();
+    while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
+        match recv() {
+            Ok(t) => {
+                backoff.ok();
+                if let Some(t) = t {
+                    if tx.try_send(t).is_err() {
+                        m.dropped.inc();
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                m.errors.inc();
+                let wait = backoff.fail();
+                if let Some(suppressed) = TAP_ERROR_LOG.allow() {
+                    tracing::warn!(error = %e, pause_ms = wait.as_millis() as u64, suppressed, "early-SYN tap: receive failed");
+                }
+                pause(wait);
+            }
+        }
+    }
+}
+
 /// Bind the queue and start the reader thread (once per process). SYNs
 /// arrive on the returned channel; when it is full they are dropped from
-/// the tap only (the packet itself was already accepted) and counted in
-/// `dropped`.
+/// the tap only (the packet itself was already accepted) and counted. The
+/// thread ends when `stop` is set (within [`STOP_CHECK`]).
 pub fn start_queue(
     cfg: &Config,
-    dropped: prometheus::IntCounter,
+    m: TapMetrics,
+    stop: Arc<AtomicBool>,
 ) -> Result<mpsc::Receiver<FourTuple>, TapError> {
     let queue_num = cfg.firewall.syn_queue;
     let qerr = |source: std::io::Error| TapError::Queue {
         queue: queue_num,
         source,
     };
+    let before = crate::sys::netlink::netfilter_sockets();
     let mut q = nfq::Queue::open().map_err(qerr)?;
+    let ours: Vec<_> = crate::sys::netlink::netfilter_sockets()
+        .into_iter()
+        .filter(|fd| !before.contains(fd))
+        .collect();
     q.bind(queue_num).map_err(qerr)?;
     q.set_copy_range(queue_num, 80).map_err(qerr)?;
     q.set_fail_open(queue_num, true).map_err(qerr)?;
+    if let [fd] = ours.as_slice() {
+        if let Err(e) = crate::sys::netlink::set_recv_timeout(*fd, STOP_CHECK) {
+            tracing::warn!(error = %e, "early-SYN tap: no receive timeout; it stops with the process");
+        }
+    }
     let (tx, rx) = mpsc::channel(4096);
     std::thread::Builder::new()
         .name("splitway-syn-tap".into())
-        .spawn(move || loop {
-            let Ok(mut msg) = q.recv() else { continue };
-            let tuple = parse_syn(msg.get_payload());
-            msg.set_verdict(nfq::Verdict::Accept);
-            if q.verdict(msg).is_err() {
-                continue;
-            }
-            if let Some(t) = tuple {
-                if tx.try_send(t).is_err() {
-                    dropped.inc();
-                }
-            }
+        .spawn(move || {
+            let recv = || {
+                let mut msg = q.recv()?;
+                let tuple = parse_syn(msg.get_payload());
+                msg.set_verdict(nfq::Verdict::Accept);
+                q.verdict(msg)?;
+                Ok(tuple)
+            };
+            run_tap(recv, &tx, &m, &stop, std::thread::sleep);
         })
         .map_err(qerr)?;
     Ok(rx)
 }
 
-/// Install the queue rules for `cfg`, replacing any this node left.
+/// Add the queue rules for `cfg` next to whatever is installed; if one
+/// fails, the ones added are taken out again and nothing changed.
 pub fn install_rules(cfg: &Config) -> Result<Rules, TapError> {
-    remove_rules(&cfg.node.name);
-    let rules = Rules {
-        node: cfg.node.name.clone(),
-    };
+    let mut rules = Rules { specs: Vec::new() };
     for (v6, spec) in rule_specs(cfg) {
         let out = Command::new(tool(v6))
             .args(["-t", "mangle", "-A", "PREROUTING"])
@@ -240,11 +364,13 @@ pub fn install_rules(cfg: &Config) -> Result<Rules, TapError> {
             .output()
             .map_err(|e| TapError::Rule(tool(v6).into(), e.to_string()))?;
         if !out.status.success() {
+            // `rules` drops here: the ones added are removed.
             return Err(TapError::Rule(
                 format!("{} {}", tool(v6), spec.join(" ")),
                 String::from_utf8_lossy(&out.stderr).trim().to_string(),
             ));
         }
+        rules.specs.push((v6, spec));
     }
     Ok(rules)
 }
@@ -296,6 +422,79 @@ mod tests {
         assert_eq!(t.dst, "[fd10:3::2]:443".parse().unwrap());
         p[6] = 17;
         assert_eq!(parse_syn(&p), None, "not TCP");
+    }
+
+    fn tap_metrics() -> TapMetrics {
+        TapMetrics {
+            dropped: prometheus::IntCounter::new("d", "d").unwrap(),
+            errors: prometheus::IntCounter::new("e", "e").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_persistent_receive_error_pauses_growing_is_counted_and_stops() {
+        let (tx, _rx) = mpsc::channel(4);
+        let m = tap_metrics();
+        let stop = AtomicBool::new(false);
+        let mut pauses = Vec::new();
+        run_tap(
+            || Err(std::io::Error::from_raw_os_error(libc::ENOBUFS)),
+            &tx,
+            &m,
+            &stop,
+            |d| {
+                pauses.push(d);
+                if pauses.len() == 15 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            },
+        );
+        assert_eq!(m.errors.get(), 15, "every failure counted");
+        assert_eq!(
+            pauses.len(),
+            15,
+            "a pause after every failure, then stopped"
+        );
+        assert_eq!(pauses[0], Backoff::MIN);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), Backoff::MAX, "capped");
+    }
+
+    #[test]
+    fn tap_delivers_syns_resets_its_pause_and_ignores_timeouts() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let m = tap_metrics();
+        let stop = AtomicBool::new(false);
+        let t = parse_syn(&v4_syn(0x02)).unwrap();
+        let mut script = vec![
+            Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            Ok(Some(t)),
+            Err(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
+            Ok(None),
+            Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        ]
+        .into_iter();
+        let mut pauses = Vec::new();
+        run_tap(
+            || {
+                script.next().unwrap_or_else(|| {
+                    stop.store(true, Ordering::Relaxed);
+                    Ok(None)
+                })
+            },
+            &tx,
+            &m,
+            &stop,
+            |d| pauses.push(d),
+        );
+        assert_eq!(rx.try_recv().unwrap(), t);
+        assert_eq!(m.errors.get(), 3, "a timeout is no error");
+        assert_eq!(
+            pauses,
+            vec![Backoff::MIN, Backoff::MIN * 2, Backoff::MIN],
+            "reset after a SYN"
+        );
     }
 
     #[test]

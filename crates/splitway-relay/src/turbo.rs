@@ -5,8 +5,13 @@
 //! with the same next hop the kernel uses now, plus `initcwnd` and
 //! `initrwnd` sized to the peer path's bandwidth-delay product. Connections
 //! to clients and servers use other routes and keep the kernel's defaults.
-//! Whatever route existed for that exact prefix is put back on exit.
+//! Whatever route existed for that exact prefix is put back when the peer
+//! goes away, when turbo-start is switched off, and on exit.
+//!
+//! Runs `ip`, which blocks: only the kernel-state owner
+//! ([`crate::kernel`]) calls this, on its own thread.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::Command;
 
@@ -25,87 +30,149 @@ fn ip(args: &[String]) -> Result<String, String> {
     }
 }
 
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
 struct Pinned {
     fam: &'static str,
-    prefix: String,
-    /// The route that existed for exactly this prefix before, if any.
+    /// The `ip route replace` arguments it was pinned with.
+    args: Vec<String>,
+    /// The route that existed for exactly this prefix before we pinned
+    /// it, if any.
     previous: Option<String>,
 }
 
-/// Routes pinned with large initial windows; restored on drop.
+/// Routes pinned with large initial windows, by prefix; restored on drop.
+#[derive(Default)]
 pub struct Turbo {
-    pinned: Vec<Pinned>,
+    pinned: HashMap<String, Pinned>,
+}
+
+/// What one peer's pinned route should be.
+struct Want {
+    peer: String,
+    fam: &'static str,
+    args: Vec<String>,
+}
+
+fn wanted(cfg: &Config) -> HashMap<String, Want> {
+    let mut out = HashMap::new();
+    if !cfg.features.turbo_start {
+        return out;
+    }
+    for peer in &cfg.peers {
+        let addr = peer.addr.ip();
+        let (fam, len) = match addr {
+            IpAddr::V4(_) => ("-4", 32),
+            IpAddr::V6(_) => ("-6", 128),
+        };
+        let prefix = format!("{addr}/{len}");
+        let got = ip(&[s(fam), s("route"), s("get"), addr.to_string()])
+            .ok()
+            .and_then(|t| parse_route_get(&t));
+        let Some(route) = got else {
+            tracing::warn!(peer = %peer.name, %addr, "turbo-start: no route to peer; skipped");
+            continue;
+        };
+        let win = window_segments(peer.bandwidth_mbit, peer.rtt_ms).to_string();
+        let mut args = vec![s(fam), s("route"), s("replace"), prefix.clone()];
+        if let Some(via) = route.via {
+            args.extend([s("via"), via.to_string()]);
+        }
+        args.extend([
+            s("dev"),
+            route.dev.clone(),
+            s("initcwnd"),
+            win.clone(),
+            s("initrwnd"),
+            win,
+        ]);
+        out.insert(
+            prefix,
+            Want {
+                peer: peer.name.clone(),
+                fam,
+                args,
+            },
+        );
+    }
+    out
 }
 
 impl Turbo {
-    /// Pin routes for every `[[peer]]`. A peer whose route can not be found
-    /// is logged and skipped (its legs then start with default windows).
-    pub fn install(cfg: &Config) -> Turbo {
-        let mut pinned = Vec::new();
-        for peer in &cfg.peers {
-            let addr = peer.addr.ip();
-            let (fam, len) = match addr {
-                IpAddr::V4(_) => ("-4", 32),
-                IpAddr::V6(_) => ("-6", 128),
-            };
-            let prefix = format!("{addr}/{len}");
-            let s = |x: &str| x.to_string();
-            let got = ip(&[s(fam), s("route"), s("get"), addr.to_string()])
-                .ok()
-                .and_then(|t| parse_route_get(&t));
-            let Some(route) = got else {
-                tracing::warn!(peer = %peer.name, %addr, "turbo-start: no route to peer; skipped");
+    /// Make the pinned routes follow `cfg`: pin new and changed ones first,
+    /// then put back the routes of peers that went away. Best effort, as
+    /// at start: a peer whose route can not be found or pinned is logged
+    /// and skipped (its legs then start with default windows).
+    pub fn sync(&mut self, cfg: &Config) {
+        let want = wanted(cfg);
+        for (prefix, w) in &want {
+            if self.pinned.get(prefix).is_some_and(|p| p.args == w.args) {
                 continue;
-            };
-            let previous = ip(&[s(fam), s("route"), s("show"), s("exact"), prefix.clone()])
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty());
-            let win = window_segments(peer.bandwidth_mbit, peer.rtt_ms).to_string();
-            let mut args = vec![s(fam), s("route"), s("replace"), prefix.clone()];
-            if let Some(via) = route.via {
-                args.extend([s("via"), via.to_string()]);
             }
-            args.extend([
-                s("dev"),
-                route.dev.clone(),
-                s("initcwnd"),
-                win.clone(),
-                s("initrwnd"),
-                win.clone(),
-            ]);
-            match ip(&args) {
+            let previous = match self.pinned.get(prefix) {
+                Some(p) => p.previous.clone(),
+                None => ip(&[s(w.fam), s("route"), s("show"), s("exact"), prefix.clone()])
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty()),
+            };
+            match ip(&w.args) {
                 Ok(_) => {
-                    tracing::info!(peer = %peer.name, %prefix, window = %win, "turbo-start route pinned");
-                    pinned.push(Pinned {
-                        fam,
-                        prefix,
-                        previous,
-                    });
+                    tracing::info!(peer = %w.peer, %prefix, "turbo-start route pinned");
+                    self.pinned.insert(
+                        prefix.clone(),
+                        Pinned {
+                            fam: w.fam,
+                            args: w.args.clone(),
+                            previous,
+                        },
+                    );
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %peer.name, error = %e, "turbo-start: cannot pin route")
+                    tracing::warn!(peer = %w.peer, error = %e, "turbo-start: cannot pin route")
                 }
             }
         }
-        Turbo { pinned }
+        let gone: Vec<String> = self
+            .pinned
+            .keys()
+            .filter(|p| !want.contains_key(*p))
+            .cloned()
+            .collect();
+        for prefix in gone {
+            if let Some(p) = self.pinned.remove(&prefix) {
+                restore(&prefix, &p);
+            }
+        }
+    }
+
+    /// Prefixes pinned now.
+    pub fn prefixes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.pinned.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+fn restore(prefix: &str, p: &Pinned) {
+    match &p.previous {
+        Some(prev) => {
+            let mut args = vec![s(p.fam), s("route"), s("replace")];
+            args.extend(prev.split_whitespace().map(str::to_string));
+            let _ = ip(&args);
+        }
+        None => {
+            let _ = ip(&[s(p.fam), s("route"), s("del"), s(prefix)]);
+        }
     }
 }
 
 impl Drop for Turbo {
     fn drop(&mut self) {
-        for p in &self.pinned {
-            let s = |x: &str| x.to_string();
-            match &p.previous {
-                Some(prev) => {
-                    let mut args = vec![s(p.fam), s("route"), s("replace")];
-                    args.extend(prev.split_whitespace().map(str::to_string));
-                    let _ = ip(&args);
-                }
-                None => {
-                    let _ = ip(&[s(p.fam), s("route"), s("del"), p.prefix.clone()]);
-                }
-            }
+        for (prefix, p) in self.pinned.drain() {
+            restore(&prefix, &p);
         }
     }
 }

@@ -13,6 +13,13 @@ pub struct CtlArgs {
     /// Admin API address: IP:PORT or unix:/path (env SPLITWAY_ADMIN).
     #[arg(long, env = "SPLITWAY_ADMIN", default_value = "127.0.0.1:9900")]
     admin: String,
+    /// Bearer token for writes, if the relay sets `[admin] token`
+    /// (env SPLITWAY_ADMIN_TOKEN; prefer the file: a flag shows in `ps`).
+    #[arg(long, env = "SPLITWAY_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file whose first line is the token (env SPLITWAY_ADMIN_TOKEN_FILE).
+    #[arg(long, env = "SPLITWAY_ADMIN_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -96,16 +103,33 @@ enum PeerOp {
     },
 }
 
+/// The token from `--token` or `--token-file`, if any.
+fn token(a: &CtlArgs) -> anyhow::Result<Option<String>> {
+    if let Some(t) = &a.token {
+        return Ok(Some(t.trim().to_string()));
+    }
+    let Some(p) = &a.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("reading the token file {}", p.display()))?;
+    Ok(text.lines().next().map(|l| l.trim().to_string()))
+}
+
 /// One HTTP request; returns (status, body).
 fn request(
     admin: &str,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, String)> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: splitway\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: splitway\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let mut resp = Vec::new();
@@ -308,7 +332,8 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
             op: PeerOp::Del { name },
         } => ("DELETE", format!("/peers/{name}"), None),
     };
-    let (status, text) = request(&a.admin, method, &path, body.as_ref())?;
+    let token = token(&a)?;
+    let (status, text) = request(&a.admin, token.as_deref(), method, &path, body.as_ref())?;
     if matches!(a.cmd, CtlCmd::Metrics) {
         print!("{text}");
         return Ok(());

@@ -12,14 +12,29 @@ use splitway_netns::{wait_until, Netns};
 
 /// An HTTP request with a JSON body from inside `ns`; (status, body).
 fn http(ns: &Netns, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_to(ns, ADMIN, method, path, body, None)
+}
+
+/// The same to `addr`, with an `Authorization` header if given.
+fn http_to(
+    ns: &Netns,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    auth: Option<&str>,
+) -> (u16, String) {
     let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let addr: SocketAddr = addr.parse().unwrap();
     ns.run_in(move || {
-        let addr: SocketAddr = ADMIN.parse().unwrap();
         let mut s =
             TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("admin reachable");
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -96,13 +111,13 @@ fn pool_watermarks_change_at_run_time() {
     );
     assert_eq!(st, 400);
     assert!(body.contains("hihg"), "{body}");
-    let (st, _) = http(
+    let (st, body) = http(
         &o.ingress,
         "POST",
         "/peers/nobody/pool",
         r#"{"low": 1, "high": 2}"#,
     );
-    assert_eq!(st, 400);
+    assert_eq!(st, 404, "{body}");
     assert_eq!(
         o.metric("ingress", "splitway_pool_high_watermark{peer=\"egress\"}"),
         24.0
@@ -447,4 +462,258 @@ fn metrics_parse_with_a_prometheus_parser() {
         scrape.docs.contains_key("splitway_pool_hits_total"),
         "pool metrics documented"
     );
+}
+
+/// Issue 12 §2: admin requests are served in parallel; every change goes
+/// through one owner, so none is lost to another's snapshot.
+#[test]
+fn hundred_parallel_route_puts_all_land() {
+    let o = Overlay::with_relays("splice");
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..100)
+            .map(|i| {
+                let ns = &o.ingress;
+                scope.spawn(move || {
+                    let body = format!(r#"{{"prefix": "10.200.{i}.0/24", "via": "egress"}}"#);
+                    http(ns, "PUT", "/routes", &body)
+                })
+            })
+            .collect();
+        for w in workers {
+            let (st, body) = w.join().unwrap();
+            assert_eq!(st, 200, "{body}");
+        }
+    });
+    let (st, body) = http(&o.ingress, "GET", "/routes", "");
+    assert_eq!(st, 200);
+    let missing: Vec<usize> = (0..100)
+        .filter(|i| !body.contains(&format!("\"10.200.{i}.0/24\"")))
+        .collect();
+    assert!(missing.is_empty(), "routes lost: {missing:?}");
+}
+
+/// Issue 12 §2: a change whose kernel part fails leaves the running state
+/// whole. The failure is real: another program holds the early-SYN queue
+/// number, so switching early SYN on cannot bind it.
+#[test]
+fn failed_kernel_change_leaves_old_state_whole() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "[features]\nearly_syn = false\n", "");
+    let pinned = |o: &Overlay, ip: &str| {
+        o.sh(
+            "ingress",
+            "ip",
+            &["route", "show", "exact", &format!("{ip}/32")],
+        )
+    };
+    assert!(
+        pinned(&o, "10.10.2.2").contains("initcwnd"),
+        "turbo-start pinned the route to the egress"
+    );
+    // A second program in the ingress namespace binds the queue first.
+    let blocker_cfg = o.dir.join("blocker.toml");
+    std::fs::write(
+        &blocker_cfg,
+        "[node]\nname = \"blocker\"\n[[transparent]]\nport = 15999\nprefixes = [\"10.99.0.0/24\"]\n",
+    )
+    .unwrap();
+    let blocker_ready = o.dir.join("blocker.ready");
+    let mut cmd = o.ingress.command(env!("CARGO_BIN_EXE_splitway"));
+    cmd.arg("relay")
+        .arg("--config")
+        .arg(&blocker_cfg)
+        .arg("--ready-file")
+        .arg(&blocker_ready)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _blocker = splitway_netns::ChildGuard::spawn(&mut cmd).unwrap();
+    wait_until(Duration::from_secs(10), "blocker ready", || {
+        blocker_ready.exists()
+    })
+    .unwrap();
+
+    // One change: early SYN on (fails: the queue is taken) and a new peer
+    // (whose turbo-start route must not appear).
+    let cfg_path = o.dir.join("ingress.toml");
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        good.replace("early_syn = false", "early_syn = true")
+            + "\n[[peer]]\nname = \"second\"\naddr = \"10.10.2.3:5565\"\n",
+    )
+    .unwrap();
+    let (st, body) = http(&o.ingress, "POST", "/reload", "");
+    assert_eq!(st, 500, "{body}");
+    assert!(
+        pinned(&o, "10.10.2.3").is_empty(),
+        "no route pinned for the refused peer"
+    );
+    assert!(
+        pinned(&o, "10.10.2.2").contains("initcwnd"),
+        "the old pinned route stays"
+    );
+    let rules = o.sh(
+        "ingress",
+        "nft",
+        &["list", "table", "inet", "splitway_ingress"],
+    );
+    assert!(rules.contains("tproxy"), "TPROXY rules stay: {rules}");
+    let (_, status) = http(&o.ingress, "GET", "/status", "");
+    assert!(status.contains("\"early_syn\": false"), "{status}");
+    assert!(status.contains("\"peers\": 1"), "{status}");
+    // And flows still work.
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7000)), 1, 1000, 1);
+    let s = o.connect(server_addr(false, 7000)).unwrap();
+    client_duplex(s, 1000, 1).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// Issue 18 §3: scrapers get a read-only listener; admin writes need the
+/// token (refusals counted), and `splitway ctl` sends it.
+#[test]
+fn metrics_listener_is_read_only_and_admin_writes_need_the_token() {
+    let mut o = Overlay::new();
+    o.start_relays(
+        "splice",
+        "token = \"t0ken-for-tests\"\n[metrics]\nlisten = \"0.0.0.0:9901\"\n",
+        "",
+    );
+    let scrape = "10.10.1.1:9901";
+    let (st, body) = http_to(&o.client, scrape, "GET", "/metrics", "", None);
+    assert_eq!(st, 200);
+    assert!(body.contains("splitway_connections_active"), "{body}");
+    let (st, _) = http_to(&o.client, scrape, "GET", "/health", "", None);
+    assert_eq!(st, 200);
+    let route = r#"{"prefix": "10.201.0.0/24", "via": "egress"}"#;
+    for (method, path, body) in [
+        ("PUT", "/routes", route),
+        ("POST", "/reload", ""),
+        ("POST", "/drain", ""),
+    ] {
+        let (st, b) = http_to(&o.client, scrape, method, path, body, None);
+        assert_eq!(st, 405, "{method} {path} on the metrics listener: {b}");
+    }
+    let (st, _) = http_to(&o.client, scrape, "GET", "/status", "", None);
+    assert_eq!(st, 404, "only metrics and health there");
+
+    // The admin API: no token, a wrong one, the right one.
+    let (st, b) = http(&o.ingress, "PUT", "/routes", route);
+    assert_eq!(st, 401, "{b}");
+    let (st, b) = http_to(
+        &o.ingress,
+        ADMIN,
+        "PUT",
+        "/routes",
+        route,
+        Some("Bearer nope"),
+    );
+    assert_eq!(st, 403, "{b}");
+    let (_, routes) = http(&o.ingress, "GET", "/routes", "");
+    assert!(
+        !routes.contains("10.201.0.0/24"),
+        "refused writes changed nothing"
+    );
+    let (st, b) = http_to(
+        &o.ingress,
+        ADMIN,
+        "PUT",
+        "/routes",
+        route,
+        Some("Bearer t0ken-for-tests"),
+    );
+    assert_eq!(st, 200, "{b}");
+    let refused = |r: &str| {
+        o.metric(
+            "ingress",
+            &format!("splitway_admin_refused_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(refused("no_token"), 1.0);
+    assert_eq!(refused("bad_token"), 1.0);
+    assert_eq!(refused("read_only"), 3.0);
+
+    // ctl: refused without the token, works with it (flag or file).
+    let bin = env!("CARGO_BIN_EXE_splitway");
+    let ctl = |extra: &[&str]| {
+        let mut args = vec!["ctl", "--admin", ADMIN];
+        args.extend_from_slice(extra);
+        o.ingress
+            .command(bin)
+            .args(&args)
+            .env_remove("SPLITWAY_ADMIN_TOKEN")
+            .output()
+            .expect("run ctl")
+    };
+    let out = ctl(&["route", "add", "10.202.0.0/24", "egress"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+    let out = ctl(&[
+        "--token",
+        "t0ken-for-tests",
+        "route",
+        "add",
+        "10.202.0.0/24",
+        "egress",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let file = o.dir.join("token");
+    std::fs::write(&file, "t0ken-for-tests\n").unwrap();
+    let out = ctl(&[
+        "--token-file",
+        file.to_str().unwrap(),
+        "route",
+        "del",
+        "10.202.0.0/24",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Typed admin errors: each kind of refusal has its status.
+#[test]
+fn admin_refusals_have_a_status_per_kind() {
+    let o = Overlay::with_relays("splice");
+    let cases: [(&str, &str, &str, u16); 8] = [
+        ("PUT", "/routes", "{not json", 400),
+        (
+            "PUT",
+            "/routes",
+            r#"{"prefix": "10.9.0.0/16", "via": "nowhere"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/peers/egress/pool",
+            r#"{"low": 1, "hihg": 2}"#,
+            400,
+        ),
+        ("DELETE", "/routes", r#"{"prefix": "10.77.0.0/16"}"#, 404),
+        ("DELETE", "/peers/egress", "", 409),
+        ("DELETE", "/status", "", 405),
+        ("GET", "/nothing", "", 404),
+        ("POST", "/peers/ghost/pool", r#"{"low": 1, "high": 2}"#, 404),
+    ];
+    for (method, path, body, want) in cases {
+        let (st, b) = http(&o.ingress, method, path, body);
+        assert_eq!(st, want, "{method} {path} {body}: {b}");
+        assert!(b.contains("\"field\""), "{b}");
+    }
+    // A reload that changes a key read only at start: 409, naming it.
+    let cfg_path = o.dir.join("ingress.toml");
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        good.replace("engine = \"splice\"", "engine = \"copy\""),
+    )
+    .unwrap();
+    let (st, b) = http(&o.ingress, "POST", "/reload", "");
+    assert_eq!(st, 409, "{b}");
+    assert!(b.contains("node.engine"), "{b}");
+    // A file that does not parse: 400.
+    std::fs::write(&cfg_path, "[node\n").unwrap();
+    let (st, b) = http(&o.ingress, "POST", "/reload", "");
+    assert_eq!(st, 400, "{b}");
 }

@@ -3,7 +3,9 @@
 //! - [`sockopt`]: socket options (transparent, marks, Nagle, keep-alive,
 //!   buffers, linger-0 resets, TCP_INFO, Fast Open).
 //! - [`pipe`]: pipes and `splice(2)` for the zero-copy engine.
+//! - [`netlink`]: the early-SYN tap's NFQUEUE socket (its receive timeout).
 
+pub mod netlink;
 pub mod pipe;
 pub mod sockopt;
 
