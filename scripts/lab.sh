@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo build --release -p splitway
+cargo build --release -p splitway --features lab   # the lab is a feature: the relay alone has none
 # Outputs go to target/<host tuple>/ ([build] target in .cargo/config.toml).
 exec "./target/$(rustc --print host-tuple)/release/splitway" lab "$@"

@@ -1,50 +1,21 @@
-//! `splitway`: the one binary. Subcommands: `relay` (run a node), `check`
-//! (validate a config), `ctl` (talk to a running relay's admin API), `lab`
-//! (the emulated-WAN laboratory).
-
-use std::path::PathBuf;
+//! `splitway`: the relay binary. Subcommands (defined in `cli.rs`): `relay`
+//! (run a node), `check` (validate a config), `ctl` (talk to a running
+//! relay's admin API), and `lab` (the emulated-WAN laboratory) only when
+//! built with the `lab` feature (`scripts/lab.sh` does): the binary users
+//! deploy carries no lab and no delay line.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use splitway_cli::cli::{Cli, Cmd};
+use splitway_cli::ctl;
 use splitway_core::config::{Config, LogFormat};
 
-mod ctl;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "splitway",
-    version,
-    about = "Split-TCP relay for overlay networks"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Run a relay node.
-    Relay {
-        /// Config file (TOML); see docs/config.md.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Write this file (with the pid) once the relay is ready.
-        #[arg(long)]
-        ready_file: Option<PathBuf>,
-        /// Worker threads (default: one per core the process may run on;
-        /// with one, a single-threaded runtime).
-        #[arg(long)]
-        workers: Option<usize>,
-    },
-    /// Validate a config file and exit.
-    Check {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Talk to a running relay (status, peers, connections, reload...).
-    Ctl(ctl::CtlArgs),
-    /// Run the emulated-WAN laboratory (reproduces the KTCP paper's figures).
-    Lab(splitway_lab::LabArgs),
+/// Colour in logs only for a person: stderr is a terminal and `NO_COLOR`
+/// is unset or empty (<https://no-color.org>). A pipe, a file or journald
+/// gets plain text, not escape sequences.
+fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Logs to stderr, filtered by `SPLITWAY_LOG` (a level, or
@@ -59,7 +30,9 @@ fn init_logs(format: LogFormat) {
         }),
         Err(_) => Targets::new().with_default(LevelFilter::INFO),
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(log_colour());
     match format {
         LogFormat::Human => tracing_subscriber::registry()
             .with(fmt.with_filter(filter))
@@ -169,9 +142,15 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Ctl(args) => ctl::run(args),
+        #[cfg(feature = "lab")]
         Cmd::Lab(args) => {
             init_logs(LogFormat::Human);
             splitway_lab::run(args)
         }
+        #[cfg(not(feature = "lab"))]
+        Cmd::Lab { .. } => anyhow::bail!(
+            "this splitway is built without the lab (the relay users deploy carries none); \
+             run ./scripts/lab.sh, or build it with `cargo build --release -p splitway --features lab`"
+        ),
     }
 }
