@@ -50,12 +50,4 @@ pub enum Cmd {
     /// Run the emulated-WAN laboratory (reproduces the KTCP paper's figures).
     #[cfg(feature = "lab")]
     Lab(splitway_lab::LabArgs),
-    /// The lab is not in this build (the relay users deploy carries only the
-    /// relay): says how to get it.
-    #[cfg(not(feature = "lab"))]
-    #[command(hide = true, disable_help_flag = true)]
-    Lab {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }

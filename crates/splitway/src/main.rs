@@ -114,6 +114,15 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run() -> anyhow::Result<()> {
+    // Not a subcommand of this build (nor in its help, man pages and
+    // completions), but a newcomer following docs/lab.md is told what to do.
+    #[cfg(not(feature = "lab"))]
+    if std::env::args_os().nth(1).is_some_and(|a| a == "lab") {
+        anyhow::bail!(
+            "this splitway is built without the lab (the relay users deploy carries none); \
+             run ./scripts/lab.sh, or build it with `cargo build --release -p splitway --features lab`"
+        );
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Relay {
@@ -147,10 +156,5 @@ fn run() -> anyhow::Result<()> {
             init_logs(LogFormat::Human);
             splitway_lab::run(args)
         }
-        #[cfg(not(feature = "lab"))]
-        Cmd::Lab { .. } => anyhow::bail!(
-            "this splitway is built without the lab (the relay users deploy carries none); \
-             run ./scripts/lab.sh, or build it with `cargo build --release -p splitway --features lab`"
-        ),
     }
 }
