@@ -129,6 +129,9 @@ pub async fn run(
     let name = cfg.node.name.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
+    metrics
+        .connections_limit
+        .set(i64::try_from(cfg.limits.max_connections).unwrap_or(i64::MAX));
     let resources = Resources::new(&cfg, metrics.resources_pooled.clone());
     tokio::spawn(resources.clone().refill_loop(stop_rx.clone()));
     let shared = Arc::new(Shared::new(

@@ -14,6 +14,9 @@ pub struct Metrics {
     /// Connections accepted, by listener kind (transparent, explicit, relay).
     pub accepted: IntCounterVec,
     pub active: IntGauge,
+    /// `[limits].max_connections`, so dashboards and alerts can say how
+    /// near `active` is to it.
+    pub connections_limit: IntGauge,
     /// Finished split connections, by outcome.
     pub completed: IntCounterVec,
     /// Connections that never got to forwarding, by reason.
@@ -159,6 +162,14 @@ impl Metrics {
         registry
             .register(Box::new(active.clone()))
             .expect("unique metric name");
+        let connections_limit = IntGauge::new(
+            "splitway_connections_limit",
+            "Concurrent split connections allowed ([limits].max_connections)",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(connections_limit.clone()))
+            .expect("unique metric name");
         let setup_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "splitway_connection_setup_seconds",
@@ -205,6 +216,20 @@ impl Metrics {
             "Early-SYN legs and their pairing, by result",
             &["result"],
         );
+        // Every result exported from the start (at 0), so rates and alerts
+        // see the first event too.
+        for r in [
+            "started",
+            "late",
+            "hit",
+            "miss",
+            "fallback_bound",
+            "expired",
+            "failed",
+            "dropped",
+        ] {
+            early_syn.with_label_values(&[r]);
+        }
         let failover = counter_vec(
             "splitway_route_failover_total",
             "Connections that failed over from one next hop of their route to the next",
@@ -233,6 +258,7 @@ impl Metrics {
             registry,
             accepted,
             active,
+            connections_limit,
             completed,
             failed,
             bytes,
