@@ -21,6 +21,8 @@ want sysctl procps
 want python3 python3
 want openssl openssl        # lab --scenario web: per-run CA and certificate
 want chromium chromium      # lab --scenario web: headless browser
+want debootstrap debootstrap   # the Debian package's install test (scripts/package-test.sh)
+want script bsdutils          # a pty for the log-colour test
 
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
