@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Debian package's install test: build the .deb (scripts/package.sh), install
 # it with dpkg on a clean Debian root (a debootstrap --variant=minbase chroot of
-# this machine's release, made once and cached as a tarball in
+# this machine's release with the package's dependencies, made once and cached as a tarball in
 # /var/cache/splitway-pkgtest/), run `splitway --version` and `splitway check
 # /etc/splitway/splitway.toml` from it (as root and as the service's user), check
 # the unit, user, conffile, man pages and completions, then remove and purge it
@@ -12,9 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-PROFILE="${PROFILE:-release}" ./scripts/package.sh
-deb="$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/splitway_*.deb "${CARGO_TARGET_DIR:-target}"/*/debian/splitway_*.deb 2>/dev/null | head -1)"
-[ -n "$deb" ] || { echo "package-test: no .deb built" >&2; exit 1; }
+deb="$(PROFILE="${PROFILE:-release}" ./scripts/package.sh | tail -1)"
+[ -f "$deb" ] || { echo "package-test: no .deb built ($deb)" >&2; exit 1; }
 echo "package-test: $deb ($(du -h "$deb" | cut -f1))"
 
 fail() { echo "package-test: FAILED: $*" >&2; exit 1; }
@@ -23,12 +22,14 @@ fail() { echo "package-test: FAILED: $*" >&2; exit 1; }
 . /etc/os-release
 suite="${VERSION_CODENAME:-bookworm}"
 cache_dir=/var/cache/splitway-pkgtest
-cache="$cache_dir/$suite-minbase.tar"
+# minbase plus the package's Depends that minbase lacks (dpkg -i fetches nothing).
+include=procps
+cache="$cache_dir/$suite-minbase-$include.tar"
 mkdir -p "$cache_dir"
 if [ ! -s "$cache" ]; then
   echo "package-test: debootstrap $suite (once; cached in $cache)"
   tmp="$(mktemp -d /var/tmp/splitway-debootstrap.XXXXXX)"
-  debootstrap --variant=minbase "$suite" "$tmp/root" http://deb.debian.org/debian >"$tmp.log" 2>&1 \
+  debootstrap --variant=minbase --include="$include" "$suite" "$tmp/root" http://deb.debian.org/debian >"$tmp.log" 2>&1 \
     || { tail -20 "$tmp.log" >&2; rm -rf "$tmp" "$tmp.log"; fail "debootstrap"; }
   tar -C "$tmp/root" -cf "$cache.part" . && mv "$cache.part" "$cache"
   rm -rf "$tmp" "$tmp.log"
@@ -59,7 +60,7 @@ in_root dpkg -i /tmp/splitway.deb >/dev/null || fail "dpkg -i"
 version="$(in_root splitway --version)"
 [[ "$version" == "splitway "* ]] || fail "splitway --version: $version"
 in_root splitway check --config /etc/splitway/splitway.toml | grep -q ': ok$' || fail "splitway check"
-in_root setpriv --reuid=splitway --regid=splitway --clear-groups --init-groups \
+in_root setpriv --reuid=splitway --regid=splitway --clear-groups \
   splitway check --config /etc/splitway/splitway.toml >/dev/null \
   || fail "the service user cannot read its config"
 # The system user: no login, no home.
@@ -67,8 +68,8 @@ IFS=: read -r _ _ uid _ _ home shell < <(in_root getent passwd splitway) || fail
 [ "$uid" -lt 1000 ] && [ "$shell" = /usr/sbin/nologin ] && [ "$home" = /nonexistent ] \
   || fail "user splitway: uid $uid home $home shell $shell"
 # The config holds keys: root and the service only; a conffile.
-[ "$(stat -c '%U:%G %a' "$root/etc/splitway/splitway.toml")" = "root:splitway 640" ] \
-  || fail "config owner/mode: $(stat -c '%U:%G %a' "$root/etc/splitway/splitway.toml")"
+mode="$(in_root stat -c '%U:%G %a' /etc/splitway/splitway.toml)"
+[ "$mode" = "root:splitway 640" ] || fail "config owner/mode: $mode"
 in_root dpkg-query -W -f='${Conffiles}\n' splitway | grep -q '/etc/splitway/splitway.toml' \
   || fail "the config is not a conffile"
 # The unit: hardened, reload is SIGHUP, installed but neither enabled nor started.
@@ -82,8 +83,11 @@ for want in 'User=splitway' 'ExecReload=/bin/kill -HUP $MAINPID' \
 done
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/splitway.service" ] || fail "the unit was enabled"
 if command -v systemd-analyze >/dev/null; then
-  systemd-analyze verify --root="$root" "$unit" 2>&1 | grep -v 'man splitway' | grep . \
-    && fail "systemd-analyze verify"
+  # This machine's systemd checks the unit's syntax and directives (the
+  # chroot has no systemd; that binaries are not on the host is expected).
+  bad="$(systemd-analyze verify "$root$unit" 2>&1 \
+    | grep -v -e 'is not executable' -e "Command 'man " || true)"
+  [ -z "$bad" ] || fail "systemd-analyze verify: $bad"
 fi
 # Man pages (splitway(1) and one per subcommand) and completions.
 n_man="$(ls "$root"/usr/share/man/man1/splitway*.1.gz | wc -l)"

@@ -24,6 +24,10 @@ tuple="$(rustc --print host-tuple)"   # [build] target in .cargo/config.toml
 case "$PROFILE" in dev|debug) dir=debug ;; *) dir="$PROFILE" ;; esac
 out="${CARGO_TARGET_DIR:-target}/$tuple/$dir"
 
+# The relay binary alone (cargo-deb would build the whole workspace: it cannot
+# tell which package makes the generated assets below).
+cargo build --quiet -p splitway --profile "$PROFILE"
+
 # Man pages and completions: cargo-deb takes them from target/release/dist/,
 # its name for "$out/dist/".
 rm -rf "$out/dist"
@@ -32,4 +36,5 @@ gzip -9nf "$out"/dist/man/*.1
 
 extra=()
 [ "$PROFILE" = release ] || extra+=(--fast)
-cargo deb --quiet -p splitway --target "$tuple" --profile "$PROFILE" "${extra[@]}"
+# Prints the package's path.
+cargo deb --quiet --no-build -p splitway --target "$tuple" --profile "$PROFILE" "${extra[@]}"
