@@ -3,8 +3,8 @@
 //! that real relays export: an overlay in namespaces (needs root; skipped
 //! otherwise) carries transparent and explicit connections, fails over from a
 //! dead peer to the egress, refuses a bad relay leg and a refused connect, then
-//! both relays' `/metrics` are scraped and every metric name in every
-//! expression must be among them.
+//! both relays' `/metrics` are scraped from their read-only `[metrics]`
+//! listener and every metric name in every expression must be among them.
 
 mod common;
 
@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use common::*;
 use splitway_netns::wait_until;
+
+/// The relays' read-only metrics listener.
+const METRICS: &str = "127.0.0.1:9911";
 
 fn repo_file(rel: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -268,8 +271,10 @@ fn every_metric_of_the_dashboard_and_the_alert_rules_is_exported_by_a_running_re
         return;
     }
 
+    // Scraped where Prometheus scrapes: the read-only `[metrics]` listener.
+    let metrics_cfg = format!("[metrics]\nlisten = \"{METRICS}\"\n");
     let mut o = Overlay::new();
-    o.start_relays("splice", "", "");
+    o.start_relays("splice", &metrics_cfg, &metrics_cfg);
     // The ingress's v4 route goes first to a peer nobody listens for, with
     // the egress as backup: connections fail over.
     let ingress_cfg = std::fs::read_to_string(o.dir.join("ingress.toml"))
