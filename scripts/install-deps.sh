@@ -23,6 +23,12 @@ want openssl openssl        # lab --scenario web: per-run CA and certificate
 want chromium chromium      # lab --scenario web: headless browser
 want debootstrap debootstrap   # the Debian package's install test (scripts/package-test.sh)
 want script bsdutils          # a pty for the log-colour test
+# Fleet mode: etcd for the fleet tests, protoc to build the etcd client.
+want etcd etcd-server
+want etcdctl etcd-client
+want protoc protobuf-compiler
+# protoc's well-known types (google/protobuf/*.proto), imported by etcd's protos.
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""

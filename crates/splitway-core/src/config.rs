@@ -73,6 +73,8 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// `[metrics]`: a read-only listener for Prometheus.
     pub metrics: Option<MetricsListener>,
+    /// Fleet mode: peers, routes, allow list, switches and keys from etcd.
+    pub fleet: Option<crate::fleet::FleetConf>,
 }
 
 /// `[node]`: this relay.
@@ -783,6 +785,9 @@ impl Config {
                 "firewall.route_table",
                 "must not be 0 or a reserved table (252-255)",
             ));
+        }
+        if let Some(f) = &self.fleet {
+            f.validate()?;
         }
         if let Some(a) = &self.admin {
             validate_admin(a)?;

@@ -7,6 +7,7 @@
 //! - [`route`]: the route table (destination → next hop) and the egress allow list.
 //! - [`ports`]: port ranges as written in config.
 //! - [`config`]: the typed, validated configuration file.
+//! - [`fleet`]: fleet mode's etcd layout and rendering its keys into a config.
 //! - [`pool`]: watermark bookkeeping of pre-established relay legs.
 //! - [`pairing`]: early-SYN legs waiting for their accepted client, bounded.
 //! - [`proxy`], [`socks5`], [`http_connect`], [`proxy_config`]: the proxy
@@ -21,6 +22,7 @@ pub mod config;
 pub mod frame;
 pub mod http_connect;
 pub mod mux;
+pub mod fleet;
 pub mod pairing;
 pub mod pool;
 pub mod ports;

@@ -252,6 +252,13 @@ impl Owner {
                 reason: "this relay was started without a config file".into(),
             })?;
         let p = path.clone();
+        if running.fleet.is_some() {
+            // The file would replace the state etcd holds.
+            return Err(ControlError::Conflict {
+                field: "fleet".into(),
+                reason: "fleet mode: the running state comes from etcd; change it there (restart for local keys)".into(),
+            });
+        }
         let new = tokio::task::spawn_blocking(move || Config::load(&p))
             .await
             .map_err(|_| ControlError::Stopped)?

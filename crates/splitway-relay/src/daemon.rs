@@ -74,6 +74,13 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Fleet mode: start from etcd, else the local cache, else the file.
+    #[cfg(feature = "fleet")]
+    let (cfg, fleet_start) = crate::fleet::bootstrap(cfg).await;
+    #[cfg(not(feature = "fleet"))]
+    if cfg.fleet.is_some() {
+        anyhow::bail!("[fleet]: this splitway was built without fleet mode (cargo feature `fleet`)");
+    }
     let mut listeners: Vec<(TcpListener, Kind)> = Vec::new();
     for t in &cfg.transparent {
         let v4 = t.prefixes.iter().any(|p| p.addr().is_ipv4());
@@ -167,6 +174,8 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
+    #[cfg(feature = "fleet")]
+    crate::fleet::spawn(shared.clone(), fleet_start, stop_rx.clone());
     if opts.reload_on_sighup {
         tokio::spawn(sighup_loop(control.clone(), stop_rx.clone()));
     }

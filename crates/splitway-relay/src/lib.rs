@@ -6,6 +6,7 @@
 //!   drain), applied one at a time by one owner ([`control::Control`]).
 //! - [`kernel`]: the one owner of run-time kernel state (turbo routes,
 //!   early-SYN queue and rules), on its own thread.
+//! - [`fleet`]: fleet mode (cargo feature `fleet`): state from etcd, presence, cache.
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
@@ -29,6 +30,8 @@ pub mod daemon;
 pub mod dial;
 pub mod failover;
 pub mod firewall;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod flow;
 pub mod forward;
 pub mod ingress;

@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+mod fleet;
+
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// Admin API address: IP:PORT or unix:/path (env SPLITWAY_ADMIN).
@@ -62,6 +64,8 @@ enum CtlCmd {
         #[command(subcommand)]
         op: PeerOp,
     },
+    /// The fleet from etcd (every relay, its peers, their health); key rotation.
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -265,6 +269,12 @@ fn print_human(cmd: &CtlCmd, v: &Value) {
 }
 
 pub fn run(a: CtlArgs) -> anyhow::Result<()> {
+    let CtlArgs { admin, json, cmd } = a;
+    let cmd = match cmd {
+        CtlCmd::Fleet(f) => return fleet::run(f, json),
+        cmd => cmd,
+    };
+    let a = CtlArgs { admin, json, cmd };
     let (method, path, body): (&str, String, Option<Value>) = match &a.cmd {
         CtlCmd::Status => ("GET", "/status".into(), None),
         CtlCmd::Peers => ("GET", "/peers".into(), None),
@@ -331,6 +341,7 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
         CtlCmd::Peer {
             op: PeerOp::Del { name },
         } => ("DELETE", format!("/peers/{name}"), None),
+        CtlCmd::Fleet(_) => bail!("ctl fleet talks to etcd, not to the admin API"),
     };
     let token = token(&a)?;
     let (status, text) = request(&a.admin, token.as_deref(), method, &path, body.as_ref())?;
