@@ -192,10 +192,19 @@ impl Fleet {
         }
     }
 
+    /// Put, retried while the cluster elects a leader (a member was killed).
     fn put(&self, key: &str, value: &str) {
         let k = format!("{}/{key}", self.prefix);
-        self.etcdctl(&["put", &k, value])
-            .unwrap_or_else(|e| panic!("put {k}: {e}"));
+        let mut last = String::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            match self.etcdctl(&["put", &k, value]) {
+                Ok(_) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("put {k}: {last}");
     }
 
     fn del(&self, key: &str) {
@@ -221,6 +230,10 @@ impl Fleet {
         self.put(
             "node/r1/routes/server",
             r#"{"prefix":"10.77.0.100/32","via":"r4"}"#,
+        );
+        self.put(
+            "node/r4/routes/server",
+            r#"{"prefix":"10.77.0.100/32","via":"direct"}"#,
         );
         self.put(
             "node/r4/allow/server",
