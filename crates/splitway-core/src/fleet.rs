@@ -289,8 +289,8 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 .map_err(|e| refuse(key, e.to_string()))?;
             features[scope] = Some(f);
         } else if let Some(name) = rest.strip_prefix("peers/") {
-            let v: PeerValue = serde_json::from_value(json("a peer")?)
-                .map_err(|e| refuse(key, e.to_string()))?;
+            let v: PeerValue =
+                serde_json::from_value(json("a peer")?).map_err(|e| refuse(key, e.to_string()))?;
             if scope == 0 && name == me {
                 continue; // a relay is not its own peer
             }
@@ -299,8 +299,8 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 peers.insert(name.to_string(), (key.clone(), v));
             }
         } else if let Some(name) = rest.strip_prefix("routes/") {
-            let v: RouteConf = serde_json::from_value(json("a route")?)
-                .map_err(|e| refuse(key, e.to_string()))?;
+            let v: RouteConf =
+                serde_json::from_value(json("a route")?).map_err(|e| refuse(key, e.to_string()))?;
             check_name(key, name)?;
             if scope == 1 || !routes.contains_key(name) {
                 routes.insert(name.to_string(), (key.clone(), v));
@@ -316,7 +316,10 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 allow.insert(name.to_string(), (key.clone(), v));
             }
         } else {
-            return Err(refuse(key, "unknown key (features, peers/NAME, routes/NAME, allow/NAME)"));
+            return Err(refuse(
+                key,
+                "unknown key (features, peers/NAME, routes/NAME, allow/NAME)",
+            ));
         }
     }
 
@@ -348,7 +351,10 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
     if let Some(r) = cfg.relay.as_mut() {
         r.allow = allow.into_values().map(|(_, a)| a).collect();
     } else if let Some((_, (key, _))) = allow.first_key_value() {
-        return Err(refuse(key, "this relay has no [relay] listener to allow egress on"));
+        return Err(refuse(
+            key,
+            "this relay has no [relay] listener to allow egress on",
+        ));
     }
     for f in features.into_iter().flatten() {
         let c = &mut cfg.features;
@@ -422,7 +428,10 @@ fn check_name(key: &str, name: &str) -> Result<(), FleetError> {
     if ok {
         Ok(())
     } else {
-        Err(refuse(key, "the name (last part) must be 1-64 of a-z, A-Z, 0-9, '-', '_', '.'"))
+        Err(refuse(
+            key,
+            "the name (last part) must be 1-64 of a-z, A-Z, 0-9, '-', '_', '.'",
+        ))
     }
 }
 
@@ -526,12 +535,24 @@ endpoints = ["http://127.0.0.1:2379"]
             ("/sw/auth/send_key", "1"),
             ("/sw/all/peers/r1", r#"{"addr":"10.1.0.1:5565"}"#),
             ("/sw/all/peers/r2", r#"{"addr":"10.1.0.2:5565"}"#),
-            ("/sw/all/routes/net", r#"{"prefix":"10.0.0.0/8","via":"r2"}"#),
+            (
+                "/sw/all/routes/net",
+                r#"{"prefix":"10.0.0.0/8","via":"r2"}"#,
+            ),
             ("/sw/all/features", r#"{"turbo_start":false}"#),
             ("/sw/node/r1/features", r#"{"early_syn":false}"#),
-            ("/sw/node/r1/peers/r2", r#"{"addr":"10.1.0.2:5565","pool_low":1,"pool_high":2}"#),
-            ("/sw/node/r1/allow/web", r#"{"prefix":"10.9.0.0/16","ports":"80-443"}"#),
-            ("/sw/node/r9/routes/x", r#"{"prefix":"0.0.0.0/0","via":"nobody"}"#),
+            (
+                "/sw/node/r1/peers/r2",
+                r#"{"addr":"10.1.0.2:5565","pool_low":1,"pool_high":2}"#,
+            ),
+            (
+                "/sw/node/r1/allow/web",
+                r#"{"prefix":"10.9.0.0/16","ports":"80-443"}"#,
+            ),
+            (
+                "/sw/node/r9/routes/x",
+                r#"{"prefix":"0.0.0.0/0","via":"nobody"}"#,
+            ),
             ("/sw/presence/r2", "{}"),
         ]);
         let c = render(&base(), &l, &v).expect("renders");
@@ -554,15 +575,27 @@ endpoints = ["http://127.0.0.1:2379"]
                 "/sw/all/routes/a",
             ),
             (
-                vec![KEY1, ("/sw/node/r1/routes/a", r#"{"prefix":"10.0.0.0/8","via":"ghost"}"#)],
+                vec![
+                    KEY1,
+                    (
+                        "/sw/node/r1/routes/a",
+                        r#"{"prefix":"10.0.0.0/8","via":"ghost"}"#,
+                    ),
+                ],
                 "/sw/node/r1/routes/a (route[0].via)",
             ),
             (
-                vec![KEY1, ("/sw/all/peers/r2", r#"{"addr":"10.1.0.2:5565","colour":1}"#)],
+                vec![
+                    KEY1,
+                    ("/sw/all/peers/r2", r#"{"addr":"10.1.0.2:5565","colour":1}"#),
+                ],
                 "/sw/all/peers/r2",
             ),
             (vec![KEY1, ("/sw/auth/send_key", "7")], "/sw/auth/send_key"),
-            (vec![("/sw/auth/keys/1", "abcd")], "/sw/auth/keys/1 (auth.keys[0].secret)"),
+            (
+                vec![("/sw/auth/keys/1", "abcd")],
+                "/sw/auth/keys/1 (auth.keys[0].secret)",
+            ),
             (vec![], "/sw/auth/keys/"),
             (vec![KEY1, ("/sw/all/bogus", "1")], "/sw/all/bogus"),
         ] {
@@ -574,11 +607,15 @@ endpoints = ["http://127.0.0.1:2379"]
     #[test]
     fn no_value_opens_the_relay_to_everything_or_to_itself() {
         let l = Layout::new("/sw");
-        for p in ["0.0.0.0/0", "10.0.0.0/7", "127.0.0.1/32", "::/0", "::1/128", "169.254.1.0/24"] {
-            let v = view(&[
-                KEY1,
-                ("/sw/all/allow/x", &format!(r#"{{"prefix":"{p}"}}"#)),
-            ]);
+        for p in [
+            "0.0.0.0/0",
+            "10.0.0.0/7",
+            "127.0.0.1/32",
+            "::/0",
+            "::1/128",
+            "169.254.1.0/24",
+        ] {
+            let v = view(&[KEY1, ("/sw/all/allow/x", &format!(r#"{{"prefix":"{p}"}}"#))]);
             let e = render(&base(), &l, &v).expect_err(p);
             assert_eq!(e.key, "/sw/all/allow/x", "{p}: {e}");
         }

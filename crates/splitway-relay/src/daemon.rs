@@ -79,7 +79,9 @@ pub async fn run(
     let (cfg, fleet_start) = crate::fleet::bootstrap(cfg).await;
     #[cfg(not(feature = "fleet"))]
     if cfg.fleet.is_some() {
-        anyhow::bail!("[fleet]: this splitway was built without fleet mode (cargo feature `fleet`)");
+        anyhow::bail!(
+            "[fleet]: this splitway was built without fleet mode (cargo feature `fleet`)"
+        );
     }
     let mut listeners: Vec<(TcpListener, Kind)> = Vec::new();
     for t in &cfg.transparent {

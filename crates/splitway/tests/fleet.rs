@@ -60,7 +60,12 @@ impl Fleet {
         let hub = Netns::create(&format!("{p}h")).expect("hub netns");
         hub.ip(["link", "add", "br0", "type", "bridge"]).unwrap();
         hub.ip(["link", "set", "br0", "up"]).unwrap();
-        for a in ["10.77.0.1/24", "10.77.0.2/24", "10.77.0.3/24", "10.77.0.100/24"] {
+        for a in [
+            "10.77.0.1/24",
+            "10.77.0.2/24",
+            "10.77.0.3/24",
+            "10.77.0.100/24",
+        ] {
             hub.ip(["addr", "add", a, "dev", "br0"]).unwrap();
         }
         let mut relays = Vec::new();
@@ -163,7 +168,9 @@ impl Fleet {
 
     fn etcd_logs(&self) -> String {
         (0..MEMBERS)
-            .map(|m| std::fs::read_to_string(self.dir.join(format!("etcd-m{m}.log"))).unwrap_or_default())
+            .map(|m| {
+                std::fs::read_to_string(self.dir.join(format!("etcd-m{m}.log"))).unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -220,7 +227,10 @@ impl Fleet {
         for i in 0..RELAYS {
             self.put(
                 &format!("all/peers/r{i}"),
-                &format!(r#"{{"addr":"{}:5565","pool_low":1,"pool_high":2,"rtt_ms":1}}"#, relay_ip(i)),
+                &format!(
+                    r#"{{"addr":"{}:5565","pool_low":1,"pool_high":2,"rtt_ms":1}}"#,
+                    relay_ip(i)
+                ),
             );
         }
         self.put(
@@ -242,7 +252,11 @@ impl Fleet {
     }
 
     fn config(&self, i: usize) -> String {
-        let eps: Vec<String> = self.endpoints.split(',').map(|e| format!("\"{e}\"")).collect();
+        let eps: Vec<String> = self
+            .endpoints
+            .split(',')
+            .map(|e| format!("\"{e}\""))
+            .collect();
         // r0's explicit listener needs a route at validation; etcd's
         // replaces it (via r1) as soon as the fleet state is applied.
         let explicit = if i == 0 {
@@ -350,7 +364,14 @@ connect_timeout_ms = 1000
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         self.hub
             .command(bin())
-            .args(["ctl", "fleet", "--endpoints", &self.endpoints, "--prefix", &self.prefix])
+            .args([
+                "ctl",
+                "fleet",
+                "--endpoints",
+                &self.endpoints,
+                "--prefix",
+                &self.prefix,
+            ])
             .args(args)
             .output()
             .expect("run ctl fleet")
@@ -361,7 +382,15 @@ connect_timeout_ms = 1000
         let out = self
             .hub
             .command(bin())
-            .args(["ctl", "--json", "fleet", "--endpoints", &self.endpoints, "--prefix", &self.prefix])
+            .args([
+                "ctl",
+                "--json",
+                "fleet",
+                "--endpoints",
+                &self.endpoints,
+                "--prefix",
+                &self.prefix,
+            ])
             .output()
             .expect("run ctl fleet");
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
@@ -490,7 +519,12 @@ impl Load {
 }
 
 /// A long-lived flow: a chunk out and back every 50 ms until stopped.
-fn long_flow(f: &Fleet) -> (Arc<AtomicBool>, std::thread::JoinHandle<Result<u64, String>>) {
+fn long_flow(
+    f: &Fleet,
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<Result<u64, String>>,
+) {
     let mut s = f.connect().expect("long flow connects");
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
@@ -502,8 +536,10 @@ fn long_flow(f: &Fleet) -> (Arc<AtomicBool>, std::thread::JoinHandle<Result<u64,
         let mut gen = Stream::new(7);
         while !st.load(Ordering::SeqCst) {
             gen.fill(&mut buf);
-            s.write_all(&buf).map_err(|e| format!("round {rounds}: write {e}"))?;
-            s.read_exact(&mut back).map_err(|e| format!("round {rounds}: read {e}"))?;
+            s.write_all(&buf)
+                .map_err(|e| format!("round {rounds}: write {e}"))?;
+            s.read_exact(&mut back)
+                .map_err(|e| format!("round {rounds}: read {e}"))?;
             if buf != back {
                 return Err(format!("round {rounds}: echo differs"));
             }
@@ -525,7 +561,8 @@ fn a_route_change_reaches_every_relay_within_a_second_and_a_dead_relay_leaves() 
     let f = Fleet::new();
     f.start_all();
     f.serve();
-    f.flow(1).expect("a flow through r0 -> r1 -> r4 with the fleet's routes");
+    f.flow(1)
+        .expect("a flow through r0 -> r1 -> r4 with the fleet's routes");
 
     // Route changes, one at a time; each relay polled until it lists it.
     let mut lat = Vec::new();
@@ -538,9 +575,9 @@ fn a_route_change_reaches_every_relay_within_a_second_and_a_dead_relay_leaves() 
         );
         let mut seen = [None; RELAYS];
         while seen.iter().any(|s| s.is_none()) && t0.elapsed() < Duration::from_secs(5) {
-            for i in 0..RELAYS {
-                if seen[i].is_none() && f.admin(i, "/routes").contains(&prefix) {
-                    seen[i] = Some(t0.elapsed());
+            for (i, s) in seen.iter_mut().enumerate() {
+                if s.is_none() && f.admin(i, "/routes").contains(&prefix) {
+                    *s = Some(t0.elapsed());
                 }
             }
         }
@@ -555,13 +592,20 @@ fn a_route_change_reaches_every_relay_within_a_second_and_a_dead_relay_leaves() 
         "fleet: route change applied on all {RELAYS} relays: p50 {p50:.0} ms, max {max:.0} ms ({} samples, from etcdctl start to seen in /routes)",
         lat.len()
     );
-    assert!(max < 1000.0, "a route change took {max:.0} ms to reach a relay");
+    assert!(
+        max < 1000.0,
+        "a route change took {max:.0} ms to reach a relay"
+    );
 
     // `ctl fleet` lists every relay with its peers; a killed relay's
     // record goes with its lease (TTL 3 s).
     let out = f.ctl(&[]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for i in 0..RELAYS {
         assert!(text.contains(&format!("r{i} ")), "r{i} listed:\n{text}");
     }
@@ -575,7 +619,10 @@ fn a_route_change_reaches_every_relay_within_a_second_and_a_dead_relay_leaves() 
         !f.presence().iter().any(|p| p["node"] == "r3")
     })
     .unwrap();
-    eprintln!("fleet: killed relay left the fleet after {:?} (TTL 3 s)", t0.elapsed());
+    eprintln!(
+        "fleet: killed relay left the fleet after {:?} (TTL 3 s)",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -589,11 +636,16 @@ fn etcd_down_member_then_all_then_back_drops_no_flow_and_a_restart_uses_the_cach
 
     // One member down: changes still reach every relay.
     f.kill_member(0);
-    f.put("all/routes/one-down", r#"{"prefix":"10.201.0.0/24","via":"direct"}"#);
+    f.put(
+        "all/routes/one-down",
+        r#"{"prefix":"10.201.0.0/24","via":"direct"}"#,
+    );
     for i in 0..RELAYS {
-        wait_until(Duration::from_secs(5), "change with one member down", || {
-            f.admin(i, "/routes").contains("10.201.0.0/24")
-        })
+        wait_until(
+            Duration::from_secs(5),
+            "change with one member down",
+            || f.admin(i, "/routes").contains("10.201.0.0/24"),
+        )
         .unwrap_or_else(|e| panic!("r{i}: {e}"));
     }
     // All down: relays keep forwarding with what they run.
@@ -606,7 +658,11 @@ fn etcd_down_member_then_all_then_back_drops_no_flow_and_a_restart_uses_the_cach
     // A relay restarted during the outage starts from its cache.
     f.kill_relay(3);
     f.start_relay(3);
-    assert!(f.log(3).contains("starting from the local cache"), "{}", f.log(3));
+    assert!(
+        f.log(3).contains("starting from the local cache"),
+        "{}",
+        f.log(3)
+    );
     assert_eq!(f.metric(3, "splitway_fleet_from_cache"), 1.0);
     let routes = f.admin(3, "/routes");
     assert!(routes.contains("10.201.0.0/24"), "cached routes: {routes}");
@@ -620,7 +676,10 @@ fn etcd_down_member_then_all_then_back_drops_no_flow_and_a_restart_uses_the_cach
         f.etcdctl(&["endpoint", "health"]).is_ok()
     })
     .unwrap();
-    f.put("all/routes/back", r#"{"prefix":"10.202.0.0/24","via":"direct"}"#);
+    f.put(
+        "all/routes/back",
+        r#"{"prefix":"10.202.0.0/24","via":"direct"}"#,
+    );
     for i in 0..RELAYS {
         wait_until(Duration::from_secs(10), "resync", || {
             f.admin(i, "/routes").contains("10.202.0.0/24")
@@ -630,10 +689,16 @@ fn etcd_down_member_then_all_then_back_drops_no_flow_and_a_restart_uses_the_cach
     assert_eq!(f.metric(3, "splitway_fleet_from_cache"), 0.0);
     // The outage was logged, rate-limited: a handful of lines, not one per retry.
     let warned = f.log(0).matches("etcd unavailable").count();
-    assert!((1..=5).contains(&warned), "r0 logged the outage {warned} times");
+    assert!(
+        (1..=5).contains(&warned),
+        "r0 logged the outage {warned} times"
+    );
 
     long_stop.store(true, Ordering::SeqCst);
-    let rounds = long.join().unwrap().expect("the long flow lived through the outage");
+    let rounds = long
+        .join()
+        .unwrap()
+        .expect("the long flow lived through the outage");
     let (ok, failed, first) = load.finish();
     eprintln!("fleet: outage: {ok} flows ok, {failed} failed; long flow {rounds} rounds");
     assert_eq!(failed, 0, "first failure: {first:?}");
@@ -695,7 +760,8 @@ fn invalid_values_are_refused_with_the_key_named_and_the_state_kept() {
     })
     .unwrap();
     assert!(
-        f.log(0).contains(&format!("{}/node/r0/routes/bad", f.prefix)),
+        f.log(0)
+            .contains(&format!("{}/node/r0/routes/bad", f.prefix)),
         "the log names the key"
     );
     f.flow(2).expect("previous state kept");
@@ -719,9 +785,13 @@ fn invalid_values_are_refused_with_the_key_named_and_the_state_kept() {
     .unwrap();
     // A route via a peer nobody defined names the route's key.
     f.del("node/r4/allow/self");
-    f.put("node/r2/routes/ghost", r#"{"prefix":"10.9.0.0/16","via":"ghost"}"#);
+    f.put(
+        "node/r2/routes/ghost",
+        r#"{"prefix":"10.9.0.0/16","via":"ghost"}"#,
+    );
     wait_until(Duration::from_secs(5), "r2 refuses", || {
-        f.log(2).contains(&format!("{}/node/r2/routes/ghost (route[", f.prefix))
+        f.log(2)
+            .contains(&format!("{}/node/r2/routes/ghost (route[", f.prefix))
     })
     .unwrap();
     // Presence shows the refusal; `ctl fleet` prints it.
@@ -736,7 +806,10 @@ fn invalid_values_are_refused_with_the_key_named_and_the_state_kept() {
     .unwrap();
     f.del("node/r2/routes/ghost");
     // Fixed: the next good change applies everywhere again.
-    f.put("all/routes/after", r#"{"prefix":"10.203.0.0/24","via":"direct"}"#);
+    f.put(
+        "all/routes/after",
+        r#"{"prefix":"10.203.0.0/24","via":"direct"}"#,
+    );
     for i in 0..RELAYS {
         wait_until(Duration::from_secs(5), "applied after the fix", || {
             f.admin(i, "/routes").contains("10.203.0.0/24")

@@ -85,8 +85,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sw-fleet-cache-{}", std::process::id()));
         let path = dir.join("sub/cache.json");
         assert!(load(&path).expect("no cache is fine").is_none());
-        let mut v = View::default();
-        v.revision = 42;
+        let mut v = View {
+            revision: 42,
+            ..View::default()
+        };
         v.kv.insert("/p/auth/keys/1".into(), "00".into());
         store(&path, &v).expect("store");
         store(&path, &v).expect("store over an existing cache");

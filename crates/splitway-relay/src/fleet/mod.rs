@@ -243,7 +243,9 @@ pub async fn bootstrap(file: Config) -> (Config, Start) {
             Err(e) => tracing::error!(key = %e.key, reason = %e.reason,
                 "fleet: etcd's state refused at start; trying the cache"),
         },
-        Err(e) => tracing::warn!(error = %e, "fleet: etcd not reachable at start; trying the cache"),
+        Err(e) => {
+            tracing::warn!(error = %e, "fleet: etcd not reachable at start; trying the cache")
+        }
     }
     match cache::load(&conf.cache_path) {
         Ok(Some(view)) => match render(&file, &layout, &view) {
@@ -281,7 +283,9 @@ pub fn spawn(shared: Arc<Shared>, start: Start, stop: watch::Receiver<bool>) {
         return;
     };
     let metrics = FleetMetrics::new(&shared.metrics);
-    metrics.from_cache.set(i64::from(start.source == Source::Cache));
+    metrics
+        .from_cache
+        .set(i64::from(start.source == Source::Cache));
     metrics.revision.set(start.view.revision);
     let status = Arc::new(presence::Status::new(&start.view));
     tokio::spawn(sync::run(

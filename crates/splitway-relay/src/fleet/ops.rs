@@ -151,6 +151,8 @@ pub async fn rotate_key(
         p.key_ids == [id]
     })
     .await?;
-    progress(format!("3/3 old keys retired; {n} live relays hold only key {id}"));
+    progress(format!(
+        "3/3 old keys retired; {n} live relays hold only key {id}"
+    ));
     Ok(())
 }

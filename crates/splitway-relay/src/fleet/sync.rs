@@ -100,13 +100,7 @@ impl Follower {
         let view = read_view(&mut client, &self.layout, &self.base.node.name, timeout).await?;
         let from = view.revision + 1;
         self.view = view;
-        let opts = || {
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(from),
-            )
-        };
+        let opts = || Some(WatchOptions::new().with_prefix().with_start_revision(from));
         let prefixes = self.layout.watched(&self.base.node.name);
         let mut ws = within(timeout, client.watch(prefixes[0].as_str(), opts())).await?;
         for p in &prefixes[1..] {
@@ -123,8 +117,8 @@ impl Follower {
             self.on_event(&r);
             // Take what else is already on its way, then apply once.
             while let Ok(next) = tokio::time::timeout(BATCH, ws.message()).await {
-                let r = next?
-                    .ok_or_else(|| FleetIoError::Protocol("the watch stream ended".into()))?;
+                let r =
+                    next?.ok_or_else(|| FleetIoError::Protocol("the watch stream ended".into()))?;
                 self.check(&r)?;
                 self.on_event(&r);
             }
@@ -175,8 +169,11 @@ pub async fn run(
             metrics.from_cache.set(0);
             backoff = BACKOFF_MIN;
             if let Some(t) = was_down.take() {
-                tracing::info!(down_secs = t.elapsed().as_secs(), failures,
-                    "fleet: etcd reachable again; resynced");
+                tracing::info!(
+                    down_secs = t.elapsed().as_secs(),
+                    failures,
+                    "fleet: etcd reachable again; resynced"
+                );
                 failures = 0;
                 last_log = None;
             }

@@ -62,10 +62,7 @@ pub fn run(a: FleetArgs, json: bool) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: no [fleet] section", path.display()))?
         }
         (None, false) => {
-            let text = format!(
-                "endpoints = {:?}\nprefix = {:?}\n",
-                a.endpoints, a.prefix
-            );
+            let text = format!("endpoints = {:?}\nprefix = {:?}\n", a.endpoints, a.prefix);
             let c: FleetConf = toml::from_str(&text).context("fleet settings")?;
             c.validate()?;
             c
@@ -134,7 +131,11 @@ fn print_list(relays: &[splitway_core::fleet::Presence]) {
                     .rtt_us
                     .map(|u| format!("{:.1}ms", f64::from(u) / 1000.0))
                     .unwrap_or_else(|| "-".into());
-                let mark = if live.contains(h.name.as_str()) { "" } else { "*" };
+                let mark = if live.contains(h.name.as_str()) {
+                    ""
+                } else {
+                    "*"
+                };
                 format!(
                     "{}{mark} {rtt} {}/{}/{}",
                     h.name, h.pool_idle, h.pool_low, h.pool_high
@@ -148,7 +149,9 @@ fn print_list(relays: &[splitway_core::fleet::Presence]) {
             p.version,
             p.revision,
             keys.join(","),
-            p.send_key.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            p.send_key
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "-".into()),
             peers.join("; ")
         );
         if let Some(r) = &p.refused {
