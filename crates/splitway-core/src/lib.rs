@@ -19,10 +19,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod fleet;
 pub mod frame;
 pub mod http_connect;
 pub mod mux;
-pub mod fleet;
 pub mod pairing;
 pub mod pool;
 pub mod ports;
