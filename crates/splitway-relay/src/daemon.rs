@@ -177,7 +177,12 @@ pub async fn run(
         ));
     }
     #[cfg(feature = "fleet")]
-    crate::fleet::spawn(shared.clone(), fleet_start, stop_rx.clone());
+    crate::fleet::spawn(
+        shared.clone(),
+        control.clone(),
+        fleet_start,
+        stop_rx.clone(),
+    );
     if opts.reload_on_sighup {
         tokio::spawn(sighup_loop(control.clone(), stop_rx.clone()));
     }

@@ -269,12 +269,10 @@ fn print_human(cmd: &CtlCmd, v: &Value) {
 }
 
 pub fn run(a: CtlArgs) -> anyhow::Result<()> {
-    let CtlArgs { admin, json, cmd } = a;
-    let cmd = match cmd {
-        CtlCmd::Fleet(f) => return fleet::run(f, json),
-        cmd => cmd,
+    let a = match a.cmd {
+        CtlCmd::Fleet(f) => return fleet::run(f, a.json),
+        cmd => CtlArgs { cmd, ..a },
     };
-    let a = CtlArgs { admin, json, cmd };
     let (method, path, body): (&str, String, Option<Value>) = match &a.cmd {
         CtlCmd::Status => ("GET", "/status".into(), None),
         CtlCmd::Peers => ("GET", "/peers".into(), None),

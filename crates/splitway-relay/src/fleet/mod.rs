@@ -5,7 +5,8 @@
 //! - [`bootstrap`]: the state a relay starts with (etcd, else the local
 //!   cache, else the file), before its listeners open.
 //! - [`sync`]: the watch loop; every change goes through
-//!   [`crate::control::replace`], the admin API's all-or-nothing path.
+//!   [`crate::control::Control`] (`Change::Replace`), the admin API's
+//!   all-or-nothing path.
 //! - [`presence`]: the leased `P/presence/NODE` record.
 //! - [`cache`]: the last applied state on disk, written atomically.
 //! - [`ops`]: what `splitway ctl fleet` does (list, rotate the leg key).
@@ -29,6 +30,7 @@ use splitway_core::config::Config;
 use splitway_core::fleet::{render, FleetConf, Layout, View};
 use tokio::sync::watch;
 
+use crate::control::Control;
 use crate::state::Shared;
 
 /// Talking to etcd failed.
@@ -278,7 +280,7 @@ pub async fn bootstrap(file: Config) -> (Config, Start) {
 }
 
 /// Start the watch loop and the presence record.
-pub fn spawn(shared: Arc<Shared>, start: Start, stop: watch::Receiver<bool>) {
+pub fn spawn(shared: Arc<Shared>, control: Control, start: Start, stop: watch::Receiver<bool>) {
     let Some(conf) = start.base.fleet.clone() else {
         return;
     };
@@ -289,7 +291,7 @@ pub fn spawn(shared: Arc<Shared>, start: Start, stop: watch::Receiver<bool>) {
     metrics.revision.set(start.view.revision);
     let status = Arc::new(presence::Status::new(&start.view));
     tokio::spawn(sync::run(
-        shared.clone(),
+        control,
         conf.clone(),
         start,
         metrics,

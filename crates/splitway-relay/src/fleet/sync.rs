@@ -1,7 +1,8 @@
 //! The watch loop: read the keys this relay watches at one revision, apply
 //! them, then follow their changes; every change is rendered on the local
 //! file ([`splitway_core::fleet::render`]) and applied through
-//! [`crate::control::replace`], all or nothing. A refused state names its
+//! [`crate::control::Control`] (`Change::Replace`), all or nothing: one
+//! owner serializes it with the admin API's changes. A refused state names its
 //! etcd key (log line and `splitway_fleet_refused_total{key}`) and the
 //! previous state stays. When etcd goes away the relay keeps forwarding
 //! with what it runs, retries with backoff (100 ms doubling to 5 s) and
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 
 use super::presence::Status;
 use super::{cache, connect, read_view, within, FleetIoError, FleetMetrics, Start};
-use crate::state::Shared;
+use crate::control::{Change, Control};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -27,7 +28,7 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 const BATCH: Duration = Duration::from_millis(10);
 
 struct Follower {
-    shared: Arc<Shared>,
+    control: Control,
     conf: FleetConf,
     layout: Layout,
     base: Config,
@@ -41,17 +42,20 @@ struct Follower {
 
 impl Follower {
     /// Apply the current view if it differs from what runs.
-    fn apply(&mut self) {
+    async fn apply(&mut self) {
         if self.view.kv == self.applied.kv {
             self.applied.revision = self.view.revision;
             return;
         }
-        let result = render(&self.base, &self.layout, &self.view)
-            .map_err(|e| (e.key, e.reason))
-            .and_then(|cfg| {
-                crate::control::replace(&self.shared, cfg)
-                    .map_err(|e| (format!("control {}", e.field), e.reason))
-            });
+        let result = match render(&self.base, &self.layout, &self.view) {
+            Ok(cfg) => self
+                .control
+                .apply(Change::Replace(Box::new(cfg)))
+                .await
+                .map(|_| ())
+                .map_err(|e| (format!("control {}", e.field()), e.reason())),
+            Err(e) => Err((e.key, e.reason)),
+        };
         match result {
             Ok(()) => {
                 self.applied = self.view.clone();
@@ -107,7 +111,7 @@ impl Follower {
             within(timeout, ws.watch(p.as_str(), opts())).await?;
         }
         connected();
-        self.apply();
+        self.apply().await;
         loop {
             let r = ws
                 .message()
@@ -122,7 +126,7 @@ impl Follower {
                 self.check(&r)?;
                 self.on_event(&r);
             }
-            self.apply();
+            self.apply().await;
         }
     }
 
@@ -140,7 +144,7 @@ impl Follower {
 
 /// Follow etcd until the relay stops.
 pub async fn run(
-    shared: Arc<Shared>,
+    control: Control,
     conf: FleetConf,
     start: Start,
     metrics: FleetMetrics,
@@ -148,7 +152,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut f = Follower {
-        shared,
+        control,
         layout: conf.layout(),
         conf,
         base: start.base,
