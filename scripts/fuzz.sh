@@ -3,6 +3,8 @@
 # the other, each for FUZZ_SECS seconds:
 #   header  relay-leg header (wire::parse, wire::header_len, KeyRing::open)
 #   frame   v2 frames (frame::decode, frame::Decoder)
+#   proxy_handshake  SOCKS5 and HTTP CONNECT requests (socks5::Handshake,
+#           http_connect::parse)
 # Targets are fuzz/fuzz_targets/NAME.rs, seeds in fuzz/corpus/NAME/seed-*.
 #
 #   scripts/fuzz.sh                 # every target, 30 s each (CI: ≤ 3 min in all)
@@ -17,7 +19,7 @@
 set -eu
 cd "$(dirname "$0")/../fuzz"
 secs="${FUZZ_SECS:-30}"
-targets="${*:-header frame}"
+targets="${*:-header frame proxy_handshake}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 for t in $targets; do
     scratch="$(mktemp -d)"

@@ -18,7 +18,7 @@ use splitway_netns::ChildGuard;
 use crate::testbed::Testbed;
 use crate::topology::Topology;
 
-pub use self::splitway::{admin_port, Features};
+pub use self::splitway::{admin_port, ports as splitway_ports, Features};
 
 /// Every configuration the lab knows, in report order, with a one-line description.
 pub const CATALOGUE: &[(&str, &str)] = &[

@@ -9,6 +9,7 @@ mod loss;
 mod many;
 mod miniproxy;
 mod paper;
+mod proxy;
 mod web;
 
 use anyhow::{bail, Result};
@@ -48,6 +49,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "web",
         about: "HTTPS (TLS 1.3, per-run certificate) and headless Chromium loading a median-shaped page: e2e vs splitway",
         run: web::run,
+    },
+    Scenario {
+        name: "proxy",
+        about: "curl --socks5-hostname and curl -x through splitway's proxy ingress vs ssh -D, TTFB and total",
+        run: proxy::run,
     },
 ];
 
