@@ -54,7 +54,8 @@ pub struct LabArgs {
     /// miniproxy (relay chains of 0-3 relays and a relay off the path),
     /// loss (random loss on the long link, then the client's), many
     /// (100 concurrent downloads from 10 clients through one ingress), web
-    /// (HTTPS and headless Chromium loading a median-shaped page)
+    /// (HTTPS and headless Chromium loading a median-shaped page), proxy
+    /// (curl through splitway's SOCKS5 / CONNECT ingress against ssh -D)
     #[arg(long, default_value = "paper")]
     pub scenario: String,
 
