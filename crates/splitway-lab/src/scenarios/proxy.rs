@@ -96,9 +96,10 @@ fn proxy_relay_config(sess: &Session, chain: &Chain) -> String {
          [[peer]]\nname = \"egress\"\naddr = \"{egress}:{leg_port}\"\nsource = \"{source}\"\n\
          bandwidth_mbit = {mbit}\nrtt_ms = {rtt}\n\
          [[route]]\nprefix = \"{server}/32\"\nvia = \"egress\"\n\
-         # turbo-start's pinned route to the egress belongs to the transparent\n\
-         # ingress of the splitway arm (downloads are widened by the egress).\n\
-         [features]\nearly_syn = false\nturbo_start = false\n\
+         # No transparent listener here: no early-SYN tap. Turbo-start pins the\n\
+         # same route to the egress as the splitway arm's ingress (`ip route\n\
+         # replace`, same windows), and gives the legs its large buffers.\n\
+         [features]\nearly_syn = false\n\
          [firewall]\nown_mark = {mark}\n",
         secret = sess.secret,
         egress = plan.left_alias(2, 0).0,
