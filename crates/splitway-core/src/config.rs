@@ -788,6 +788,12 @@ impl Config {
         }
         if let Some(f) = &self.fleet {
             f.validate()?;
+            if self.auth.is_none() {
+                return Err(ConfigError::invalid(
+                    "auth",
+                    "required in fleet mode: etcd supplies the keys, [auth] keeps max_skew_ms and replay_capacity (read at start)",
+                ));
+            }
         }
         if let Some(a) = &self.admin {
             validate_admin(a)?;

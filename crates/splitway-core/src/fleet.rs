@@ -626,6 +626,12 @@ endpoints = ["http://127.0.0.1:2379"]
     fn fleet_section_is_validated_with_the_key_named() {
         let mut f = base().fleet.expect("fleet");
         assert!(f.validate().is_ok());
+        let mut no_auth = base();
+        no_auth.auth = None;
+        match no_auth.validate() {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "auth"),
+            other => panic!("{other:?}"),
+        }
         f.prefix = "splitway/".into();
         match f.validate() {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "fleet.prefix"),
