@@ -51,11 +51,25 @@ struct Fleet {
     dir: PathBuf,
     prefix: String,
     endpoints: String,
+    /// `user:password` for etcdctl once etcd's auth is on.
+    root: Mutex<Option<String>>,
+    /// Relays log in as user `relay` (read-only but for presence).
+    relay_auth: bool,
 }
 
 impl Fleet {
     /// The namespaces, etcd and the fleet's state in etcd; no relays yet.
     fn new() -> Fleet {
+        Fleet::build(false)
+    }
+
+    /// With etcd's auth on: the relays log in as a user whose role reads
+    /// the fleet's keys and writes only presence.
+    fn with_auth() -> Fleet {
+        Fleet::build(true)
+    }
+
+    fn build(relay_auth: bool) -> Fleet {
         let p = unique_prefix("swf");
         let hub = Netns::create(&format!("{p}h")).expect("hub netns");
         hub.ip(["link", "add", "br0", "type", "bridge"]).unwrap();
@@ -98,6 +112,8 @@ impl Fleet {
             dir,
             prefix: format!("/{p}"),
             endpoints,
+            root: Mutex::new(None),
+            relay_auth,
         };
         for m in 0..MEMBERS {
             f.start_member(m);
@@ -107,7 +123,44 @@ impl Fleet {
         })
         .unwrap_or_else(|e| panic!("{e}: {}", f.etcd_logs()));
         f.seed();
+        if relay_auth {
+            f.enable_auth();
+        }
         f
+    }
+
+    fn enable_auth(&self) {
+        let p = &self.prefix;
+        let run = |args: &[&str]| {
+            self.etcdctl(args)
+                .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+        };
+        run(&["user", "add", "root:rootpw"]);
+        run(&["role", "add", "relay"]);
+        for dir in ["auth", "all", "node"] {
+            run(&[
+                "role",
+                "grant-permission",
+                "relay",
+                "read",
+                &format!("{p}/{dir}/"),
+                "--prefix=true",
+            ]);
+        }
+        run(&[
+            "role",
+            "grant-permission",
+            "relay",
+            "readwrite",
+            &format!("{p}/presence/"),
+            "--prefix=true",
+        ]);
+        run(&["user", "add", "relay:relaypw"]);
+        run(&["user", "grant-role", "relay", "relay"]);
+        run(&["auth", "enable"]);
+        *self.root.lock().unwrap() = Some("root:rootpw".into());
+        std::fs::write(self.dir.join("root-password"), "rootpw\n").unwrap();
+        std::fs::write(self.dir.join("relay-password"), "relaypw\n").unwrap();
     }
 
     fn start_member(&self, m: usize) {
@@ -189,6 +242,13 @@ impl Fleet {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", live.join(",")))
             .arg("--command-timeout=3s")
+            .args(
+                self.root
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|u| format!("--user={u}")),
+            )
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;
@@ -266,6 +326,14 @@ impl Fleet {
         } else {
             String::new()
         };
+        let auth = if self.relay_auth {
+            format!(
+                "user = \"relay\"\npassword_file = \"{}\"\n",
+                self.dir.join("relay-password").display()
+            )
+        } else {
+            String::new()
+        };
         format!(
             r#"
 [node]
@@ -289,7 +357,7 @@ prefix = "{prefix}"
 cache_path = "{cache}"
 lease_ttl_secs = 3
 connect_timeout_ms = 1000
-"#,
+{auth}"#,
             eps = eps.join(", "),
             prefix = self.prefix,
             cache = self.dir.join(format!("r{i}.cache.json")).display(),
@@ -361,6 +429,19 @@ connect_timeout_ms = 1000
     }
 
     /// `splitway ctl fleet ARGS` from the hub.
+    /// `--user root --password-file F` once etcd's auth is on.
+    fn credentials(&self) -> Vec<String> {
+        match self.root.lock().unwrap().as_ref() {
+            Some(_) => vec![
+                "--user".into(),
+                "root".into(),
+                "--password-file".into(),
+                self.dir.join("root-password").display().to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         self.hub
             .command(bin())
@@ -372,6 +453,7 @@ connect_timeout_ms = 1000
                 "--prefix",
                 &self.prefix,
             ])
+            .args(self.credentials())
             .args(args)
             .output()
             .expect("run ctl fleet")
@@ -391,6 +473,7 @@ connect_timeout_ms = 1000
                 "--prefix",
                 &self.prefix,
             ])
+            .args(self.credentials())
             .output()
             .expect("run ctl fleet");
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
@@ -817,4 +900,51 @@ fn invalid_values_are_refused_with_the_key_named_and_the_state_kept() {
         .unwrap_or_else(|e| panic!("r{i}: {e}"));
     }
     f.flow(3).expect("flow after");
+}
+
+#[test]
+fn relays_log_in_to_etcd_with_a_role_that_only_writes_presence() {
+    let f = Fleet::with_auth();
+    f.start_all();
+    f.serve();
+    f.flow(1).expect("the fleet's routes, read as user relay");
+    f.put(
+        "all/routes/auth",
+        r#"{"prefix":"10.204.0.0/24","via":"direct"}"#,
+    );
+    for i in 0..RELAYS {
+        wait_until(Duration::from_secs(5), "change seen with auth on", || {
+            f.admin(i, "/routes").contains("10.204.0.0/24")
+        })
+        .unwrap_or_else(|e| panic!("r{i}: {e}"));
+    }
+    // The relays' role cannot change the fleet, only report in it.
+    let relay_user = f
+        .hub
+        .command("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", f.endpoints))
+        .args([
+            "--user=relay:relaypw",
+            "put",
+            &format!("{}/all/routes/x", f.prefix),
+            "{}",
+        ])
+        .output()
+        .expect("etcdctl");
+    assert!(
+        !relay_user.status.success(),
+        "user relay may not write the fleet"
+    );
+    // A relay with a wrong password keeps running on its cache, and says so.
+    f.kill_relay(2);
+    std::fs::write(f.dir.join("relay-password"), "wrong\n").unwrap();
+    f.start_relay(2);
+    assert!(
+        f.log(2).contains("starting from the local cache"),
+        "{}",
+        f.log(2)
+    );
+    assert_eq!(f.metric(2, "splitway_fleet_connected"), 0.0);
+    assert!(f.admin(2, "/routes").contains("10.204.0.0/24"));
 }

@@ -64,7 +64,10 @@ pub async fn connect(conf: &FleetConf) -> Result<Client, FleetIoError> {
             key: "password_file",
             reason: "not UTF-8".into(),
         })?;
-        opts = opts.with_user(user.clone(), pw.trim().to_string());
+        // etcd's auth tokens expire (simple tokens after 5 idle minutes).
+        opts = opts
+            .with_user(user.clone(), pw.trim().to_string())
+            .with_auto_token_refresh(true);
     }
     if let Some(ca) = &conf.ca_file {
         let mut tls = etcd_client::TlsOptions::new()

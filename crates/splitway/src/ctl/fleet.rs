@@ -19,6 +19,14 @@ pub struct FleetArgs {
     /// Key prefix of the fleet (with --endpoints).
     #[arg(long, default_value = "/splitway")]
     prefix: String,
+    /// etcd user (with --endpoints); its password is read from --password-file.
+    #[arg(long, requires = "password_file")]
+    user: Option<String>,
+    #[arg(long, requires = "user")]
+    password_file: Option<PathBuf>,
+    /// PEM CA bundle for TLS to etcd (with --endpoints).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Option<FleetCmd>,
 }
@@ -63,7 +71,10 @@ pub fn run(a: FleetArgs, json: bool) -> anyhow::Result<()> {
         }
         (None, false) => {
             let text = format!("endpoints = {:?}\nprefix = {:?}\n", a.endpoints, a.prefix);
-            let c: FleetConf = toml::from_str(&text).context("fleet settings")?;
+            let mut c: FleetConf = toml::from_str(&text).context("fleet settings")?;
+            c.user = a.user.clone();
+            c.password_file = a.password_file.clone();
+            c.ca_file = a.ca_file.clone();
             c.validate()?;
             c
         }
