@@ -65,7 +65,7 @@ enum CtlCmd {
         op: PeerOp,
     },
     /// The fleet from etcd (every relay, its peers, their health); key rotation.
-    Fleet(fleet::FleetArgs),
+    Fleet(Box<fleet::FleetArgs>),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -270,7 +270,7 @@ fn print_human(cmd: &CtlCmd, v: &Value) {
 
 pub fn run(a: CtlArgs) -> anyhow::Result<()> {
     let a = match a.cmd {
-        CtlCmd::Fleet(f) => return fleet::run(f, a.json),
+        CtlCmd::Fleet(f) => return fleet::run(*f, a.json),
         cmd => CtlArgs { cmd, ..a },
     };
     let (method, path, body): (&str, String, Option<Value>) = match &a.cmd {
