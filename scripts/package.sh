@@ -34,7 +34,9 @@ rm -rf "$out/dist"
 cargo run --quiet -p splitway-dist -- all "$out/dist" >/dev/null
 gzip -9nf "$out"/dist/man/*.1
 
-extra=()
+# --strip: the release profile keeps debug info (debug = 1) for profiling, and
+# cargo-deb would ship it (21 MB instead of 3.3 MB; never loaded, so no RSS).
+extra=(--strip)
 [ "$PROFILE" = release ] || extra+=(--fast)
 # Prints the package's path.
 cargo deb --quiet --no-build -p splitway --target "$tuple" --profile "$PROFILE" "${extra[@]}"
