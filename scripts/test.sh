@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo test --workspace --all-targets "$@"
+# `splitway/fleet`: fleet mode (off in the default build) and its etcd tests.
+cargo test --workspace --all-targets --features splitway/fleet "$@"

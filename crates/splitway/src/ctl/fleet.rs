@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
@@ -59,6 +59,7 @@ pub fn run(_: FleetArgs, _json: bool) -> anyhow::Result<()> {
 
 #[cfg(feature = "fleet")]
 pub fn run(a: FleetArgs, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
     use splitway_core::fleet::FleetConf;
     use splitway_relay::fleet::ops;
     use std::time::Duration;
