@@ -55,21 +55,29 @@ struct Fleet {
     root: Mutex<Option<String>>,
     /// Relays log in as user `relay` (read-only but for presence).
     relay_auth: bool,
+    /// etcd's client URLs are https (a CA made by the test).
+    tls: bool,
 }
 
 impl Fleet {
     /// The namespaces, etcd and the fleet's state in etcd; no relays yet.
     fn new() -> Fleet {
-        Fleet::build(false)
+        Fleet::build(false, false)
+    }
+
+    /// etcd serving its clients over TLS with a certificate from a CA the
+    /// test makes; relays trust that CA (`ca_file`).
+    fn with_tls() -> Fleet {
+        Fleet::build(false, true)
     }
 
     /// With etcd's auth on: the relays log in as a user whose role reads
     /// the fleet's keys and writes only presence.
     fn with_auth() -> Fleet {
-        Fleet::build(true)
+        Fleet::build(true, false)
     }
 
-    fn build(relay_auth: bool) -> Fleet {
+    fn build(relay_auth: bool, tls: bool) -> Fleet {
         let p = unique_prefix("swf");
         let hub = Netns::create(&format!("{p}h")).expect("hub netns");
         hub.ip(["link", "add", "br0", "type", "bridge"]).unwrap();
@@ -100,8 +108,12 @@ impl Fleet {
         }
         let dir = std::env::temp_dir().join(format!("splitway-fleet-{p}"));
         std::fs::create_dir_all(&dir).unwrap();
+        if tls {
+            make_certs(&dir);
+        }
+        let scheme = if tls { "https" } else { "http" };
         let endpoints = (0..MEMBERS)
-            .map(|m| format!("http://{}:2379", member_ip(m)))
+            .map(|m| format!("{scheme}://{}:2379", member_ip(m)))
             .collect::<Vec<_>>()
             .join(",");
         let f = Fleet {
@@ -114,6 +126,7 @@ impl Fleet {
             endpoints,
             root: Mutex::new(None),
             relay_auth,
+            tls,
         };
         for m in 0..MEMBERS {
             f.start_member(m);
@@ -175,15 +188,22 @@ impl Fleet {
             .open(self.dir.join(format!("etcd-m{m}.log")))
             .unwrap();
         let mut cmd = self.hub.command("etcd");
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.tls {
+            cmd.arg("--cert-file")
+                .arg(self.dir.join("etcd.pem"))
+                .arg("--key-file")
+                .arg(self.dir.join("etcd.key"));
+        }
         cmd.args([
             "--name",
             &format!("m{m}"),
             "--data-dir",
             &self.dir.join(format!("m{m}.etcd")).display().to_string(),
             "--listen-client-urls",
-            &format!("http://{ipm}:2379"),
+            &format!("{scheme}://{ipm}:2379"),
             "--advertise-client-urls",
-            &format!("http://{ipm}:2379"),
+            &format!("{scheme}://{ipm}:2379"),
             "--listen-peer-urls",
             &format!("http://{ipm}:2380"),
             "--initial-advertise-peer-urls",
@@ -233,7 +253,7 @@ impl Fleet {
         let members = self.members.lock().unwrap();
         let live: Vec<String> = (0..MEMBERS)
             .filter(|m| members[*m].is_some())
-            .map(|m| format!("http://{}:2379", member_ip(m)))
+            .map(|m| format!("{}://{}:2379", self.scheme(), member_ip(m)))
             .collect();
         drop(members);
         let out = self
@@ -242,6 +262,10 @@ impl Fleet {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", live.join(",")))
             .arg("--command-timeout=3s")
+            .args(
+                self.tls
+                    .then(|| format!("--cacert={}", self.dir.join("ca.pem").display())),
+            )
             .args(
                 self.root
                     .lock()
@@ -326,6 +350,11 @@ impl Fleet {
         } else {
             String::new()
         };
+        let ca = if self.tls {
+            format!("ca_file = \"{}\"\n", self.dir.join("ca.pem").display())
+        } else {
+            String::new()
+        };
         let auth = if self.relay_auth {
             format!(
                 "user = \"relay\"\npassword_file = \"{}\"\n",
@@ -357,7 +386,7 @@ prefix = "{prefix}"
 cache_path = "{cache}"
 lease_ttl_secs = 3
 connect_timeout_ms = 1000
-{auth}"#,
+{auth}{ca}"#,
             eps = eps.join(", "),
             prefix = self.prefix,
             cache = self.dir.join(format!("r{i}.cache.json")).display(),
@@ -428,19 +457,36 @@ connect_timeout_ms = 1000
         metric_value(&self.admin(i, "/metrics"), sample)
     }
 
-    /// `splitway ctl fleet ARGS` from the hub.
-    /// `--user root --password-file F` once etcd's auth is on.
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `--user root --password-file F` once etcd's auth is on, and
+    /// `--ca-file` with TLS, for `ctl fleet`.
     fn credentials(&self) -> Vec<String> {
-        match self.root.lock().unwrap().as_ref() {
-            Some(_) => vec![
+        let mut v = Vec::new();
+        if self.root.lock().unwrap().is_some() {
+            v.extend([
                 "--user".into(),
                 "root".into(),
                 "--password-file".into(),
                 self.dir.join("root-password").display().to_string(),
-            ],
-            None => Vec::new(),
+            ]);
         }
+        if self.tls {
+            v.extend([
+                "--ca-file".into(),
+                self.dir.join("ca.pem").display().to_string(),
+            ]);
+        }
+        v
     }
+
+    /// `splitway ctl fleet ARGS` from the hub.
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         self.hub
@@ -947,4 +993,87 @@ fn relays_log_in_to_etcd_with_a_role_that_only_writes_presence() {
     );
     assert_eq!(f.metric(2, "splitway_fleet_connected"), 0.0);
     assert!(f.admin(2, "/routes").contains("10.204.0.0/24"));
+}
+
+/// A CA and a server certificate for the three members (EC P-256, one day).
+fn make_certs(dir: &std::path::Path) {
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=splitway-test-ca",
+    ]);
+    sh(&ca);
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend([
+        "-keyout", "etcd.key", "-out", "etcd.csr", "-subj", "/CN=etcd",
+    ]);
+    sh(&req);
+    let sans = (0..MEMBERS)
+        .map(|m| format!("IP:{}", member_ip(m)))
+        .collect::<Vec<_>>()
+        .join(",");
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName={sans}\n")).unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "etcd.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "etcd.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[test]
+fn relays_reach_etcd_over_tls() {
+    let f = Fleet::with_tls();
+    f.start_all();
+    f.serve();
+    f.flow(1).expect("the fleet's routes, read over TLS");
+    f.put(
+        "all/routes/tls",
+        r#"{"prefix":"10.205.0.0/24","via":"direct"}"#,
+    );
+    for i in 0..RELAYS {
+        wait_until(Duration::from_secs(5), "change seen over TLS", || {
+            f.admin(i, "/routes").contains("10.205.0.0/24")
+        })
+        .unwrap_or_else(|e| panic!("r{i}: {e}"));
+    }
+    assert_eq!(f.metric(0, "splitway_fleet_connected"), 1.0);
 }
