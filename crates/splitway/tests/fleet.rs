@@ -487,7 +487,6 @@ connect_timeout_ms = 1000
     }
 
     /// `splitway ctl fleet ARGS` from the hub.
-
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         self.hub
             .command(bin())
