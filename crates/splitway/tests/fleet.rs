@@ -737,6 +737,7 @@ fn a_route_change_reaches_every_relay_within_a_second_and_a_dead_relay_leaves() 
     for i in 0..RELAYS {
         assert!(text.contains(&format!("r{i} ")), "r{i} listed:\n{text}");
     }
+    eprintln!("fleet: ctl fleet:\n{text}");
     let p = f.presence();
     let r0 = p.iter().find(|p| p["node"] == "r0").expect("r0 present");
     assert_eq!(r0["peers"].as_array().map(|a| a.len()), Some(RELAYS - 1));

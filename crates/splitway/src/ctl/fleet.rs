@@ -141,7 +141,13 @@ fn print_list(relays: &[splitway_core::fleet::Presence]) {
             .map(|h| {
                 let rtt = h
                     .rtt_us
-                    .map(|u| format!("{:.1}ms", f64::from(u) / 1000.0))
+                    .map(|u| {
+                        if u < 1000 {
+                            format!("{u}us")
+                        } else {
+                            format!("{:.1}ms", f64::from(u) / 1000.0)
+                        }
+                    })
                     .unwrap_or_else(|| "-".into());
                 let mark = if live.contains(h.name.as_str()) {
                     ""
