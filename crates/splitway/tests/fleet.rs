@@ -190,10 +190,14 @@ impl Fleet {
         let mut cmd = self.hub.command("etcd");
         let scheme = if self.tls { "https" } else { "http" };
         if self.tls {
+            // Clients must show a certificate from the test's CA.
             cmd.arg("--cert-file")
                 .arg(self.dir.join("etcd.pem"))
                 .arg("--key-file")
-                .arg(self.dir.join("etcd.key"));
+                .arg(self.dir.join("etcd.key"))
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(self.dir.join("ca.pem"));
         }
         cmd.args([
             "--name",
@@ -262,10 +266,16 @@ impl Fleet {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", live.join(",")))
             .arg("--command-timeout=3s")
-            .args(
-                self.tls
-                    .then(|| format!("--cacert={}", self.dir.join("ca.pem").display())),
-            )
+            .args(if self.tls {
+                let d = &self.dir;
+                vec![
+                    format!("--cacert={}", d.join("ca.pem").display()),
+                    format!("--cert={}", d.join("client.pem").display()),
+                    format!("--key={}", d.join("client.key").display()),
+                ]
+            } else {
+                Vec::new()
+            })
             .args(
                 self.root
                     .lock()
@@ -351,7 +361,13 @@ impl Fleet {
             String::new()
         };
         let ca = if self.tls {
-            format!("ca_file = \"{}\"\n", self.dir.join("ca.pem").display())
+            let d = &self.dir;
+            format!(
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                d.join("ca.pem").display(),
+                d.join("client.pem").display(),
+                d.join("client.key").display()
+            )
         } else {
             String::new()
         };
@@ -478,10 +494,13 @@ connect_timeout_ms = 1000
             ]);
         }
         if self.tls {
-            v.extend([
-                "--ca-file".into(),
-                self.dir.join("ca.pem").display().to_string(),
-            ]);
+            for (flag, file) in [
+                ("--ca-file", "ca.pem"),
+                ("--cert-file", "client.pem"),
+                ("--key-file", "client.key"),
+            ] {
+                v.extend([flag.into(), self.dir.join(file).display().to_string()]);
+            }
         }
         v
     }
@@ -995,7 +1014,8 @@ fn relays_log_in_to_etcd_with_a_role_that_only_writes_presence() {
     assert!(f.admin(2, "/routes").contains("10.204.0.0/24"));
 }
 
-/// A CA and a server certificate for the three members (EC P-256, one day).
+/// A CA, a server certificate for the three members and a client
+/// certificate (EC P-256, one day).
 fn make_certs(dir: &std::path::Path) {
     let sh = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
@@ -1057,10 +1077,39 @@ fn make_certs(dir: &std::path::Path) {
         "-extfile",
         "ext.cnf",
     ]);
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend([
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=relay",
+    ]);
+    sh(&req);
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "client.cnf",
+    ]);
 }
 
 #[test]
-fn relays_reach_etcd_over_tls() {
+fn relays_reach_etcd_over_tls_with_client_certificates() {
     let f = Fleet::with_tls();
     f.start_all();
     f.serve();
@@ -1076,4 +1125,34 @@ fn relays_reach_etcd_over_tls() {
         .unwrap_or_else(|e| panic!("r{i}: {e}"));
     }
     assert_eq!(f.metric(0, "splitway_fleet_connected"), 1.0);
+    // Without a client certificate etcd refuses the relay: it runs its cache.
+    f.kill_relay(2);
+    let text = std::fs::read_to_string(f.dir.join("r2.toml")).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("cert_file") && !l.starts_with("key_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let ready = f.dir.join("r2-nocert.ready");
+    let log = std::fs::File::create(f.dir.join("r2-nocert.log")).unwrap();
+    std::fs::write(f.dir.join("r2-nocert.toml"), without).unwrap();
+    let mut g = ChildGuard::spawn(
+        f.relays[2]
+            .command(bin())
+            .args(["relay", "--workers", "1", "--config"])
+            .arg(f.dir.join("r2-nocert.toml"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log)),
+    )
+    .expect("spawn");
+    wait_until(Duration::from_secs(15), "r2 ready", || {
+        ready.exists() || g.try_wait().is_some()
+    })
+    .unwrap();
+    let log = std::fs::read_to_string(f.dir.join("r2-nocert.log")).unwrap();
+    assert!(log.contains("starting from the local cache"), "{log}");
+    assert_eq!(f.metric(2, "splitway_fleet_connected"), 0.0);
 }

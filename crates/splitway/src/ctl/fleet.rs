@@ -27,6 +27,11 @@ pub struct FleetArgs {
     /// PEM CA bundle for TLS to etcd (with --endpoints).
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for etcd's client-certificate auth.
+    #[arg(long, requires_all = ["key_file", "ca_file"])]
+    cert_file: Option<PathBuf>,
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Option<FleetCmd>,
 }
@@ -76,6 +81,8 @@ pub fn run(a: FleetArgs, json: bool) -> anyhow::Result<()> {
             c.user = a.user.clone();
             c.password_file = a.password_file.clone();
             c.ca_file = a.ca_file.clone();
+            c.cert_file = a.cert_file.clone();
+            c.key_file = a.key_file.clone();
             c.validate()?;
             c
         }
