@@ -653,15 +653,27 @@ impl Load {
     }
 
     fn finish(mut self) -> (u64, u64, Option<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.stop_thread();
         (
             self.ok.load(Ordering::SeqCst),
             self.failed.load(Ordering::SeqCst),
             self.first_error.lock().unwrap().clone(),
         )
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A failed test still stops the load, so the fleet it holds is dropped
+/// (namespaces and processes removed).
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop_thread();
     }
 }
 

@@ -46,8 +46,37 @@ pub enum FleetIoError {
     Protocol(String),
 }
 
-/// Connect to the fleet's etcd with its TLS and credentials.
+/// Connect to the first of the fleet's etcd members that answers (a read
+/// of one key), trying them in order; for short-lived uses (start, `ctl`).
 pub async fn connect(conf: &FleetConf) -> Result<Client, FleetIoError> {
+    let timeout = Duration::from_millis(conf.connect_timeout_ms);
+    let mut last = FleetIoError::Protocol("no endpoints".into());
+    for e in &conf.endpoints {
+        let probe = async {
+            let mut c = connect_to(conf, e).await?;
+            within(
+                timeout,
+                c.get(
+                    conf.prefix.as_str(),
+                    Some(GetOptions::new().with_keys_only().with_limit(1)),
+                ),
+            )
+            .await?;
+            Ok::<_, FleetIoError>(c)
+        };
+        match probe.await {
+            Ok(c) => return Ok(c),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
+}
+
+/// Connect to one etcd member (`endpoint`) with the fleet's TLS and
+/// credentials. The long-lived loops hold one member at a time and move to
+/// the next when it fails: a dead member costs one failed attempt, and a
+/// watch never waits on a member that is gone.
+pub async fn connect_to(conf: &FleetConf, endpoint: &str) -> Result<Client, FleetIoError> {
     let read = |key: &'static str, p: &std::path::Path| {
         std::fs::read(p).map_err(|e| FleetIoError::Conf {
             key,
@@ -80,7 +109,7 @@ pub async fn connect(conf: &FleetConf) -> Result<Client, FleetIoError> {
         }
         opts = opts.with_tls(tls);
     }
-    within(timeout, Client::connect(&conf.endpoints, Some(opts))).await
+    within(timeout, Client::connect([endpoint], Some(opts))).await
 }
 
 /// Run an etcd call with a deadline (a member may hang, not just fail).

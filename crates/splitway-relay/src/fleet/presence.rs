@@ -13,7 +13,7 @@ use etcd_client::{Client, PutOptions};
 use splitway_core::fleet::{FleetConf, PeerHealth, Presence, View};
 use tokio::sync::{watch, Notify};
 
-use super::{connect, within, FleetIoError};
+use super::{connect_to, within, FleetIoError};
 use crate::state::Shared;
 
 /// What the watch loop tells the presence record.
@@ -124,12 +124,13 @@ async fn put(
 async fn session(
     shared: &Shared,
     conf: &FleetConf,
+    endpoint: &str,
     status: &Status,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), FleetIoError> {
     let t = Duration::from_millis(conf.connect_timeout_ms);
     let key = conf.layout().presence(&shared.snapshot().cfg.node.name);
-    let mut client = connect(conf).await?;
+    let mut client = connect_to(conf, endpoint).await?;
     let ttl = conf.lease_ttl_secs as i64;
     let lease = within(t, client.lease_grant(ttl, None)).await?.id();
     let (mut keeper, mut answers) = within(t, client.lease_keep_alive(lease)).await?;
@@ -177,9 +178,12 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut member = 0usize;
     loop {
         let began = Instant::now();
-        match session(&shared, &conf, &status, &mut stop).await {
+        let endpoint = &conf.endpoints[member % conf.endpoints.len()];
+        member = member.wrapping_add(1);
+        match session(&shared, &conf, endpoint, &status, &mut stop).await {
             Ok(()) => return,
             Err(e) => tracing::debug!(error = %e, "fleet: presence session ended"),
         }
@@ -193,6 +197,6 @@ pub async fn run(
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

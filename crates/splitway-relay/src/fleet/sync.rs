@@ -5,7 +5,7 @@
 //! owner serializes it with the admin API's changes. A refused state names its
 //! etcd key (log line and `splitway_fleet_refused_total{key}`) and the
 //! previous state stays. When etcd goes away the relay keeps forwarding
-//! with what it runs, retries with backoff (100 ms doubling to 5 s) and
+//! with what it runs, retries with backoff (100 ms doubling to 2 s, jittered) and
 //! logs at most once per 30 s; when etcd returns it re-reads everything.
 
 use std::sync::Arc;
@@ -17,11 +17,14 @@ use splitway_core::fleet::{render, FleetConf, Layout, View};
 use tokio::sync::watch;
 
 use super::presence::Status;
-use super::{cache, connect, read_view, within, FleetIoError, FleetMetrics, Start};
+use super::{cache, connect_to, read_view, within, FleetIoError, FleetMetrics, Start};
 use crate::control::{Change, Control};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Short enough that a leader election (about a second) costs at most
+/// about two seconds more; each wait is jittered ±25 % so a fleet does
+/// not retry in step.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const LOG_EVERY: Duration = Duration::from_secs(30);
 /// Events arriving this close together are applied as one change (the
 /// parts of one transaction come as one response per watched prefix).
@@ -38,6 +41,8 @@ struct Follower {
     applied: View,
     metrics: FleetMetrics,
     status: Arc<Status>,
+    /// The etcd member this relay talks to (index into `conf.endpoints`).
+    member: usize,
 }
 
 impl Follower {
@@ -100,7 +105,8 @@ impl Follower {
     /// until it breaks. `connected` is called once the read succeeded.
     async fn session(&mut self, connected: &mut (dyn FnMut() + Send)) -> Result<(), FleetIoError> {
         let timeout = Duration::from_millis(self.conf.connect_timeout_ms);
-        let mut client = connect(&self.conf).await?;
+        let endpoint = &self.conf.endpoints[self.member % self.conf.endpoints.len()];
+        let mut client = connect_to(&self.conf, endpoint).await?;
         let view = read_view(&mut client, &self.layout, &self.base.node.name, timeout).await?;
         let from = view.revision + 1;
         self.view = view;
@@ -160,6 +166,7 @@ pub async fn run(
         view: start.view,
         metrics,
         status,
+        member: 0,
     };
     let mut backoff = BACKOFF_MIN;
     let mut down_since: Option<Instant> = None;
@@ -186,7 +193,9 @@ pub async fn run(
             r = f.session(&mut on_connected) => r,
             _ = stop.changed() => return,
         };
-        // The session ended: an etcd error or a broken watch.
+        // The session ended: an etcd error or a broken watch. Next time,
+        // the next member.
+        f.member = f.member.wrapping_add(1);
         down_since = Some(was_down.unwrap_or_else(Instant::now));
         f.metrics.connected.set(0);
         f.metrics.etcd_errors.inc();
@@ -201,8 +210,9 @@ pub async fn run(
                 "fleet: etcd unavailable; forwarding goes on with the last applied state");
             last_log = Some(Instant::now());
         }
+        let wait = backoff.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25));
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
