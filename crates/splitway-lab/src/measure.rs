@@ -368,14 +368,16 @@ pub fn loss_tolerance(pct: f64, n: u64) -> f64 {
     (0.1 * pct).max(3.0 * se).max(1e-9)
 }
 
-/// Send `n` probes from host `from` to host `to`, `gap` apart.
+/// Send `n` probes from host `from` to host `to`, `gap` apart; returns
+/// what arrived (sequence number, one-way delay in ms) and how many probes
+/// the sender failed to send.
 fn udp_probe(
     tb: &Testbed,
     from: usize,
     to: usize,
     n: u64,
     gap: Duration,
-) -> Result<Vec<(u64, f64)>> {
+) -> Result<(Vec<(u64, f64)>, u64)> {
     use std::net::UdpSocket;
     let dst = SocketAddr::new(tb.plan().host_addr(to).into(), UDP_PROBE_PORT);
     let rx = tb
@@ -383,10 +385,27 @@ fn udp_probe(
         .run_in(move || UdpSocket::bind(dst))?
         .with_context(|| format!("binding UDP probe receiver {dst}"))?;
     rx.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // A receiver starved for a moment on a busy machine must not lose
+    // probes in its own socket buffer (the default holds ~200 of them):
+    // 16 MiB holds every probe of a check.
+    let big: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt on a socket we own, with a valid c_int.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&rx),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &big as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     let tx = tb.host(from).run_in(|| UdpSocket::bind("0.0.0.0:0"))??;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
+    // Probes the sender could not hand to its kernel are not the link's loss.
+    let unsent = Arc::new(AtomicU64::new(0));
+    let un = unsent.clone();
     let sender = std::thread::spawn(move || {
         for i in 0..n {
             if st.load(Ordering::Relaxed) {
@@ -399,7 +418,9 @@ fn udp_probe(
             let mut msg = [0u8; 16];
             msg[..8].copy_from_slice(&i.to_le_bytes());
             msg[8..].copy_from_slice(&(start.elapsed().as_nanos() as u64).to_le_bytes());
-            let _ = tx.send_to(&msg, dst);
+            if tx.send_to(&msg, dst).is_err() {
+                un.fetch_add(1, Ordering::Relaxed);
+            }
         }
     });
     let mut got = Vec::new();
@@ -432,7 +453,7 @@ fn udp_probe(
     }
     let _ = sender.join();
     crate::host::check_stop()?;
-    Ok(got)
+    Ok((got, unsent.load(Ordering::Relaxed)))
 }
 
 /// Measure loss and jitter on every impaired link, both directions.
@@ -452,8 +473,9 @@ pub fn impairments(
         // at most 10,000 probes/s and 10 % of the link rate (60-byte packets)
         let gap = Duration::from_secs_f64((60.0 * 8.0 / (0.1 * l.mbit * 1e6)).max(1e-4));
         for (from, to, dir) in [(k, k + 1, "a->b"), (k + 1, k, "b->a")] {
-            let got = udp_probe(tb, from, to, n, gap)
+            let (got, unsent) = udp_probe(tb, from, to, n, gap)
                 .with_context(|| format!("probing loss on link {}", l.name()))?;
+            let n = n - unsent.min(n);
             let mut reordered = 0;
             let mut top = None;
             for &(seq, _) in &got {

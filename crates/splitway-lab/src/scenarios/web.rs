@@ -3,7 +3,7 @@
 //! nginx serves, over TLS 1.3 only with a certificate made for this run (a
 //! per-run CA signs a server certificate for the server's addresses), a page
 //! shaped like a median web page: HTML, 4 style sheets, 10 scripts and 24
-//! images, about 2 MB in 39 objects, over HTTP/1.1 with keep-alive, so the
+//! images, about 2.5 MB in 39 requests, over HTTP/1.1 with keep-alive, so the
 //! browser opens several connections. Headless Chromium (Debian's) loads it
 //! end to end and through splitway, each run with a fresh profile; the page
 //! writes its own Navigation Timing (load event, response start,
