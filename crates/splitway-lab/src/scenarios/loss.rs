@@ -196,9 +196,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             .map(|p| topo.links[p.link].name())
             .unwrap_or_default();
         let mut c = Chart {
-            title: format!(
-                "Download time under random loss on link {link} (splitway solid, e2e dashed)"
-            ),
+            title: format!("Random loss on {link}: download time (e2e dashed)"),
             x_label: "random loss, % of packets each direction".into(),
             y_label: "download time, median (ms)".into(),
             x_ticks: Some(losses.iter().map(|&l| (l, format!("{l}"))).collect()),
