@@ -220,6 +220,68 @@ pub struct Peer {
     /// (turbo-start windows) apart.
     #[serde(default)]
     pub source: Option<std::net::IpAddr>,
+    /// How flows cross to this peer: a leg each (`per_flow`, v1) or as
+    /// streams on a few warm multiplexed lanes (`mux`, v2).
+    #[serde(default)]
+    pub legs: LegMode,
+    /// Lanes kept open to this peer when `legs = "mux"`.
+    #[serde(default = "d_lanes")]
+    pub lanes: usize,
+    /// Flow-control window per stream and direction on lanes, KiB.
+    #[serde(default = "d_stream_window_kib")]
+    pub stream_window_kib: u32,
+    /// Streams one lane carries at once (beyond: per-flow legs).
+    #[serde(default = "d_lane_max_streams")]
+    pub lane_max_streams: u32,
+    /// TCP congestion control on lanes to this peer (`TCP_CONGESTION`),
+    /// e.g. "bbr"; must be built into the kernel. Default: the system's.
+    #[serde(default)]
+    pub congestion: Option<String>,
+}
+
+impl Peer {
+    fn validate_lanes(&self, i: usize) -> Result<(), ConfigError> {
+        if !(1..=16).contains(&self.lanes) {
+            return Err(ConfigError::invalid(
+                format!("peer[{i}].lanes"),
+                "must be 1 to 16",
+            ));
+        }
+        if !(16..=65536).contains(&self.stream_window_kib) {
+            return Err(ConfigError::invalid(
+                format!("peer[{i}].stream_window_kib"),
+                "must be 16 to 65536 (64 MiB)",
+            ));
+        }
+        if !(1..=4096).contains(&self.lane_max_streams) {
+            return Err(ConfigError::invalid(
+                format!("peer[{i}].lane_max_streams"),
+                "must be 1 to 4096",
+            ));
+        }
+        if let Some(cc) = &self.congestion {
+            // TCP_CA_NAME_MAX is 16 with the NUL.
+            let ok = !cc.is_empty()
+                && cc.len() < 16
+                && cc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].congestion"),
+                    "must be a congestion control name such as \"bbr\" or \"cubic\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[[peer]].legs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegMode {
+    #[default]
+    PerFlow,
+    Mux,
 }
 
 /// `[[route]]`.
@@ -438,6 +500,15 @@ fn d_peer_mbit() -> f64 {
 }
 fn d_peer_rtt_ms() -> f64 {
     100.0
+}
+fn d_lanes() -> usize {
+    2
+}
+fn d_stream_window_kib() -> u32 {
+    1024
+}
+fn d_lane_max_streams() -> u32 {
+    128
 }
 fn d_connect_ms() -> u64 {
     5_000
@@ -659,6 +730,7 @@ impl Config {
                     "must be positive",
                 ));
             }
+            p.validate_lanes(i)?;
         }
 
         for (i, r) in self.routes.iter().enumerate() {
@@ -1175,6 +1247,28 @@ via = "egress"
         assert!(err_of(&pool).contains("peer[0].pool_low"));
         let addr = base().replace("10.0.2.2:5565", "0.0.0.0:5565");
         assert!(err_of(&addr).contains("peer[0].addr"));
+    }
+
+    #[test]
+    fn lane_keys_default_to_per_flow_and_are_checked_by_name() {
+        let c = Config::parse(&base()).unwrap();
+        assert_eq!(c.peers[0].legs, LegMode::PerFlow);
+        assert_eq!((c.peers[0].lanes, c.peers[0].congestion.as_deref()), (2, None));
+        let with = |extra: &str| {
+            base().replace(
+                "addr = \"10.0.2.2:5565\"",
+                &format!("addr = \"10.0.2.2:5565\"\n{extra}"),
+            )
+        };
+        let c = Config::parse(&with("legs = \"mux\"\nlanes = 3\ncongestion = \"bbr\"")).unwrap();
+        assert_eq!(c.peers[0].legs, LegMode::Mux);
+        assert_eq!(c.peers[0].lanes, 3);
+        assert_eq!(c.peers[0].congestion.as_deref(), Some("bbr"));
+        assert!(err_of(&with("legs = \"many\"")).contains("legs"));
+        assert!(err_of(&with("lanes = 0")).contains("peer[0].lanes"));
+        assert!(err_of(&with("stream_window_kib = 1")).contains("peer[0].stream_window_kib"));
+        assert!(err_of(&with("lane_max_streams = 0")).contains("peer[0].lane_max_streams"));
+        assert!(err_of(&with("congestion = \"b b r\"")).contains("peer[0].congestion"));
     }
 
     #[test]

@@ -313,6 +313,11 @@ async fn set_up_client(
     // listener (see `daemon::bind`).
     let snap = shared.snapshot();
     let start = Instant::now();
+    // A flow to a `legs = "mux"` peer goes as a stream on a warm lane.
+    let down = match crate::lane::carry(&shared, &snap, down, dst, DEFAULT_HOP_LIMIT, start).await {
+        Ok(()) => return None,
+        Err(down) => down,
+    };
     let early = if kind == "transparent" && snap.cfg.features.early_syn {
         claim_early(&shared, &down, peer, dst).await
     } else {
@@ -425,6 +430,11 @@ async fn set_up_relay_leg(
         }
     };
     drop(waiting);
+    if header.leg == splitway_core::wire::LegKind::Lane {
+        // Streams take their own permits; the lane lives in this task.
+        crate::lane::egress::serve(shared.clone(), leg, peer).await;
+        return None;
+    }
     let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
         m.failed.with_label_values(&["max_connections"]).inc();
         reset(leg);
@@ -530,6 +540,10 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let NextHop::Peer(name) = hop.clone() else {
         return;
     };
+    // Flows to a mux peer take a stream on a warm lane: no leg to start.
+    if shared.lanes.is_mux(&name) {
+        return;
+    }
     let m = &shared.metrics;
     let (tx, rx) = tokio::sync::oneshot::channel();
     match shared.pending.try_insert(tuple, rx, leg::now_ms()) {

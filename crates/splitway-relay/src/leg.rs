@@ -59,7 +59,7 @@ pub enum HeaderError {
     Truncated,
     #[error(transparent)]
     Auth(#[from] AuthError),
-    /// A v2 (framed) header where this listener takes only raw legs.
+    /// A v2 per-flow framed header: this relay takes raw legs and lanes.
     #[error("framed leg ({0:?}) not accepted here")]
     Framed(LegKind),
     #[error("i/o: {0}")]
@@ -106,7 +106,7 @@ pub async fn read_header(
     read_exact_by(leg, &mut buf[PREFIX_LEN..len], deadline).await?;
     // The MAC is checked before the shared guard's lock is taken.
     let (header, _) = keys.open(&buf[..len], now_ms(), guard)?;
-    if header.leg != LegKind::Raw {
+    if header.leg == LegKind::Framed {
         return Err(HeaderError::Framed(header.leg));
     }
     Ok(header)

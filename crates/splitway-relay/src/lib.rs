@@ -17,6 +17,7 @@
 //! - [`resources`]: buffers and pipes kept ready (worker pools).
 //! - [`turbo`]: turbo-start: large initial windows on routes to peers only.
 //! - [`leg`]: relay legs: sending a header, reading and authenticating one.
+//! - [`lane`]: multiplexed relay legs (lanes): streams, per-peer warm lanes, their forwarding.
 //! - [`dial`]: outbound connects with the right socket profile.
 //! - [`profile`]: what Internet-facing legs and relay legs get.
 //! - [`forward`]: the forwarding engines (`copy`, `splice`) and the rules they share.
@@ -36,6 +37,7 @@ pub mod flow;
 pub mod forward;
 pub mod ingress;
 pub mod kernel;
+pub mod lane;
 pub mod leg;
 pub mod metrics;
 pub mod pool;

@@ -99,6 +99,8 @@ pub struct Shared {
     /// The file SIGHUP and `ctl reload` read.
     pub config_path: Option<PathBuf>,
     pub pools: Pools,
+    /// Warm multiplexed lanes to `legs = "mux"` peers.
+    pub lanes: crate::lane::Lanes,
     pub resources: Arc<Resources>,
     pub pending: EarlyLegs,
     /// Inbound legs waiting for their header (bounded).
@@ -147,6 +149,7 @@ impl Shared {
         );
         Shared {
             pools: Pools::new(&metrics, &stop),
+            lanes: crate::lane::Lanes::new(crate::lane::LaneMetrics::new(&metrics), &stop),
             config_path,
             resources,
             pending,
@@ -178,6 +181,8 @@ impl Shared {
     /// new connections use. Only [`crate::control`] calls this.
     pub fn install(&self, cfg: Config) {
         self.pools.sync(&cfg);
+        crate::lane::check_congestion(&cfg)?;
+        self.lanes.sync(&cfg);
         self.resources.set_enabled(cfg.features.worker_pools);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(cfg));
     }

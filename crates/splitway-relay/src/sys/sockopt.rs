@@ -170,6 +170,34 @@ pub fn set_notsent_lowat(s: &impl AsFd, bytes: u32) -> io::Result<()> {
     )
 }
 
+/// TCP_CONGESTION: the congestion control algorithm of this socket (a name
+/// from /proc/sys/net/ipv4/tcp_available_congestion_control).
+pub fn set_congestion(s: &impl AsFd, name: &str) -> io::Result<()> {
+    // SAFETY: fd is a valid socket for the borrow; the value is a byte
+    // buffer of the given length (the kernel copies at most that).
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_fd().as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr() as *const libc::c_void,
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The congestion control algorithms this kernel has loaded (built in or
+/// loaded modules): a process can not load more.
+pub fn available_congestion() -> io::Result<Vec<String>> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")?;
+    Ok(s.split_whitespace().map(str::to_string).collect())
+}
+
 /// shutdown(SHUT_WR): send our FIN, keep reading.
 pub fn shutdown_write(s: &impl AsFd) -> io::Result<()> {
     match SockRef::from(s).shutdown(std::net::Shutdown::Write) {
