@@ -1253,7 +1253,10 @@ via = "egress"
     fn lane_keys_default_to_per_flow_and_are_checked_by_name() {
         let c = Config::parse(&base()).unwrap();
         assert_eq!(c.peers[0].legs, LegMode::PerFlow);
-        assert_eq!((c.peers[0].lanes, c.peers[0].congestion.as_deref()), (2, None));
+        assert_eq!(
+            (c.peers[0].lanes, c.peers[0].congestion.as_deref()),
+            (2, None)
+        );
         let with = |extra: &str| {
             base().replace(
                 "addr = \"10.0.2.2:5565\"",

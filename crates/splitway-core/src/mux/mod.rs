@@ -62,8 +62,8 @@ pub struct LaneConfig {
 impl Default for LaneConfig {
     fn default() -> LaneConfig {
         LaneConfig {
-            initial_window: 256 * 1024,
-            max_streams: 256,
+            initial_window: 1024 * 1024,
+            max_streams: 128,
             quantum: 16 * 1024,
             first_bytes: 16 * 1024,
         }

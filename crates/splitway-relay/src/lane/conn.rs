@@ -137,7 +137,10 @@ impl LaneConn {
                 room: room.clone(),
             },
         );
-        self.m.streams_opened.with_label_values(&[self.role_label]).inc();
+        self.m
+            .streams_opened
+            .with_label_values(&[self.role_label])
+            .inc();
         self.m.streams.with_label_values(&[self.role_label]).inc();
         StreamHandle {
             conn: self.clone(),
@@ -166,7 +169,11 @@ impl LaneConn {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut pings = 0u64;
+        let mut draining = false;
         let reason: &'static str = loop {
+            if draining && off == out.len() && self.lock().lane.streams() == 0 {
+                break "stopped";
+            }
             if off == out.len() {
                 out.clear();
                 off = 0;
@@ -218,7 +225,12 @@ impl LaneConn {
                     pings += 1;
                     self.lock().lane.ping(pings);
                 }
-                _ = stop.wait_for(|s| *s) => break "stopped",
+                // Stopping: no new streams (the listeners are closed),
+                // the open ones finish (within the daemon's grace).
+                _ = stop.wait_for(|s| *s), if !draining => {
+                    draining = true;
+                    self.ready.store(false, Ordering::Release);
+                }
             }
         };
         let was_ready = self.ready.load(Ordering::Acquire);
@@ -239,10 +251,17 @@ impl LaneConn {
         self.report_queue(&mut g);
         drop(g);
         if self.ready.load(Ordering::Acquire) {
-            self.m.lost.with_label_values(&[self.role_label, reason]).inc();
+            self.m
+                .lost
+                .with_label_values(&[self.role_label, reason])
+                .inc();
         }
         if !ids.is_empty() {
-            tracing::info!(streams = ids.len(), reason, "lane ended: its flows are reset");
+            tracing::info!(
+                streams = ids.len(),
+                reason,
+                "lane ended: its flows are reset"
+            );
         }
         for s in slots {
             let _ = s.tx.send(Delivery::Reset);
@@ -306,7 +325,10 @@ impl LaneConn {
                     }
                 }
                 Event::Fault { fault, .. } => {
-                    self.m.stream_faults.with_label_values(&[fault.reason()]).inc();
+                    self.m
+                        .stream_faults
+                        .with_label_values(&[fault.reason()])
+                        .inc();
                 }
                 Event::Pong(v) => {
                     self.pong_seq.fetch_max(v, Ordering::Relaxed);

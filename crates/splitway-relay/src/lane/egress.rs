@@ -42,7 +42,13 @@ pub async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
 }
 
 /// One stream of an accepted lane: connect onward, then forward.
-async fn stream(shared: Arc<Shared>, h: StreamHandle, dst: SocketAddr, hop_limit: u8, peer: SocketAddr) {
+async fn stream(
+    shared: Arc<Shared>,
+    h: StreamHandle,
+    dst: SocketAddr,
+    hop_limit: u8,
+    peer: SocketAddr,
+) {
     let m = &shared.metrics;
     m.hot.accepted("relay").inc();
     let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {

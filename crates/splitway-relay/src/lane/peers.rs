@@ -237,7 +237,10 @@ impl Keeper {
         let mut sock = match dial::connect(s.addr, s.own_mark, profile, timeout).await {
             Ok(sock) => sock,
             Err(_) => {
-                self.m.refused.with_label_values(&[&self.peer, "connect"]).inc();
+                self.m
+                    .refused
+                    .with_label_values(&[&self.peer, "connect"])
+                    .inc();
                 return false;
             }
         };
@@ -250,7 +253,10 @@ impl Keeper {
         let mut h = leg::new_header(s.addr, leg::DEFAULT_HOP_LIMIT);
         h.leg = LegKind::Lane;
         if sock.write_all(&self.keys.seal(&h)).await.is_err() {
-            self.m.refused.with_label_values(&[&self.peer, "reset"]).inc();
+            self.m
+                .refused
+                .with_label_values(&[&self.peer, "reset"])
+                .inc();
             return false;
         }
         let conn = LaneConn::new(Lane::new(Role::Initiator, self.cfg), self.m.clone());
@@ -279,7 +285,10 @@ impl Keeper {
             _ = tokio::time::sleep(settings_wait) => false,
         };
         if !published {
-            self.m.refused.with_label_values(&[&self.peer, "timeout"]).inc();
+            self.m
+                .refused
+                .with_label_values(&[&self.peer, "timeout"])
+                .inc();
             return false;
         }
         let (reason, _) = run.await;

@@ -1,0 +1,352 @@
+//! Multiplexed lanes (issue 17) with real relay processes in namespaces:
+//! many flows on a lane arrive intact both ways, a slow reader stalls only
+//! its own stream, a lane that dies resets every flow on it, and a peer
+//! that breaks stream rules or framing is reset and counted.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use splitway_core::auth::{KeyRing, Secret};
+use splitway_core::frame::{Frame, Open, Settings};
+use splitway_core::wire::{Header, LegKind};
+use splitway_netns::wait_until;
+
+const READY: &str = "splitway_lanes_ready{peer=\"egress\"}";
+const FALLBACK: &str = "splitway_lane_fallback_total{peer=\"egress\"}";
+const OPENED: &str = "splitway_streams_opened_total{role=\"initiator\"}";
+
+/// The standard ingress config, with the egress peer on lanes.
+fn ingress_mux(lanes: usize, extra_peer: &str) -> String {
+    format!(
+        r#"
+[node]
+name = "ingress"
+[auth]
+keys = [{{ id = 1, secret = "{KEY}" }}]
+[[explicit]]
+listen = "0.0.0.0:8080"
+target = "10.10.3.2:7000"
+[[peer]]
+name = "egress"
+addr = "{EGRESS_LEG}"
+legs = "mux"
+lanes = {lanes}
+pool_low = 0
+pool_high = 0
+{extra_peer}
+[[route]]
+prefix = "10.10.3.0/24"
+via = "egress"
+[features]
+early_syn = false
+conn_pool = false
+[admin]
+listen = "{ADMIN}"
+"#
+    )
+}
+
+fn start(lanes: usize, extra_peer: &str) -> Overlay {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "", "");
+    o.start_relay("ingress", &ingress_mux(lanes, extra_peer));
+    let ok = wait_until(Duration::from_secs(10), "lanes ready", || {
+        o.metric("ingress", READY) >= lanes as f64
+    });
+    assert!(
+        ok.is_ok(),
+        "lanes not ready: {READY} = {}",
+        o.metric("ingress", READY)
+    );
+    o
+}
+
+fn front() -> SocketAddr {
+    "10.10.1.1:8080".parse().unwrap()
+}
+
+/// 100 flows at once, 256 KiB each way, on two lanes: every byte arrives,
+/// both directions, and no flow took a per-flow leg.
+#[test]
+fn a_hundred_concurrent_flows_on_lanes_arrive_intact_both_ways() {
+    let o = start(2, "congestion = \"reno\"");
+    const N: usize = 100;
+    const LEN: usize = 256 * 1024;
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7000)), N, LEN, 77);
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            let s = o.connect(front()).expect("connect");
+            thread::spawn(move || client_duplex(s, LEN, 1000 + i as u64).expect("transfer"))
+        })
+        .collect();
+    let mut sent_by_clients = Vec::new();
+    for c in clients {
+        let (sent, n, got) = c.join().expect("client thread");
+        assert_eq!(n, LEN, "reply length");
+        assert_eq!(got, clients_expect(LEN, 77), "reply bytes");
+        sent_by_clients.push(sent);
+    }
+    let mut seen: Vec<String> = (0..N)
+        .map(|_| {
+            let s = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("server side");
+            assert_eq!(s.received, LEN);
+            s.received_sha
+        })
+        .collect();
+    seen.sort();
+    sent_by_clients.sort();
+    assert_eq!(seen, sent_by_clients, "request bytes");
+    assert_eq!(o.metric("ingress", OPENED), N as f64);
+    assert_eq!(o.metric("ingress", FALLBACK), 0.0);
+    assert_eq!(
+        o.metric("egress", "splitway_streams_opened_total{role=\"acceptor\"}"),
+        N as f64
+    );
+    // Nothing is left open once the flows ended.
+    let ok = wait_until(Duration::from_secs(5), "streams closed", || {
+        o.metric("ingress", "splitway_streams{role=\"initiator\"}") == 0.0
+    });
+    assert!(ok.is_ok());
+    assert_eq!(
+        o.metric(
+            "ingress",
+            "splitway_streams_ended_total{outcome=\"closed\"}"
+        ),
+        N as f64
+    );
+}
+
+/// SHA-256 of what `serve_duplex` sends with `seed`.
+fn clients_expect(len: usize, seed: u64) -> String {
+    send_stream(&mut std::io::sink(), len, seed).unwrap()
+}
+
+/// One client stops reading while its server sends 64 MiB (more than
+/// every buffer on the way holds); ten other flows on the same single lane
+/// get 1 MiB each meanwhile. The slow one then reads everything, intact.
+#[test]
+fn a_slow_reader_does_not_stall_other_streams_on_its_lane() {
+    let o = start(1, "stream_window_kib = 256");
+    let l = o.listen(server_addr(false, 7000));
+    const BIG: usize = 64 << 20;
+    const SMALL: usize = 1 << 20;
+    let (big_tx, big_rx) = mpsc::channel();
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = l.accept() {
+            let big_tx = big_tx.clone();
+            thread::spawn(move || {
+                let mut req = [0u8; 5];
+                if s.read_exact(&mut req).is_err() {
+                    return;
+                }
+                let slow = &req == b"slow!";
+                let sha = send_stream(&mut s, if slow { BIG } else { SMALL }, 5);
+                let _ = s.shutdown(Shutdown::Write);
+                if slow {
+                    let _ = big_tx.send(sha.ok());
+                }
+            });
+        }
+    });
+    let mut slow = o.connect(front()).expect("connect slow");
+    slow.write_all(b"slow!").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let others: Vec<_> = (0..10)
+        .map(|_| {
+            let mut s = o.connect(front()).expect("connect");
+            thread::spawn(move || {
+                s.write_all(b"fast!").unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                recv_stream(&mut s).expect("reply")
+            })
+        })
+        .collect();
+    let want = clients_expect(SMALL, 5);
+    for t in others {
+        let (n, sha) = t.join().expect("other flow");
+        assert_eq!((n, sha.as_str()), (SMALL, want.as_str()));
+    }
+    assert!(
+        big_rx.try_recv().is_err(),
+        "the slow flow was still stalled while the others finished"
+    );
+    slow.shutdown(Shutdown::Write).unwrap();
+    let (n, sha) = recv_stream(&mut slow).expect("slow read");
+    assert_eq!(n, BIG);
+    let sent = big_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server done");
+    assert_eq!(Some(sha), sent);
+}
+
+/// Flows in the middle of their replies when the egress relay dies: every
+/// client sees a reset, none a clean end of a truncated reply.
+#[test]
+fn a_lane_that_dies_resets_every_flow_on_it() {
+    let mut o = start(1, "");
+    let l = o.listen(server_addr(false, 7000));
+    const N: usize = 10;
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = l.accept() {
+            thread::spawn(move || {
+                // Half a reply, then hold the connection open.
+                let _ = s.write_all(&[7u8; 10_000]);
+                thread::sleep(Duration::from_secs(30));
+            });
+        }
+    });
+    let mut clients: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut s = o.connect(front()).expect("connect");
+            s.write_all(b"GET").unwrap();
+            let mut first = [0u8; 10_000];
+            s.read_exact(&mut first).expect("first half");
+            s
+        })
+        .collect();
+    o.kill_relay("egress");
+    for s in clients.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 100];
+        let r = s.read(&mut b);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "a flow on a dead lane must be reset, got {r:?}"
+        );
+    }
+    let lost = |r: &str| {
+        o.metric(
+            "ingress",
+            &format!("splitway_lanes_lost_total{{reason=\"{r}\",role=\"initiator\"}}"),
+        )
+    };
+    assert_eq!(
+        lost("eof") + lost("reset"),
+        1.0,
+        "the lane's end is counted"
+    );
+}
+
+fn ring() -> KeyRing {
+    KeyRing::new(
+        std::collections::HashMap::from([(1, Secret::new(hex::decode(KEY).unwrap()))]),
+        1,
+    )
+}
+
+fn enc(f: Frame<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    assert!(f.encode(&mut v));
+    v
+}
+
+/// A lane opened by hand: a reused id, an unknown stream and a window
+/// violation each reset one stream and are counted, the lane goes on
+/// (a PING is still answered); then a bad frame type resets the lane.
+#[test]
+fn hostile_frames_reset_their_stream_and_broken_framing_the_lane() {
+    let o = start(1, "");
+    let _server = o.listen(server_addr(false, 7000));
+    let h = Header {
+        dst: EGRESS_LEG.parse().unwrap(),
+        hop_limit: 8,
+        key_id: 1,
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        nonce: rand::random(),
+        leg: LegKind::Lane,
+    };
+    let open = |id| {
+        enc(Frame::Open {
+            stream: id,
+            open: Open {
+                dst: server_addr(false, 7000),
+                hop_limit: 8,
+                ext: b"",
+            },
+        })
+    };
+    let mut bytes = ring().seal(&h);
+    bytes.extend(enc(Frame::Settings(Settings {
+        initial_window: 65536,
+        max_streams: 16,
+    })));
+    bytes.extend(open(1));
+    bytes.extend(open(3));
+    bytes.extend(open(3)); // reused
+    bytes.extend(enc(Frame::Data {
+        stream: 99,
+        flags: 0,
+        payload: b"x",
+    })); // never opened
+         // Over the egress's window on stream 1 (1 MiB: the default without a
+         // [[peer]] entry for this address).
+    let big = vec![0u8; 65535];
+    for _ in 0..17 {
+        bytes.extend(enc(Frame::Data {
+            stream: 1,
+            flags: 0,
+            payload: &big,
+        }));
+    }
+    bytes.extend(enc(Frame::Ping(42)));
+    let addr: SocketAddr = EGRESS_LEG.parse().unwrap();
+    let answered = o
+        .ingress
+        .run_in(move || -> std::io::Result<bool> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(&bytes)?;
+            // Read until the PONG for 42 comes back.
+            let mut d = splitway_core::frame::Decoder::new();
+            let mut buf = [0u8; 4096];
+            let mut pong = false;
+            while !pong {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                d.push(&buf[..n]);
+                while let Ok(Some(f)) = d.next_frame() {
+                    pong |= f == Frame::Pong(42);
+                }
+            }
+            // Now break the framing.
+            s.write_all(&[0x7f, 0, 0, 0, 0, 0, 0, 1])?;
+            let mut rest = Vec::new();
+            let r = s.read_to_end(&mut rest);
+            Ok(pong && matches!(r, Err(e) if e.kind() == ErrorKind::ConnectionReset))
+        })
+        .unwrap()
+        .expect("raw lane");
+    assert!(
+        answered,
+        "the lane answered the PING after the stream faults, then was reset"
+    );
+    let fault = |r: &str| {
+        o.metric(
+            "egress",
+            &format!("splitway_stream_faults_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(fault("stream_reused"), 1.0);
+    assert_eq!(fault("stream_unknown"), 1.0);
+    assert_eq!(fault("window_exceeded"), 1.0);
+    let ok = wait_until(Duration::from_secs(5), "frame error counted", || {
+        o.metric(
+            "egress",
+            "splitway_frame_errors_total{reason=\"frame_type\"}",
+        ) == 1.0
+    });
+    assert!(ok.is_ok());
+}
