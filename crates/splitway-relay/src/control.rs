@@ -272,6 +272,7 @@ impl Owner {
 
     /// Kernel state first (nothing changes if it fails), then the config.
     async fn commit(&mut self, cfg: Config) -> Result<(), ControlError> {
+        crate::lane::check_congestion(&cfg).map_err(|(key, reason)| invalid(key, reason))?;
         self.kernel.apply(&cfg).await?;
         self.shared.install(cfg);
         Ok(())

@@ -181,7 +181,6 @@ impl Shared {
     /// new connections use. Only [`crate::control`] calls this.
     pub fn install(&self, cfg: Config) {
         self.pools.sync(&cfg);
-        crate::lane::check_congestion(&cfg)?;
         self.lanes.sync(&cfg);
         self.resources.set_enabled(cfg.features.worker_pools);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(cfg));

@@ -91,8 +91,9 @@ pub async fn carry(
 }
 
 /// Every `congestion` of a mux peer must be one this kernel has: a process
-/// can not load more (only built-ins and loaded modules count).
-pub fn check_congestion(cfg: &splitway_core::config::Config) -> Result<(), String> {
+/// can not load more (only built-ins and loaded modules count). The error
+/// is the key and why.
+pub fn check_congestion(cfg: &splitway_core::config::Config) -> Result<(), (String, String)> {
     let wanted: Vec<(usize, &str)> = cfg
         .peers
         .iter()
@@ -102,15 +103,57 @@ pub fn check_congestion(cfg: &splitway_core::config::Config) -> Result<(), Strin
     if wanted.is_empty() {
         return Ok(());
     }
-    let have = crate::sys::sockopt::available_congestion()
-        .map_err(|e| format!("reading tcp_available_congestion_control: {e}"))?;
+    let have = crate::sys::sockopt::available_congestion().map_err(|e| {
+        let (i, _) = wanted[0];
+        (
+            format!("peer[{i}].congestion"),
+            format!("reading tcp_available_congestion_control: {e}"),
+        )
+    })?;
     for (i, c) in wanted {
         if !have.iter().any(|h| h == c) {
-            return Err(format!(
-                "peer[{i}].congestion: \"{c}\" is not available in this kernel (available: {})",
-                have.join(" ")
+            return Err((
+                format!("peer[{i}].congestion"),
+                format!(
+                    "\"{c}\" is not available in this kernel (available: {})",
+                    have.join(" ")
+                ),
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use splitway_core::config::Config;
+
+    fn with_cc(cc: &str) -> Config {
+        Config::parse(&format!(
+            "[node]\nname = \"t\"\n[auth]\nkeys = [{{ id = 1, secret = \"{}\" }}]\n\
+             [[explicit]]\nlisten = \"127.0.0.1:1\"\ntarget = \"10.0.0.1:2\"\n\
+             [[peer]]\nname = \"p\"\naddr = \"10.0.0.9:5565\"\nlegs = \"mux\"\ncongestion = \"{cc}\"\n\
+             [[route]]\nprefix = \"10.0.0.0/24\"\nvia = \"p\"\n",
+            "00".repeat(32)
+        ))
+        .expect("config")
+    }
+
+    #[test]
+    fn a_congestion_control_the_kernel_lacks_is_refused_by_key() {
+        let (key, reason) = check_congestion(&with_cc("nosuchcc")).unwrap_err();
+        assert_eq!(key, "peer[0].congestion");
+        assert!(reason.contains("\"nosuchcc\" is not available"), "{reason}");
+        // Every relay kernel has reno built in.
+        assert_eq!(check_congestion(&with_cc("reno")), Ok(()));
+    }
+
+    #[test]
+    fn lane_limits_follow_the_peer() {
+        let cfg = with_cc("reno");
+        let c = lane_config(cfg.peers.first());
+        assert_eq!((c.initial_window, c.max_streams), (1024 * 1024, 128));
+        assert_eq!(lane_config(None), LaneConfig::default());
+    }
 }
