@@ -181,9 +181,16 @@ fn every_switch_off_is_visibly_off() {
     }
     let m = o.metrics("ingress");
     assert!(!m.contains("splitway_pool_idle_legs"), "no pool exists");
+    // Every result is exported from the start (at 0): early SYN never ran
+    // if every one of them is still 0.
+    let early: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("splitway_early_syn_total{"))
+        .collect();
+    assert!(!early.is_empty(), "early-SYN results exported");
     assert!(
-        !m.contains("splitway_early_syn_total{"),
-        "early SYN never ran"
+        early.iter().all(|l| l.ends_with(" 0")),
+        "early SYN never ran: {early:?}"
     );
     let rules = o.sh(
         "ingress",
