@@ -338,6 +338,12 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 bandwidth_mbit: v.bandwidth_mbit.unwrap_or(d.bandwidth_mbit),
                 rtt_ms: v.rtt_ms.unwrap_or(d.rtt_ms),
                 source: v.source,
+                // Lanes are not in the fleet schema: per-flow legs.
+                legs: d.legs,
+                lanes: d.lanes,
+                stream_window_kib: d.stream_window_kib,
+                lane_max_streams: d.lane_max_streams,
+                congestion: d.congestion,
             }
         })
         .collect();
@@ -416,6 +422,11 @@ fn defaults() -> Peer {
             bandwidth_mbit: 100.0,
             rtt_ms: 100.0,
             source: None,
+            legs: crate::config::LegMode::PerFlow,
+            lanes: 2,
+            stream_window_kib: 1024,
+            lane_max_streams: 128,
+            congestion: None,
         })
 }
 
