@@ -31,6 +31,10 @@ allow = [{ prefix = "10.10.3.2/32" }, { prefix = "fd10:3::2/128" }]
 [[socks5]]
 listen = "10.10.1.1:1081"
 users = [{ name = "alice", password = "s3cret" }]
+[[socks5]]
+listen = "10.10.1.1:1082"
+allow = [{ prefix = "10.10.3.2/32" }]
+handshake_timeout_ms = 300
 [[http_connect]]
 listen = "10.10.1.1:3128"
 allow = [{ prefix = "10.10.3.2/32" }, { prefix = "fd10:3::2/128" }]
@@ -329,6 +333,18 @@ fn every_refusal_gets_its_reply_and_is_counted() {
     assert_eq!(r, [5, 0xff]);
     assert_eq!(refused(o, "socks5", "bad_credentials"), 1.0);
     assert_eq!(refused(o, "socks5", "no_acceptable_method"), 1.0);
+    // A client that stops mid-handshake is cut at handshake_timeout_ms.
+    let mut slow = o.connect("10.10.1.1:1082".parse().unwrap()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(&[5, 1]).unwrap();
+    let mut rest = Vec::new();
+    let cut = slow.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "no reply to half a greeting: {rest:?} {cut:?}"
+    );
+    assert_eq!(refused(o, "socks5", "handshake_timeout"), 1.0);
     // Not SOCKS at all: closed without a reply, counted.
     assert!(exchange(o, SOCKS, b"GET / HTTP/1.1\r\n\r\n").is_empty());
     assert_eq!(refused(o, "socks5", "bad_version"), 1.0);

@@ -137,8 +137,13 @@ async fn set_up(
     m.accepted.with_label_values(&[kind]).inc();
     let snap = shared.snapshot();
     let start = Instant::now();
-    let permit = shared.limit.clone().try_acquire_owned().ok();
-    let (Some(permit), Some(settings)) = (permit, Settings::of(&snap, proto)) else {
+    let Some(settings) = Settings::of(&snap, proto) else {
+        // The listener left the config in a reload; it closes with the
+        // next restart.
+        refuse(&shared, &mut down, proto, peer, None, Refusal::Busy).await;
+        return None;
+    };
+    let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
         m.failed.with_label_values(&["max_connections"]).inc();
         refuse(&shared, &mut down, proto, peer, None, Refusal::Busy).await;
         return None;
