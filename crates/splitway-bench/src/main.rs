@@ -5,6 +5,7 @@
 
 mod load;
 mod relays;
+mod reload;
 mod sys;
 
 use std::net::SocketAddr;
@@ -77,6 +78,18 @@ struct Args {
     /// Write the markdown table here.
     #[arg(long)]
     md: Option<PathBuf>,
+    /// Run the reload benchmark instead (issue 12 §2): a persistent
+    /// ping-pong through a one-worker relay with and without SIGHUP reloads
+    /// (see docs/performance.md). `--rounds`, `--secs` (per phase) apply.
+    #[arg(long)]
+    reload_bench: bool,
+    /// Splitway binaries to compare in the reload benchmark (default:
+    /// `--splitway`), e.g. an old and a new build.
+    #[arg(long, value_delimiter = ',')]
+    reload_binaries: Vec<PathBuf>,
+    /// Reloads per second in the reload benchmark.
+    #[arg(long, default_value_t = 20)]
+    reload_rate: u32,
     /// Repeat a throughput / rate sample when more than this share of the
     /// machine's CPU went to processes outside the benchmark.
     #[arg(long, default_value_t = 0.15)]
@@ -491,6 +504,28 @@ fn main() -> anyhow::Result<()> {
     );
     let dir = std::env::temp_dir().join(format!("splitway-bench.{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    if args.reload_bench {
+        let sink = load::start_sink(SocketAddr::from(([127, 0, 0, 1], 10000)))?;
+        let binaries = if args.reload_binaries.is_empty() {
+            vec![args.splitway.clone()]
+        } else {
+            args.reload_binaries.clone()
+        };
+        let md = reload::run(&reload::ReloadBench {
+            binaries,
+            rounds: args.rounds,
+            secs: args.secs,
+            rate: args.reload_rate,
+            relay_cpu: args.relay_cpu,
+            sink: sink.addr,
+            dir: dir.clone(),
+        })?;
+        println!("{md}");
+        if let Some(p) = &args.md {
+            std::fs::write(p, &md)?;
+        }
+        return Ok(());
+    }
     let splitway = std::fs::canonicalize(&args.splitway)
         .with_context(|| format!("splitway binary {}", args.splitway.display()))?;
     let sink = load::start_sink(SocketAddr::from(([127, 0, 0, 1], 10000)))?;

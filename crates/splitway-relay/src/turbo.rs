@@ -47,6 +47,29 @@ struct Pinned {
 #[derive(Default)]
 pub struct Turbo {
     pinned: HashMap<String, Pinned>,
+    /// What the last sync was for: the switch and each peer's address,
+    /// bandwidth and RTT. A change that leaves these alone (a route, a
+    /// pool watermark, a reload of the same file) runs no `ip` at all.
+    synced: Option<SyncKey>,
+}
+
+type SyncKey = Vec<(String, String, u64, u64)>;
+
+fn sync_key(cfg: &Config) -> SyncKey {
+    if !cfg.features.turbo_start {
+        return Vec::new();
+    }
+    cfg.peers
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                p.addr.to_string(),
+                p.bandwidth_mbit.to_bits(),
+                p.rtt_ms.to_bits(),
+            )
+        })
+        .collect()
 }
 
 /// What one peer's pinned route should be.
@@ -106,6 +129,11 @@ impl Turbo {
     /// at start: a peer whose route can not be found or pinned is logged
     /// and skipped (its legs then start with default windows).
     pub fn sync(&mut self, cfg: &Config) {
+        let key = sync_key(cfg);
+        if self.synced.as_ref() == Some(&key) {
+            return;
+        }
+        self.synced = Some(key);
         let want = wanted(cfg);
         for (prefix, w) in &want {
             if self.pinned.get(prefix).is_some_and(|p| p.args == w.args) {
