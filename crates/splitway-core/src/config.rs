@@ -75,6 +75,8 @@ pub struct Config {
     pub metrics: Option<MetricsListener>,
     /// Fleet mode: peers, routes, allow list, switches and keys from etcd.
     pub fleet: Option<crate::fleet::FleetConf>,
+    #[serde(default)]
+    pub modules: Modules,
 }
 
 /// `[node]`: this relay.
@@ -297,6 +299,93 @@ pub struct RouteConf {
     /// not be connected to: peer names or "direct". Default: none.
     #[serde(default)]
     pub backup: Vec<String>,
+    /// Stream modules run on this route's relay legs, in encoding order
+    /// (issue 13): names from [`MODULE_NAMES`]. Default: none (zero copy).
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+/// The stream modules a route may list (`crates/splitway-modules`).
+pub const MODULE_NAMES: [&str; 3] = ["null", "compress", "dedup"];
+
+/// `[[route]].modules`: known names, each once, at most four, and a peer
+/// next hop (modules run between two relays).
+fn validate_route_modules(i: usize, r: &RouteConf) -> Result<(), ConfigError> {
+    for (j, name) in r.modules.iter().enumerate() {
+        let key = format!("route[{i}].modules[{j}]");
+        if !MODULE_NAMES.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "unknown module \"{name}\" (known: {})",
+                    MODULE_NAMES.join(", ")
+                ),
+            ));
+        }
+        if r.modules[..j].contains(name) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("\"{name}\" is listed twice"),
+            ));
+        }
+    }
+    if r.modules.len() > 4 {
+        return Err(ConfigError::invalid(
+            format!("route[{i}].modules"),
+            "at most 4 modules",
+        ));
+    }
+    if !r.modules.is_empty() && r.via == "direct" {
+        return Err(ConfigError::invalid(
+            format!("route[{i}].modules"),
+            "modules need a peer relay as next hop (`via`), not \"direct\"",
+        ));
+    }
+    Ok(())
+}
+
+/// `[modules]`: settings of the stream modules (issue 13).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modules {
+    /// Size of each dedup chunk store per peer relay (the received chunks,
+    /// and the model of the peer's), MiB.
+    #[serde(default = "d_dedup_store_mib")]
+    pub dedup_store_mib: u64,
+    /// The lowest zstd level adaptive compression goes down to; 0 lets it
+    /// send raw when the leg drains faster than zstd produces.
+    #[serde(default)]
+    pub compress_min_level: i32,
+    /// The highest zstd level adaptive compression goes up to when the leg
+    /// is the bottleneck.
+    #[serde(default = "d_compress_max_level")]
+    pub compress_max_level: i32,
+    /// TCP_NOTSENT_LOWAT on legs with modules: the kernel's unsent queue is
+    /// kept below this, so bytes wait in splitway where modules still see
+    /// them (revocation).
+    #[serde(default = "d_notsent_lowat")]
+    pub notsent_lowat_bytes: u32,
+}
+
+impl Default for Modules {
+    fn default() -> Self {
+        Modules {
+            dedup_store_mib: d_dedup_store_mib(),
+            compress_min_level: 0,
+            compress_max_level: d_compress_max_level(),
+            notsent_lowat_bytes: d_notsent_lowat(),
+        }
+    }
+}
+
+fn d_dedup_store_mib() -> u64 {
+    256
+}
+fn d_compress_max_level() -> i32 {
+    9
+}
+fn d_notsent_lowat() -> u32 {
+    128 * 1024
 }
 
 /// `[timeouts]`.
@@ -758,7 +847,10 @@ impl Config {
                     ));
                 }
             }
+            validate_route_modules(i, r)?;
         }
+
+        self.validate_modules()?;
 
         let mut listens = HashSet::new();
         for (i, t) in self.transparent.iter().enumerate() {
@@ -881,6 +973,36 @@ impl Config {
         Ok(())
     }
 
+    /// `[modules]`, each key's range.
+    fn validate_modules(&self) -> Result<(), ConfigError> {
+        let m = &self.modules;
+        if !(1..=65536).contains(&m.dedup_store_mib) {
+            return Err(ConfigError::invalid(
+                "modules.dedup_store_mib",
+                "must be between 1 and 65536",
+            ));
+        }
+        if !(0..=19).contains(&m.compress_min_level) {
+            return Err(ConfigError::invalid(
+                "modules.compress_min_level",
+                "must be between 0 (raw) and 19",
+            ));
+        }
+        if !(m.compress_min_level.max(1)..=19).contains(&m.compress_max_level) {
+            return Err(ConfigError::invalid(
+                "modules.compress_max_level",
+                "must be between 1 and 19, and not below compress_min_level",
+            ));
+        }
+        if !(4096..=64 << 20).contains(&m.notsent_lowat_bytes) {
+            return Err(ConfigError::invalid(
+                "modules.notsent_lowat_bytes",
+                "must be between 4096 and 67108864",
+            ));
+        }
+        Ok(())
+    }
+
     /// The route table built from `[[route]]`.
     pub fn route_table(&self) -> RouteTable {
         RouteTable::new(
@@ -891,6 +1013,7 @@ impl Config {
                     ports: r.ports,
                     via: NextHop::from_name(&r.via),
                     backup: r.backup.iter().map(|b| NextHop::from_name(b)).collect(),
+                    modules: r.modules.clone(),
                 })
                 .collect(),
         )
@@ -1388,5 +1511,53 @@ via = "egress"
         assert!(!c.allow_list().permits(&"10.0.3.4:22".parse().unwrap()));
         let e = err_of(&(base() + "\n[relay]\nlisten = \"0.0.0.0:5565\"\nheader_timeout_ms = 0\n"));
         assert!(e.contains("relay.header_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn route_modules_are_checked_by_name_and_next_hop() {
+        let with = |m: &str| {
+            base().replace(
+                "via = \"egress\"",
+                &format!("via = \"egress\"\nmodules = {m}"),
+            )
+        };
+        let c = Config::parse(&with("[\"dedup\", \"compress\"]")).unwrap();
+        let r = c.route_table();
+        let r = r.lookup(&"10.0.3.9:80".parse().unwrap()).unwrap();
+        assert_eq!(r.modules, ["dedup", "compress"]);
+        assert_eq!(c.modules.dedup_store_mib, 256);
+        let e = err_of(&with("[\"dedup\", \"gzip\"]"));
+        assert!(
+            e.contains("route[0].modules[1]") && e.contains("unknown module \"gzip\""),
+            "{e}"
+        );
+        let e = err_of(&with("[\"null\", \"null\"]"));
+        assert!(
+            e.contains("route[0].modules[1]") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err_of(&base().replace(
+            "via = \"egress\"",
+            "via = \"direct\"\nmodules = [\"compress\"]",
+        ));
+        assert!(
+            e.contains("route[0].modules") && e.contains("peer relay"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn modules_settings_are_range_checked() {
+        assert!(err_of(&(base() + "\n[modules]\ndedup_store_mib = 0\n"))
+            .contains("modules.dedup_store_mib"));
+        assert!(err_of(&(base() + "\n[modules]\ncompress_max_level = 22\n"))
+            .contains("modules.compress_max_level"));
+        assert!(err_of(
+            &(base() + "\n[modules]\ncompress_min_level = 5\ncompress_max_level = 3\n")
+        )
+        .contains("modules.compress_max_level"));
+        assert!(err_of(&(base() + "\n[modules]\nnotsent_lowat_bytes = 1\n"))
+            .contains("modules.notsent_lowat_bytes"));
+        assert!(err_of(&(base() + "\n[modules]\nlevel = 1\n")).contains("level"));
     }
 }

@@ -63,6 +63,9 @@ pub struct Route {
     /// Next hops to fail over to, in order, when the ones before them can
     /// not be connected to. Empty: no failover.
     pub backup: Vec<NextHop>,
+    /// Stream modules on this route's relay legs, in encoding order (names;
+    /// checked by the config). Empty: none.
+    pub modules: Vec<String>,
 }
 
 impl Route {
@@ -147,6 +150,7 @@ mod tests {
             ports: ports.parse().unwrap(),
             via: NextHop::from_name(via),
             backup: Vec::new(),
+            modules: Vec::new(),
         }
     }
 

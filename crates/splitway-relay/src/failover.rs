@@ -179,6 +179,7 @@ mod tests {
             ports: splitway_core::ports::PortRange::ALL,
             via: NextHop::from_name(via),
             backup: backup.iter().map(|b| NextHop::from_name(b)).collect(),
+            modules: Vec::new(),
         }
     }
 
