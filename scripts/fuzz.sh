@@ -5,9 +5,11 @@
 #   frame   v2 frames (frame::decode, frame::Decoder)
 #   proxy_handshake  SOCKS5 and HTTP CONNECT requests (socks5::Handshake,
 #           http_connect::parse)
+#   module_compress  the compress module's decoder (records, bounds)
+#   module_dedup     the dedup module's decoder (ops, answers, held input)
 # Targets are fuzz/fuzz_targets/NAME.rs, seeds in fuzz/corpus/NAME/seed-*.
 #
-#   scripts/fuzz.sh                 # every target, 30 s each (CI: ≤ 3 min in all)
+#   scripts/fuzz.sh                 # every target, 30 s each (CI: 5 × 30 s = 2.5 min)
 #   FUZZ_SECS=600 scripts/fuzz.sh frame
 #
 # cargo-fuzz (0.13) with `-s none` (no sanitizer) builds and runs on the
@@ -19,7 +21,7 @@
 set -eu
 cd "$(dirname "$0")/../fuzz"
 secs="${FUZZ_SECS:-30}"
-targets="${*:-header frame proxy_handshake}"
+targets="${*:-header frame proxy_handshake module_compress module_dedup}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 for t in $targets; do
     scratch="$(mktemp -d)"
