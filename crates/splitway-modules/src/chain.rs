@@ -210,6 +210,12 @@ impl EncoderChain {
         Ok(())
     }
 
+    /// No stage waits for anything from the far decoders (see
+    /// [`Encoder::idle`]).
+    pub fn idle(&self) -> bool {
+        self.stages.iter().all(|s| s.idle())
+    }
+
     /// A control message from the far decoder of stage `stage`. Answers go
     /// to `out.control` (they travel with the direction).
     pub fn control(&mut self, stage: u8, msg: &[u8], out: &mut Output) -> Result<(), ModuleError> {

@@ -60,6 +60,11 @@ pub trait Encoder: Send {
     ) -> Result<(), ModuleError>;
     /// A control message from this stage's far decoder.
     fn control(&mut self, msg: &[u8], ctl: &mut Vec<Vec<u8>>) -> Result<(), ModuleError>;
+    /// The far decoder can ask nothing more of this stage (dedup: every
+    /// reference sent was acknowledged). The relay closes the leg only then.
+    fn idle(&self) -> bool {
+        true
+    }
 }
 
 /// One stage at the receiving relay: the inverse of an [`Encoder`].

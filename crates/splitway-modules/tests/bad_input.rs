@@ -245,6 +245,9 @@ fn unknown_module_names_and_ids_are_named() {
 
 #[test]
 fn the_config_knows_exactly_the_built_in_modules() {
-    let built_in: Vec<&str> = splitway_modules::ModuleKind::ALL.iter().map(|k| k.name()).collect();
+    let built_in: Vec<&str> = splitway_modules::ModuleKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .collect();
     assert_eq!(built_in, splitway_core::config::MODULE_NAMES);
 }

@@ -78,6 +78,7 @@ pub async fn open_leg(
     name: &str,
     dst: SocketAddr,
     hop_limit: u8,
+    chain: &[u8],
 ) -> Result<TcpStream, HopError> {
     let cfg = &snap.cfg;
     let peer = cfg.peer(name).ok_or(HopError::UnknownPeer)?;
@@ -85,7 +86,7 @@ pub async fn open_leg(
     if cfg.features.conn_pool {
         if let Some(pool) = shared.pools.get(name) {
             if let Some(mut leg) = pool.take() {
-                if leg::send_header(&mut leg, keys, dst, hop_limit)
+                if send_leg_header(&mut leg, keys, dst, hop_limit, chain)
                     .await
                     .is_ok()
                 {
@@ -107,7 +108,7 @@ pub async fn open_leg(
             snap.connect_timeout(),
         )
         .await?;
-        leg::send_header(&mut leg, keys, dst, hop_limit).await?;
+        send_leg_header(&mut leg, keys, dst, hop_limit, chain).await?;
         Ok::<_, std::io::Error>(leg)
     };
     let fresh = match tokio::time::timeout(snap.connect_timeout(), fresh).await {
@@ -129,6 +130,22 @@ pub async fn open_leg(
     }
 }
 
+/// A raw (v1) header, or with module ids in `chain`, a framed one and the
+/// chain announcement (see `modules`).
+async fn send_leg_header(
+    leg: &mut TcpStream,
+    keys: &splitway_core::auth::KeyRing,
+    dst: SocketAddr,
+    hop_limit: u8,
+    chain: &[u8],
+) -> std::io::Result<()> {
+    if chain.is_empty() {
+        leg::send_header(leg, keys, dst, hop_limit).await
+    } else {
+        leg::send_module_header(leg, keys, dst, hop_limit, chain).await
+    }
+}
+
 /// Open the next hop toward `dst`: a direct connection, or a leg to the
 /// routed peer carrying a header with `hop_limit` (already decremented for
 /// the hop being taken). When a next hop can not be connected to (refused,
@@ -142,6 +159,7 @@ pub(crate) async fn next_hop(
     dst: SocketAddr,
     hop_limit: u8,
     from_peer: bool,
+    chain: &[u8],
 ) -> Result<(TcpStream, LegKind), HopError> {
     let route = snap.routes.lookup(&dst).ok_or(HopError::NoRoute)?;
     let skips = shared.pools.health.skips(route);
@@ -155,7 +173,7 @@ pub(crate) async fn next_hop(
             left = Some((hop, "peer_down"));
             continue;
         }
-        match open_hop(shared, snap, hop, dst, hop_limit, from_peer).await {
+        match open_hop(shared, snap, hop, dst, hop_limit, from_peer, chain).await {
             Ok(up) => return Ok(up),
             Err(e @ HopError::Connect(_)) => {
                 left = Some((hop, e.reason()));
@@ -176,6 +194,7 @@ async fn open_hop(
     dst: SocketAddr,
     hop_limit: u8,
     from_peer: bool,
+    chain: &[u8],
 ) -> Result<(TcpStream, LegKind), HopError> {
     match hop {
         NextHop::Direct => {
@@ -196,7 +215,7 @@ async fn open_hop(
             if hop_limit == 0 {
                 return Err(HopError::HopLimit);
             }
-            open_leg(shared, snap, name, dst, hop_limit - 1)
+            open_leg(shared, snap, name, dst, hop_limit - 1, chain)
                 .await
                 .map(|s| (s, LegKind::PeerOut))
         }
@@ -222,6 +241,8 @@ pub(crate) struct Split {
     /// registry while forwarding.
     entry: Arc<FlowEntry>,
     legs: Legs,
+    /// Stream modules: this flow runs the module engine, not zero copy.
+    modules: Option<Box<crate::modules::ModulePlan>>,
     _permit: OwnedSemaphorePermit,
     _active: ActiveGuard,
 }
@@ -230,7 +251,10 @@ impl Split {
     /// Forward until the connection ends, then account for it. What lives
     /// across the await is the idle connection's cost: `self`, the engine
     /// state, the registry id and the `Relay` state machine, nothing else.
-    async fn run(self) {
+    async fn run(mut self) {
+        if let Some(plan) = self.modules.take() {
+            return self.run_modules(*plan).await;
+        }
         let Some(mut engine) = self.engine() else {
             return;
         };
@@ -239,6 +263,22 @@ impl Split {
         let (down, up, t) = (&self.entry.down, &self.entry.up, self.snap.flow_timeouts());
         let report = forward::relay(down, up, t, &mut engine, self.legs.since).await;
         self.finish(id, engine, report);
+    }
+
+    /// A flow with modules: the module engine, then the same accounting.
+    async fn run_modules(self, plan: crate::modules::ModulePlan) {
+        self.shared.metrics.active.inc();
+        let id = self.shared.register(self.entry.clone());
+        let (down, up) = (&self.entry.down, &self.entry.up);
+        let report = plan
+            .run(&self.shared, down, up, self.snap.flow_timeouts())
+            .await;
+        let m = &self.shared.metrics;
+        self.shared.unregister(id);
+        m.active.dec();
+        m.hot.bytes_up[self.legs.down as usize].inc_by(report.a_to_b);
+        m.hot.bytes_down[self.legs.up as usize].inc_by(report.b_to_a);
+        m.hot.completed[report.outcome.index()].inc();
     }
 
     /// The engine's buffers or pipes; without them both sockets are reset.
@@ -313,10 +353,16 @@ async fn set_up_client(
     // listener (see `daemon::bind`).
     let snap = shared.snapshot();
     let start = Instant::now();
+    // A route with modules takes a framed per-flow leg (not a lane).
+    let chain = crate::modules::route_chain(&snap, &dst);
     // A flow to a `legs = "mux"` peer goes as a stream on a warm lane.
-    let down = match crate::lane::carry(&shared, &snap, down, dst, DEFAULT_HOP_LIMIT, start).await {
-        Ok(()) => return None,
-        Err(down) => down,
+    let down = if chain.is_some() {
+        down
+    } else {
+        match crate::lane::carry(&shared, &snap, down, dst, DEFAULT_HOP_LIMIT, start).await {
+            Ok(()) => return None,
+            Err(down) => down,
+        }
     };
     let early = if kind == "transparent" && snap.cfg.features.early_syn {
         claim_early(&shared, &down, peer, dst).await
@@ -325,18 +371,25 @@ async fn set_up_client(
     };
     let hop = match early {
         Some(leg) => Ok((leg, LegKind::PeerOut)),
-        None => next_hop(&shared, &snap, dst, DEFAULT_HOP_LIMIT + 1, false).await,
+        None => {
+            let ids = chain.as_ref().map(|c| c.ids()).unwrap_or_default();
+            next_hop(&shared, &snap, dst, DEFAULT_HOP_LIMIT + 1, false, &ids).await
+        }
     };
     match hop {
         Ok((up, up_kind)) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
+            // A failover to `direct` carries no modules.
+            let plan = chain
+                .filter(|_| up_kind == LegKind::PeerOut)
+                .map(|spec| crate::modules::ModulePlan::new(&snap, &up, spec, true));
             let entry = FlowEntry::new(kind, peer, dst, down, up);
             let legs = Legs {
                 down: LegKind::Client,
                 up: up_kind,
                 since: start,
             };
-            Some(Split::new(shared, snap, entry, legs, permit, active))
+            Some(Split::new(shared, snap, entry, legs, permit, active).with_modules(plan))
         }
         Err(e) => {
             m.failed.with_label_values(&[e.reason()]).inc();
@@ -350,6 +403,11 @@ async fn set_up_client(
 }
 
 impl Split {
+    fn with_modules(mut self, plan: Option<crate::modules::ModulePlan>) -> Split {
+        self.modules = plan.map(Box::new);
+        self
+    }
+
     pub(crate) fn new(
         shared: Arc<Shared>,
         snap: Arc<Snapshot>,
@@ -363,6 +421,7 @@ impl Split {
             snap,
             entry: Arc::new(entry),
             legs,
+            modules: None,
             _permit: permit,
             _active: active,
         }
@@ -442,16 +501,32 @@ async fn set_up_relay_leg(
     };
     let start = Instant::now();
     let dst = header.dst;
-    match next_hop(&shared, &snap, dst, header.hop_limit, true).await {
+    let chain = if header.leg == splitway_core::wire::LegKind::Framed {
+        match crate::modules::read_chain(&mut leg, listener.header_timeout_ms).await {
+            Ok(spec) => Some(spec),
+            Err(reason) => {
+                m.header_rejected.with_label_values(&[reason]).inc();
+                if let Some(suppressed) = REJECT_LOG.allow() {
+                    tracing::warn!(%peer, reason, suppressed, "module leg refused");
+                }
+                reset(leg);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    match next_hop(&shared, &snap, dst, header.hop_limit, true, &[]).await {
         Ok((up, up_kind)) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
+            let plan = chain.map(|spec| crate::modules::ModulePlan::new(&snap, &leg, spec, false));
             let entry = FlowEntry::new("relay", peer, dst, leg, up);
             let legs = Legs {
                 down: LegKind::PeerIn,
                 up: up_kind,
                 since: start,
             };
-            Some(Split::new(shared, snap, entry, legs, permit, active))
+            Some(Split::new(shared, snap, entry, legs, permit, active).with_modules(plan))
         }
         Err(e) => {
             let reason = e.reason();
@@ -535,6 +610,10 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let Some(route) = snap.routes.lookup(&tuple.dst) else {
         return;
     };
+    // A module route's leg carries its chain: opened after accept.
+    if !route.modules.is_empty() {
+        return;
+    }
     // The primary, or the first backup if the primary is marked down.
     let hop = shared.pools.health.first_hop(route);
     let NextHop::Peer(name) = hop.clone() else {
@@ -564,7 +643,7 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     }
     let sh = shared.clone();
     tokio::spawn(async move {
-        let leg = open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT)
+        let leg = open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT, &[])
             .await
             .map_err(|e| std::io::Error::other(e.reason()));
         // If the entry expired meanwhile, the receiver is gone and the leg

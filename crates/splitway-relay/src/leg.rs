@@ -45,6 +45,47 @@ pub async fn send_header(
     leg.write_all(&bytes).await
 }
 
+/// Send a framed (v2, per-flow) header for `dst` and, in the same write,
+/// the chain announcement of its modules (`chain`: module ids in encoding
+/// order): the far relay runs the inverse chain on this flow.
+pub async fn send_module_header(
+    leg: &mut TcpStream,
+    keys: &KeyRing,
+    dst: SocketAddr,
+    hop_limit: u8,
+    chain: &[u8],
+) -> io::Result<()> {
+    let mut h = new_header(dst, hop_limit);
+    h.leg = LegKind::Framed;
+    let mut bytes = keys.seal(&h);
+    crate::modules::frames::put_chain(&mut bytes, chain);
+    leg.write_all(&bytes).await
+}
+
+/// Read the chain announcement that follows a framed leg's header: the
+/// module ids, in the sender's encoding order.
+pub async fn read_chain(leg: &mut TcpStream, within: Duration) -> Result<Vec<u8>, HeaderError> {
+    use splitway_core::frame::{self, Frame, HEADER_LEN};
+    let deadline = Instant::now() + within;
+    let mut head = [0u8; HEADER_LEN];
+    read_exact_by(leg, &mut head, deadline).await?;
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut buf = vec![0u8; HEADER_LEN + len];
+    buf[..HEADER_LEN].copy_from_slice(&head);
+    read_exact_by(leg, &mut buf[HEADER_LEN..], deadline).await?;
+    match frame::decode(&buf) {
+        Ok(Some((
+            Frame::Module {
+                stream: frame::LEG_STREAM,
+                flags,
+                payload,
+            },
+            _,
+        ))) if flags == crate::modules::frames::FLAG_CHAIN => Ok(payload.to_vec()),
+        _ => Err(HeaderError::NoChain),
+    }
+}
+
 /// Why an inbound leg produced no usable header.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
@@ -62,6 +103,9 @@ pub enum HeaderError {
     /// A v2 per-flow framed header: this relay takes raw legs and lanes.
     #[error("framed leg ({0:?}) not accepted here")]
     Framed(LegKind),
+    /// A framed per-flow leg whose first frame is not a module chain.
+    #[error("framed leg without a module chain frame")]
+    NoChain,
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -75,6 +119,7 @@ impl HeaderError {
             HeaderError::Truncated => Some("truncated"),
             HeaderError::Auth(a) => Some(a.reason()),
             HeaderError::Framed(_) => Some("framed_unsupported"),
+            HeaderError::NoChain => Some("module_chain_missing"),
             HeaderError::Io(_) => Some("io_error"),
         }
     }
@@ -106,9 +151,8 @@ pub async fn read_header(
     read_exact_by(leg, &mut buf[PREFIX_LEN..len], deadline).await?;
     // The MAC is checked before the shared guard's lock is taken.
     let (header, _) = keys.open(&buf[..len], now_ms(), guard)?;
-    if header.leg == LegKind::Framed {
-        return Err(HeaderError::Framed(header.leg));
-    }
+    // Every kind is taken: raw legs, lanes (`lane`), and framed per-flow
+    // legs, which carry module chains (`flow::relay_leg`, `modules`).
     Ok(header)
 }
 

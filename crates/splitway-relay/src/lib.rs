@@ -21,6 +21,7 @@
 //! - [`dial`]: outbound connects with the right socket profile.
 //! - [`profile`]: what Internet-facing legs and relay legs get.
 //! - [`forward`]: the forwarding engines (`copy`, `splice`) and the rules they share.
+//! - [`modules`]: stream modules on framed relay legs (chains, stores, the module engine).
 //! - [`state`]: what all connections of a relay share (config snapshot, metrics...).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`sys`]: every OS-specific socket and pipe call.
@@ -40,6 +41,7 @@ pub mod kernel;
 pub mod lane;
 pub mod leg;
 pub mod metrics;
+pub mod modules;
 pub mod pool;
 pub mod profile;
 pub mod ratelimit;

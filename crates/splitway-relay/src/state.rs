@@ -107,6 +107,8 @@ pub struct Shared {
     pub waiting_legs: AtomicUsize,
     pub replay: Mutex<ReplayGuard>,
     pub metrics: Metrics,
+    /// Stream modules: dedup stores per peer relay, module metrics.
+    pub modules: crate::modules::ModuleState,
     pub limit: Arc<Semaphore>,
     /// Draining: new connections are refused, open ones finish.
     pub draining: AtomicBool,
@@ -150,6 +152,7 @@ impl Shared {
         Shared {
             pools: Pools::new(&metrics, &stop),
             lanes: crate::lane::Lanes::new(crate::lane::LaneMetrics::new(&metrics), &stop),
+            modules: crate::modules::ModuleState::new(metrics.registry()),
             config_path,
             resources,
             pending,

@@ -5,7 +5,9 @@
 use zstd::stream::raw::{CParameter, Encoder as ZEncoder, InBuffer, Operation, OutBuffer};
 
 use super::adapt::{Adapt, AdaptConfig};
-use super::{RAW, RAW_HEADER, RECORD_TARGET, WINDOW_LOG_MAX, ZSTD_CONT, ZSTD_HEADER, ZSTD_NEW};
+use super::{
+    RAW, RAW_HEADER, RECORD_TARGET, TABLE_LOG_MAX, WINDOW_LOG_MAX, ZSTD_CONT, ZSTD_HEADER, ZSTD_NEW,
+};
 use crate::error::ModuleError;
 use crate::module::Encoder;
 use crate::state::LegSnapshot;
@@ -119,6 +121,15 @@ impl CompressEncoder {
             self.zstd
                 .set_parameter(CParameter::WindowLog(WINDOW_LOG_MAX))
                 .map_err(zerr)?;
+            if level >= 5 {
+                // Levels 5+ default to larger tables (tens of MiB at 9+).
+                self.zstd
+                    .set_parameter(CParameter::HashLog(TABLE_LOG_MAX))
+                    .map_err(zerr)?;
+                self.zstd
+                    .set_parameter(CParameter::ChainLog(TABLE_LOG_MAX))
+                    .map_err(zerr)?;
+            }
             self.zstd
                 .set_parameter(CParameter::ChecksumFlag(false))
                 .map_err(zerr)?;

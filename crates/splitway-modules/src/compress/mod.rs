@@ -18,7 +18,7 @@
 //!
 //! The decoder bounds everything: a record declares its output (at most
 //! [`RECORD_MAX`]), at most [`MAX_RATIO`] bytes per compressed byte, zstd
-//! windows at most 2^[`WINDOW_LOG_MAX`] bytes, and at most [`OUT_BUDGET`]
+//! windows at most 2^[`WINDOW_LOG_MAX`] bytes (1 MiB), and at most [`OUT_BUDGET`]
 //! bytes of output per call (the rest of the input waits inside).
 
 pub mod adapt;
@@ -40,8 +40,12 @@ pub const RECORD_TARGET: usize = 128 << 10;
 /// The most output bytes per compressed byte a record may declare (zstd's
 /// RLE blocks reach about 32 K; beyond that it is a bomb).
 pub const MAX_RATIO: u64 = 1 << 15;
-/// The largest zstd window (log2) either side uses: 4 MiB.
-pub const WINDOW_LOG_MAX: u32 = 22;
+/// The largest zstd window (log2) either side uses: 1 MiB. With the hash
+/// and chain tables capped at 2^18 entries ([`TABLE_LOG_MAX`]) an encoder
+/// holds about 3 MiB at any level, a decoder about 1.2 MiB.
+pub const WINDOW_LOG_MAX: u32 = 20;
+/// The largest zstd hash and chain tables (log2 entries) the encoder uses.
+pub const TABLE_LOG_MAX: u32 = 18;
 /// Output bytes one `decode` call produces at most before it stops and
 /// keeps the rest of its input for the next call.
 pub const OUT_BUDGET: usize = 4 << 20;

@@ -166,6 +166,10 @@ impl Encoder for DedupEncoder {
         Ok(())
     }
 
+    fn idle(&self) -> bool {
+        self.pinned.sent == self.pinned.acked
+    }
+
     fn control(&mut self, msg: &[u8], ctl: &mut Vec<Vec<u8>>) -> Result<(), ModuleError> {
         match (msg.first(), msg.len()) {
             (Some(&CTL_ACK), 9) => {

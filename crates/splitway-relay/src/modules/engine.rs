@@ -1,0 +1,432 @@
+//! The module engine: one flow's plain socket (the client at the ingress,
+//! the server at the far relay) and its framed leg, both directions, in one
+//! task. Payload passes through user space: read from the plain socket,
+//! encoded by the chain, sent as DATA frames; DATA from the leg decoded and
+//! written to the plain socket. Control messages ride in MODULE frames.
+//!
+//! Revocation: the leg has `TCP_NOTSENT_LOWAT`, so it reports writable only
+//! while the kernel holds fewer unsent bytes than that; this engine reads
+//! the plain socket only while its own queue for the leg is short
+//! ([`LEG_QUEUE`]). So a burst is encoded at the moment the leg can take it,
+//! with that moment's `TCP_INFO`, and the bytes not yet encoded wait in the
+//! plain socket's receive queue, where nothing has been decided about them.
+//!
+//! Ends: the plain socket's EOF becomes an END frame (with the DATA byte
+//! count); an END received (count checked, chain finished) becomes
+//! `shutdown(WR)` on the plain socket. A leg that ends without END, or any
+//! bad frame or module input, resets the plain socket and the leg, counted
+//! by reason. When both directions are done and the far decoder has
+//! acknowledged every reference (so it can ask for nothing more), the leg
+//! gets a FIN; the flow ends at the far FIN.
+
+use std::io;
+use std::time::Duration;
+
+use splitway_core::frame::{self, Frame, FrameError, LEG_STREAM};
+use splitway_modules::{DecoderChain, EncoderChain, LegSnapshot, ModuleError, Output, TcpSnapshot};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+use super::frames::{self as mframes, ModuleTarget};
+use super::ModuleMetrics;
+use crate::forward::{FlowReport, FlowTimeouts, Outcome};
+use crate::sys::sockopt;
+
+/// Bytes read from the plain socket per read call.
+const READ_BYTES: usize = 64 << 10;
+/// Bytes read from the plain socket per wake-up at most.
+const READ_BUDGET: usize = 256 << 10;
+/// The plain socket is read only while fewer bytes than this wait for the leg.
+pub const LEG_QUEUE: usize = 64 << 10;
+/// The leg is read only while fewer decoded bytes than this wait for the
+/// plain socket, and fewer frame bytes than [`FRAME_QUEUE`] wait decoding.
+const PLAIN_QUEUE: usize = 1 << 20;
+const FRAME_QUEUE: usize = 256 << 10;
+
+/// Why a module flow was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum Cut {
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the leg ended without END")]
+    NoEnd,
+    #[error("END counts {said} bytes, {got} arrived")]
+    EndMismatch { said: u64, got: u64 },
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("the far relay aborted the flow")]
+    Aborted,
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Cut {
+    /// Metric label; `None` where no bad input was received.
+    pub fn bad_input_reason(&self) -> Option<&'static str> {
+        match self {
+            Cut::Module(e) => Some(e.reason()),
+            Cut::Frame(e) => Some(e.reason()),
+            Cut::NoEnd => Some("no_end"),
+            Cut::EndMismatch { .. } => Some("end_mismatch"),
+            Cut::Protocol(r) => Some(r),
+            Cut::Aborted | Cut::Io(_) => None,
+        }
+    }
+}
+
+/// A byte queue with a read position.
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Queue {
+    fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+}
+
+/// One module flow.
+pub struct ModuleFlow<'a> {
+    pub plain: &'a TcpStream,
+    pub leg: &'a TcpStream,
+    pub enc: EncoderChain,
+    pub dec: DecoderChain,
+    pub metrics: &'a ModuleMetrics,
+    pub chain: String,
+}
+
+struct State {
+    fdec: frame::Decoder,
+    to_leg: Queue,
+    to_plain: Queue,
+    out: Output,
+    plain_eof: bool,
+    unflushed: bool,
+    end_sent: bool,
+    end_received: bool,
+    /// The decoder chain finished after END (it may first wait for answers).
+    dec_finished: bool,
+    plain_shut: bool,
+    leg_eof: bool,
+    leg_fin: bool,
+    plain_in: u64,
+    wire_out: u64,
+    wire_in: u64,
+    plain_out: u64,
+}
+
+impl ModuleFlow<'_> {
+    /// Runs the flow to its end. Bytes in the report: `a_to_b` is plain →
+    /// leg (plain bytes read), `b_to_a` leg → plain (plain bytes written).
+    pub async fn run(mut self, t: FlowTimeouts) -> (FlowReport, Option<Cut>) {
+        let mut st = State {
+            fdec: frame::Decoder::new(),
+            to_leg: Queue::default(),
+            to_plain: Queue::default(),
+            out: Output::default(),
+            plain_eof: false,
+            unflushed: false,
+            end_sent: false,
+            end_received: false,
+            dec_finished: false,
+            plain_shut: false,
+            leg_eof: false,
+            leg_fin: false,
+            plain_in: 0,
+            wire_out: 0,
+            wire_in: 0,
+            plain_out: 0,
+        };
+        let r = self.drive(&mut st, t).await;
+        let m = &self.metrics.bytes;
+        let c = self.chain.as_str();
+        m.with_label_values(&[c, "plain_in"]).inc_by(st.plain_in);
+        m.with_label_values(&[c, "wire_out"]).inc_by(st.wire_out);
+        m.with_label_values(&[c, "wire_in"]).inc_by(st.wire_in);
+        m.with_label_values(&[c, "plain_out"]).inc_by(st.plain_out);
+        let (outcome, cut) = match r {
+            Ok(o) => (o, None),
+            Err(cut) => {
+                if let Some(reason) = cut.bad_input_reason() {
+                    self.metrics.errors.with_label_values(&[reason]).inc();
+                }
+                crate::forward::reset_both(self.plain, self.leg);
+                (Outcome::Reset, Some(cut))
+            }
+        };
+        if matches!(outcome, Outcome::Idle | Outcome::HalfCloseTimeout) {
+            crate::forward::reset_both(self.plain, self.leg);
+        }
+        self.metrics
+            .flows
+            .with_label_values(&[c, outcome.as_str()])
+            .inc();
+        let report = FlowReport {
+            a_to_b: st.plain_in,
+            b_to_a: st.plain_out,
+            outcome,
+            first_b_to_a: None,
+        };
+        (report, cut)
+    }
+
+    async fn drive(&mut self, st: &mut State, t: FlowTimeouts) -> Result<Outcome, Cut> {
+        let mut rbuf = vec![0u8; READ_BYTES];
+        let mut last = Instant::now();
+        let mut half_close_at: Option<Instant> = None;
+        loop {
+            self.pump_frames(st)?;
+            if st.end_received && !st.dec_finished && !self.dec.waiting() && !self.dec.has_pending()
+            {
+                self.dec.finish()?;
+                st.dec_finished = true;
+            }
+            if st.dec_finished && !st.plain_shut && st.to_plain.pending() == 0 {
+                sockopt::shutdown_write(self.plain)?;
+                st.plain_shut = true;
+            }
+            if st.end_sent
+                && st.plain_shut
+                && !st.leg_fin
+                && st.to_leg.pending() == 0
+                && self.enc.idle()
+            {
+                sockopt::shutdown_write(self.leg)?;
+                st.leg_fin = true;
+            }
+            if st.leg_fin && st.leg_eof {
+                return Ok(Outcome::Closed);
+            }
+            if half_close_at.is_none() && (st.end_sent || st.end_received) {
+                half_close_at = Some(Instant::now() + t.half_close);
+            }
+            let idle_at = last + t.idle;
+            let deadline = half_close_at.map_or(idle_at, |h| h.min(idle_at));
+            let want_plain_read = !st.plain_eof && st.to_leg.pending() < LEG_QUEUE;
+            let want_leg_read = !st.leg_eof
+                && st.to_plain.pending() < PLAIN_QUEUE
+                && st.fdec.buffered() < FRAME_QUEUE
+                && !self.dec.has_pending();
+            let want_leg_write = st.to_leg.pending() > 0;
+            let want_plain_write = st.to_plain.pending() > 0;
+            tokio::select! {
+                r = self.plain.readable(), if want_plain_read => {
+                    r?;
+                    self.read_plain(st, &mut rbuf)?;
+                    last = Instant::now();
+                }
+                r = self.leg.readable(), if want_leg_read => {
+                    r?;
+                    match self.leg.try_read(&mut rbuf) {
+                        Ok(0) => {
+                            st.leg_eof = true;
+                            if !st.end_received {
+                                // Frames still buffered may hold the END.
+                                self.pump_frames(st)?;
+                                if !st.end_received {
+                                    return Err(Cut::NoEnd);
+                                }
+                            }
+                        }
+                        Ok(n) => st.fdec.push(&rbuf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    last = Instant::now();
+                }
+                r = self.leg.writable(), if want_leg_write => {
+                    r?;
+                    match self.leg.try_write(st.to_leg.bytes()) {
+                        Ok(n) => st.to_leg.advance(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    last = Instant::now();
+                }
+                r = self.plain.writable(), if want_plain_write => {
+                    r?;
+                    match self.plain.try_write(st.to_plain.bytes()) {
+                        Ok(n) => {
+                            st.to_plain.advance(n);
+                            st.plain_out += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    last = Instant::now();
+                }
+                _ = sleep_until(deadline) => {
+                    if half_close_at.is_some_and(|h| Instant::now() >= h) {
+                        return Ok(Outcome::HalfCloseTimeout);
+                    }
+                    if Instant::now() >= last + t.idle {
+                        return Ok(Outcome::Idle);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what the plain socket has (up to the budget) and encodes it.
+    fn read_plain(&mut self, st: &mut State, buf: &mut [u8]) -> Result<(), Cut> {
+        let state = self.snapshot(st);
+        let mut total = 0;
+        loop {
+            match self.plain.try_read(buf) {
+                Ok(0) => {
+                    st.plain_eof = true;
+                    self.encode(st, &[], true, &state)?;
+                    st.unflushed = false;
+                    Frame::End {
+                        stream: LEG_STREAM,
+                        total: st.wire_out,
+                    }
+                    .encode(&mut st.to_leg.buf);
+                    st.end_sent = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    st.plain_in += n as u64;
+                    self.encode(st, &buf[..n], false, &state)?;
+                    st.unflushed = true;
+                    total += n;
+                    if total >= READ_BUDGET {
+                        // More is likely there: the next wake-up reads it
+                        // (and flushes once the socket is empty).
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if st.unflushed {
+                        self.encode(st, &[], true, &state)?;
+                        st.unflushed = false;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn encode(
+        &mut self,
+        st: &mut State,
+        input: &[u8],
+        flush: bool,
+        state: &LegSnapshot,
+    ) -> Result<(), Cut> {
+        st.out.clear();
+        self.enc.encode(input, flush, state, &mut st.out)?;
+        st.wire_out += st.out.data.len() as u64;
+        mframes::put_data(&mut st.to_leg.buf, &st.out.data);
+        mframes::put_controls(&mut st.to_leg.buf, &st.out.control, false);
+        Ok(())
+    }
+
+    /// Both legs' TCP_INFO and our queue, for the encoders.
+    fn snapshot(&self, st: &State) -> LegSnapshot {
+        let info = |s: &TcpStream| {
+            sockopt::tcp_info(s).map_or(TcpSnapshot::default(), |i| TcpSnapshot {
+                rtt_us: i.rtt_us,
+                cwnd_bytes: u64::from(i.snd_cwnd) * u64::from(i.snd_mss),
+                delivery_rate: i.delivery_rate_bps / 8,
+                notsent_bytes: u64::from(i.notsent_bytes),
+                unacked_bytes: u64::from(i.unacked) * u64::from(i.snd_mss),
+                retransmits: i.retrans_total,
+            })
+        };
+        LegSnapshot {
+            source: info(self.plain),
+            sink: info(self.leg),
+            queued_bytes: st.to_leg.pending() as u64,
+            pending_bytes: 0,
+        }
+    }
+
+    /// Decodes buffered frames while the plain socket's queue has room.
+    fn pump_frames(&mut self, st: &mut State) -> Result<(), Cut> {
+        loop {
+            if st.to_plain.pending() >= PLAIN_QUEUE {
+                return Ok(());
+            }
+            if self.dec.has_pending() {
+                st.out.clear();
+                self.dec.drain(&mut st.out)?;
+                st.to_plain.buf.extend_from_slice(&st.out.data);
+                mframes::put_controls(&mut st.to_leg.buf, &st.out.control, true);
+                continue;
+            }
+            let frame = match st.fdec.next_frame()? {
+                Some(f) => f,
+                None => return Ok(()),
+            };
+            st.out.clear();
+            match frame {
+                Frame::Data {
+                    stream, payload, ..
+                } => {
+                    if stream != LEG_STREAM {
+                        return Err(Cut::Protocol("stream_unknown"));
+                    }
+                    if st.end_received {
+                        return Err(Cut::Protocol("data_after_end"));
+                    }
+                    st.wire_in += payload.len() as u64;
+                    self.dec.decode(payload, &mut st.out)?;
+                    st.to_plain.buf.extend_from_slice(&st.out.data);
+                    mframes::put_controls(&mut st.to_leg.buf, &st.out.control, true);
+                }
+                Frame::Module { flags, payload, .. } => match mframes::target(flags) {
+                    ModuleTarget::Chain => return Err(Cut::Protocol("module_chain_again")),
+                    ModuleTarget::Decoder(stage) => {
+                        self.dec.control(stage, payload, &mut st.out)?;
+                        st.to_plain.buf.extend_from_slice(&st.out.data);
+                        mframes::put_controls(&mut st.to_leg.buf, &st.out.control, true);
+                    }
+                    ModuleTarget::Encoder(stage) => {
+                        self.enc.control(stage, payload, &mut st.out)?;
+                        mframes::put_controls(&mut st.to_leg.buf, &st.out.control, false);
+                    }
+                },
+                Frame::End { stream, total } => {
+                    if stream != LEG_STREAM || st.end_received {
+                        return Err(Cut::Protocol("end_unexpected"));
+                    }
+                    if total != st.wire_in {
+                        return Err(Cut::EndMismatch {
+                            said: total,
+                            got: st.wire_in,
+                        });
+                    }
+                    // The chain is finished once nothing waits (drive()).
+                    st.end_received = true;
+                }
+                Frame::Abort { .. } => return Err(Cut::Aborted),
+                Frame::Ping(x) => {
+                    Frame::Pong(x).encode(&mut st.to_leg.buf);
+                }
+                Frame::Window { .. } | Frame::Pong(_) => {}
+                Frame::Open { .. } | Frame::Settings(_) => {
+                    return Err(Cut::Protocol("frame_unexpected"));
+                }
+            }
+        }
+    }
+}
+
+/// How long a far relay may take to send a module leg's chain frame.
+pub const CHAIN_TIMEOUT: Duration = Duration::from_secs(5);
