@@ -241,8 +241,6 @@ pub(crate) struct Split {
     /// registry while forwarding.
     entry: Arc<FlowEntry>,
     legs: Legs,
-    /// Stream modules: this flow runs the module engine, not zero copy.
-    modules: Option<Box<crate::modules::ModulePlan>>,
     _permit: OwnedSemaphorePermit,
     _active: ActiveGuard,
 }
@@ -251,10 +249,7 @@ impl Split {
     /// Forward until the connection ends, then account for it. What lives
     /// across the await is the idle connection's cost: `self`, the engine
     /// state, the registry id and the `Relay` state machine, nothing else.
-    async fn run(mut self) {
-        if let Some(plan) = self.modules.take() {
-            return self.run_modules(*plan).await;
-        }
+    async fn run(self) {
         let Some(mut engine) = self.engine() else {
             return;
         };
@@ -389,7 +384,9 @@ async fn set_up_client(
                 up: up_kind,
                 since: start,
             };
-            Some(Split::new(shared, snap, entry, legs, permit, active).with_modules(plan))
+            Split::new(shared, snap, entry, legs, permit, active)
+                .or_run_modules(plan)
+                .await
         }
         Err(e) => {
             m.failed.with_label_values(&[e.reason()]).inc();
@@ -403,9 +400,17 @@ async fn set_up_client(
 }
 
 impl Split {
-    fn with_modules(mut self, plan: Option<crate::modules::ModulePlan>) -> Split {
-        self.modules = plan.map(Box::new);
-        self
+    /// With a module plan, runs the module engine here, inside the (boxed)
+    /// set-up future, and returns `None`: a zero-copy flow's task does not
+    /// grow by the module engine's state.
+    async fn or_run_modules(self, plan: Option<crate::modules::ModulePlan>) -> Option<Split> {
+        match plan {
+            Some(plan) => {
+                Box::pin(self.run_modules(plan)).await;
+                None
+            }
+            None => Some(self),
+        }
     }
 
     pub(crate) fn new(
@@ -421,7 +426,6 @@ impl Split {
             snap,
             entry: Arc::new(entry),
             legs,
-            modules: None,
             _permit: permit,
             _active: active,
         }
@@ -526,7 +530,9 @@ async fn set_up_relay_leg(
                 up: up_kind,
                 since: start,
             };
-            Some(Split::new(shared, snap, entry, legs, permit, active).with_modules(plan))
+            Split::new(shared, snap, entry, legs, permit, active)
+                .or_run_modules(plan)
+                .await
         }
         Err(e) => {
             let reason = e.reason();
