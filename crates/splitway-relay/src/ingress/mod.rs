@@ -237,7 +237,8 @@ async fn open(
         });
     };
     let hop_limit = crate::leg::DEFAULT_HOP_LIMIT + 1;
-    match flow::next_hop(shared, snap, dst, hop_limit, false).await {
+    // Proxy ingress flows take raw legs (no module chain) for now.
+    match flow::next_hop(shared, snap, dst, hop_limit, false, &[]).await {
         Ok((up, kind)) => Ok((dst, up, kind)),
         Err(e) => Err(Refusal::Hop(e)),
     }
