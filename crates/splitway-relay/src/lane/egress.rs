@@ -59,7 +59,7 @@ async fn stream(
     let _active = shared.track();
     let snap = shared.snapshot();
     let start = Instant::now();
-    let up = match flow::next_hop(&shared, &snap, dst, hop_limit, true).await {
+    let up = match flow::next_hop(&shared, &snap, dst, hop_limit, true, &[]).await {
         Ok((up, _)) => up,
         Err(e) => {
             let reason = e.reason();
