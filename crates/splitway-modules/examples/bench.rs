@@ -16,8 +16,21 @@ use splitway_modules::{
     ChainSpec, DecoderChain, EncoderChain, LegSnapshot, Output, Stores, TcpSnapshot,
 };
 
+/// A bench row: name, chain, settings, leg state, leg label, run twice.
+type Row<'a> = (
+    &'a str,
+    &'a [&'a str],
+    ModuleSettings,
+    LegSnapshot,
+    &'a str,
+    bool,
+);
+
 fn cpu_secs() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into the valid `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
@@ -35,7 +48,13 @@ fn hwm_kib() -> u64 {
 }
 
 /// Encodes and decodes `data` in 64 KiB bursts; returns (CPU s/GB, wire %).
-fn run(names: &[&str], settings: ModuleSettings, state: LegSnapshot, data: &[u8], stores: &(Stores, Stores)) -> (f64, f64) {
+fn run(
+    names: &[&str],
+    settings: ModuleSettings,
+    state: LegSnapshot,
+    data: &[u8],
+    stores: &(Stores, Stores),
+) -> (f64, f64) {
     let spec = ChainSpec::from_names(names).expect("spec");
     let mut enc = EncoderChain::new(&spec, &settings, &stores.0).expect("enc");
     let mut dec = DecoderChain::new(&spec, &stores.1).expect("dec");
@@ -63,13 +82,19 @@ fn run(names: &[&str], settings: ModuleSettings, state: LegSnapshot, data: &[u8]
     }
     assert_eq!(out, data.len());
     let secs = cpu_secs() - t0;
-    (secs / (data.len() as f64 / 1e9), 100.0 * wire as f64 / data.len() as f64)
+    (
+        secs / (data.len() as f64 / 1e9),
+        100.0 * wire as f64 / data.len() as f64,
+    )
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
-    let mut corpus = args.first().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+    let mut corpus = args
+        .first()
+        .and_then(|p| std::fs::read(p).ok())
+        .unwrap_or_default();
     if corpus.is_empty() {
         eprintln!("no corpus file given or readable: corpus rows use repeated text");
         corpus = b"relay leg module chunk window kernel socket ".repeat(mib << 15);
@@ -90,24 +115,79 @@ fn main() {
         .collect();
     let idle = LegSnapshot::default();
     let busy = LegSnapshot {
-        sink: TcpSnapshot { cwnd_bytes: 200_000, notsent_bytes: 150_000, ..Default::default() },
+        sink: TcpSnapshot {
+            cwnd_bytes: 200_000,
+            notsent_bytes: 150_000,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let fixed = |l| ModuleSettings { compress: AdaptConfig::fixed(l) };
+    let fixed = |l| ModuleSettings {
+        compress: AdaptConfig::fixed(l),
+    };
     let adaptive = ModuleSettings::default();
     println!("| module | leg | content | CPU s/GB (encode+decode) | bytes on the wire | peak RSS so far |");
     println!("|---|---|---|---:|---:|---:|");
     for (content, data) in [("corpus", &corpus), ("random", &random)] {
-        let rows: Vec<(&str, &[&str], ModuleSettings, LegSnapshot, &str, bool)> = vec![
+        let rows: Vec<Row> = vec![
             ("null", &["null"], adaptive, idle, "-", false),
-            ("compress level 1", &["compress"], fixed(1), idle, "-", false),
-            ("compress level 3", &["compress"], fixed(3), idle, "-", false),
-            ("compress level 9", &["compress"], fixed(9), idle, "-", false),
-            ("compress adaptive", &["compress"], adaptive, idle, "idle (drains at once)", false),
-            ("compress adaptive", &["compress"], adaptive, busy, "busy (unsent piles up)", false),
+            (
+                "compress level 1",
+                &["compress"],
+                fixed(1),
+                idle,
+                "-",
+                false,
+            ),
+            (
+                "compress level 3",
+                &["compress"],
+                fixed(3),
+                idle,
+                "-",
+                false,
+            ),
+            (
+                "compress level 9",
+                &["compress"],
+                fixed(9),
+                idle,
+                "-",
+                false,
+            ),
+            (
+                "compress adaptive",
+                &["compress"],
+                adaptive,
+                idle,
+                "idle (drains at once)",
+                false,
+            ),
+            (
+                "compress adaptive",
+                &["compress"],
+                adaptive,
+                busy,
+                "busy (unsent piles up)",
+                false,
+            ),
             ("dedup, new bytes", &["dedup"], adaptive, idle, "-", false),
-            ("dedup, same bytes again", &["dedup"], adaptive, idle, "-", true),
-            ("dedup+compress adaptive", &["dedup", "compress"], adaptive, busy, "busy", false),
+            (
+                "dedup, same bytes again",
+                &["dedup"],
+                adaptive,
+                idle,
+                "-",
+                true,
+            ),
+            (
+                "dedup+compress adaptive",
+                &["dedup", "compress"],
+                adaptive,
+                busy,
+                "busy",
+                false,
+            ),
         ];
         for (name, names, settings, state, leg, again) in rows {
             let stores = (Stores::new(256 << 20), Stores::new(256 << 20));
@@ -115,7 +195,10 @@ fn main() {
                 run(names, settings, state, data, &stores);
             }
             let (spg, wire) = run(names, settings, state, data, &stores);
-            println!("| {name} | {leg} | {content} | {spg:.2} | {wire:.1} % | {} MiB |", hwm_kib() >> 10);
+            println!(
+                "| {name} | {leg} | {content} | {spg:.2} | {wire:.1} % | {} MiB |",
+                hwm_kib() >> 10
+            );
         }
     }
 }
