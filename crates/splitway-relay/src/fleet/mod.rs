@@ -47,21 +47,17 @@ pub enum FleetIoError {
 }
 
 /// Connect to the first of the fleet's etcd members that answers (a read
-/// of one key), trying them in order; for short-lived uses (start, `ctl`).
+/// its status), trying them in order; for short-lived uses (start, `ctl`).
 pub async fn connect(conf: &FleetConf) -> Result<Client, FleetIoError> {
     let timeout = Duration::from_millis(conf.connect_timeout_ms);
     let mut last = FleetIoError::Protocol("no endpoints".into());
     for e in &conf.endpoints {
         let probe = async {
             let mut c = connect_to(conf, e).await?;
-            within(
-                timeout,
-                c.get(
-                    conf.prefix.as_str(),
-                    Some(GetOptions::new().with_keys_only().with_limit(1)),
-                ),
-            )
-            .await?;
+            // Maintenance status: answered to any user (a range read would
+            // need a permission the caller may lack: relays read only
+            // P/auth/, P/all/ and P/node/).
+            within(timeout, c.status()).await?;
             Ok::<_, FleetIoError>(c)
         };
         match probe.await {
