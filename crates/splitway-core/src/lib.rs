@@ -8,6 +8,8 @@
 //! - [`ports`]: port ranges as written in config.
 //! - [`config`]: the typed, validated configuration file.
 //! - [`fleet`]: fleet mode's etcd layout and rendering its keys into a config.
+//! - [`flow`]: the rules of one split connection (ends, half-close, idle,
+//!   resets), driven with the time.
 //! - [`pool`]: watermark bookkeeping of pre-established relay legs.
 //! - [`pairing`]: early-SYN legs waiting for their accepted client, bounded.
 //! - [`proxy`], [`socks5`], [`http_connect`], [`proxy_config`]: the proxy
@@ -20,6 +22,7 @@
 pub mod auth;
 pub mod config;
 pub mod fleet;
+pub mod flow;
 pub mod frame;
 pub mod http_connect;
 pub mod mux;
