@@ -10,6 +10,8 @@
 //! - [`fleet`]: fleet mode's etcd layout and rendering its keys into a config.
 //! - [`flow`]: the rules of one split connection (ends, half-close, idle,
 //!   resets), driven with the time.
+//! - [`lend`]: spares lent out and given back (buffers, pipes), between
+//!   watermarks.
 //! - [`pool`]: watermark bookkeeping of pre-established relay legs.
 //! - [`pairing`]: early-SYN legs waiting for their accepted client, bounded.
 //! - [`proxy`], [`socks5`], [`http_connect`], [`proxy_config`]: the proxy
@@ -26,6 +28,7 @@ pub mod flow;
 pub mod frame;
 pub mod http_connect;
 pub mod mux;
+pub mod lend;
 pub mod pairing;
 pub mod pool;
 pub mod ports;

@@ -221,9 +221,20 @@ pub async fn run(
     kernel.forget_listeners();
     while accept_tasks.join_next().await.is_some() {}
     if tokio::time::timeout(grace, shared.drained()).await.is_err() {
+        // A flow cut here must not look complete: both of its sockets are
+        // reset when the runtime drops its task (see `forward::Relay`);
+        // linger 0 is set here too, so the reset holds however the process
+        // ends.
+        let cut = shared.with_flows(|flows| {
+            for (_, e) in &flows {
+                crate::forward::reset_both(&e.down, &e.up);
+            }
+            flows.len()
+        });
         tracing::warn!(
             active = shared.active(),
-            "grace period over; closing remaining flows"
+            cut,
+            "grace period over; resetting remaining flows"
         );
     }
     kernel.teardown().await;

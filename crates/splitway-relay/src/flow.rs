@@ -27,6 +27,7 @@ use crate::forward::{self, EngineState, FlowReport};
 use crate::leg::{self, DEFAULT_HOP_LIMIT};
 use crate::metrics::LegKind;
 use crate::ratelimit::RateLimit;
+use crate::resources::Resources;
 use crate::state::{ActiveGuard, FlowEntry, Shared, Snapshot};
 use crate::sys::sockopt;
 
@@ -277,7 +278,7 @@ impl Split {
     }
 
     /// The engine's buffers or pipes; without them both sockets are reset.
-    fn engine(&self) -> Option<EngineState> {
+    fn engine(&self) -> Option<EngineState<Resources>> {
         match self.shared.resources.get() {
             Ok(e) => Some(e),
             Err(e) => {
@@ -290,7 +291,7 @@ impl Split {
         }
     }
 
-    fn finish(&self, id: u64, engine: EngineState, report: FlowReport) {
+    fn finish(&self, id: u64, engine: EngineState<Resources>, report: FlowReport) {
         let m = &self.shared.metrics;
         self.shared.unregister(id);
         m.active.dec();
@@ -674,7 +675,6 @@ pub fn expire_early(shared: &Shared) {
 mod tests_support {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::resources::Resources;
     use splitway_core::config::Config;
 
     pub fn shared() -> Arc<Shared> {
@@ -724,6 +724,9 @@ mod tests {
         let leg = relay_leg(sh.clone(), s, a);
         let (client_bytes, leg_bytes) =
             (std::mem::size_of_val(&client), std::mem::size_of_val(&leg));
+        eprintln!(
+            "FIGURE relay {relay_bytes} B, client task future {client_bytes} B, leg {leg_bytes} B"
+        );
         assert!(
             relay_bytes <= 400,
             "forwarding state machine is {relay_bytes} B"

@@ -91,8 +91,8 @@ pub struct Hot {
     pub bytes_up: [IntCounter; 4],
     pub bytes_down: [IntCounter; 4],
     /// `completed` by [`crate::forward::Outcome`] (closed, reset, idle,
-    /// half-close).
-    pub completed: [IntCounter; 4],
+    /// half-close, engine error, aborted).
+    pub completed: [IntCounter; crate::forward::Outcome::ALL.len()],
 }
 
 impl Hot {

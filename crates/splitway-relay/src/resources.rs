@@ -17,14 +17,15 @@
 //! mode in force when they start; switching off frees the spares.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use splitway_core::config::{Config, Engine};
+use splitway_core::lend::Spares;
 use splitway_core::pool::Watermarks;
 use tokio::sync::{watch, Notify};
 
-use crate::forward::EngineState;
+use crate::forward::{EngineState, Stock};
 use crate::sys::pipe::Pipe;
 
 /// Default watermarks of the resource pool (in buffers or pipes, one per
@@ -32,44 +33,29 @@ use crate::sys::pipe::Pipe;
 pub const LOW: usize = 16;
 pub const HIGH: usize = 64;
 
-enum Free {
-    Bufs(Vec<Vec<u8>>),
-    Pipes(Vec<Pipe>),
-}
-
-impl Free {
-    fn len(&self) -> usize {
-        match self {
-            Free::Bufs(v) => v.len(),
-            Free::Pipes(v) => v.len(),
-        }
-    }
-}
-
 pub struct Resources {
     enabled: AtomicBool,
     engine: Engine,
     buffer_bytes: usize,
     pipe_bytes: usize,
-    marks: Watermarks,
-    free: Mutex<Free>,
+    /// Spare buffers (copy engine) or pipes (splice engine): one of the two
+    /// stays empty.
+    bufs: Spares<Vec<u8>>,
+    pipes: Spares<Pipe>,
     wake: Notify,
     gauge: prometheus::IntGauge,
 }
 
 impl Resources {
     pub fn new(cfg: &Config, gauge: prometheus::IntGauge) -> Arc<Resources> {
-        let free = match cfg.node.engine {
-            Engine::Copy => Free::Bufs(Vec::new()),
-            Engine::Splice => Free::Pipes(Vec::new()),
-        };
+        let marks = Watermarks::new(LOW, HIGH);
         Arc::new(Resources {
             enabled: AtomicBool::new(cfg.features.worker_pools),
             engine: cfg.node.engine,
             buffer_bytes: cfg.node.buffer_bytes,
             pipe_bytes: cfg.node.pipe_bytes,
-            marks: Watermarks::new(LOW, HIGH),
-            free: Mutex::new(free),
+            bufs: Spares::new(marks),
+            pipes: Spares::new(marks),
             wake: Notify::new(),
             gauge,
         })
@@ -81,10 +67,6 @@ impl Resources {
 
     fn new_pipe(&self) -> std::io::Result<Pipe> {
         Pipe::new(self.pipe_bytes)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resources for one connection: with pools, an empty state that
@@ -102,16 +84,13 @@ impl Resources {
         if on {
             self.wake.notify_one();
         } else {
-            let mut free = self.lock();
-            *free = match &*free {
-                Free::Bufs(_) => Free::Bufs(Vec::new()),
-                Free::Pipes(_) => Free::Pipes(Vec::new()),
-            };
+            drop(self.bufs.clear());
+            drop(self.pipes.clear());
             self.gauge.set(0);
         }
     }
 
-    pub fn get(self: &Arc<Self>) -> std::io::Result<EngineState> {
+    pub fn get(self: &Arc<Self>) -> std::io::Result<EngineState<Resources>> {
         let enabled = self.enabled();
         let stock = enabled.then(|| self.clone());
         Ok(match self.engine {
@@ -139,7 +118,7 @@ impl Resources {
     }
 
     /// Give back what a finished connection still holds.
-    pub fn put(&self, e: EngineState) {
+    pub fn put(&self, e: EngineState<Resources>) {
         match e {
             EngineState::Copy {
                 a_to_b,
@@ -147,7 +126,7 @@ impl Resources {
                 stock: Some(_),
             } => {
                 for b in [a_to_b, b_to_a].into_iter().flatten() {
-                    self.give_buf(b);
+                    Stock::<Vec<u8>>::give(self, b);
                 }
             }
             EngineState::Splice {
@@ -158,7 +137,7 @@ impl Resources {
                 for p in [a_to_b, b_to_a].into_iter().flatten() {
                     // A flow cut short (timeout, reset) may leave bytes.
                     if p.pending().ok() == Some(0) {
-                        self.give_pipe(p);
+                        Stock::<Pipe>::give(self, p);
                     }
                 }
             }
@@ -166,95 +145,43 @@ impl Resources {
         }
     }
 
-    fn after_take(&self, left: usize) {
-        self.gauge.set(left as i64);
-        if left < self.marks.low {
+    /// Count what was taken; wake the refill task below the low watermark.
+    fn took<T>(&self, spares: &Spares<T>) -> Option<T> {
+        let t = spares.take();
+        self.gauge.set(t.left as i64);
+        if t.low {
             self.wake.notify_one();
         }
+        t.spare
     }
 
-    /// A buffer for one burst.
-    pub fn take_buf(&self) -> Vec<u8> {
-        let (got, left) = {
-            let mut free = self.lock();
-            match &mut *free {
-                Free::Bufs(v) => (v.pop(), v.len()),
-                Free::Pipes(_) => (None, 0),
+    /// Keep `t` if lending is on and the pool is not full.
+    fn keep<T>(&self, spares: &Spares<T>, t: T) {
+        if self.enabled() {
+            if let Ok(n) = spares.give(t) {
+                self.gauge.set(n as i64);
             }
-        };
-        self.after_take(left);
-        got.unwrap_or_else(|| self.new_buf())
-    }
-
-    pub fn give_buf(&self, b: Vec<u8>) {
-        let mut free = self.lock();
-        if let Free::Bufs(v) = &mut *free {
-            if self.enabled() && v.len() < self.marks.high && b.len() == self.buffer_bytes {
-                v.push(b);
-            }
-            self.gauge.set(v.len() as i64);
-        }
-    }
-
-    /// An empty pipe for one burst.
-    pub fn take_pipe(&self) -> std::io::Result<Pipe> {
-        let (got, left) = {
-            let mut free = self.lock();
-            match &mut *free {
-                Free::Pipes(v) => (v.pop(), v.len()),
-                Free::Bufs(_) => (None, 0),
-            }
-        };
-        self.after_take(left);
-        match got {
-            Some(p) => Ok(p),
-            None => self.new_pipe(),
-        }
-    }
-
-    /// Give back a pipe the caller knows is empty.
-    pub fn give_pipe(&self, p: Pipe) {
-        let mut free = self.lock();
-        if let Free::Pipes(v) = &mut *free {
-            if self.enabled() && v.len() < self.marks.high {
-                v.push(p);
-            }
-            self.gauge.set(v.len() as i64);
         }
     }
 
     pub fn available(&self) -> usize {
-        self.lock().len()
+        self.bufs.len() + self.pipes.len()
     }
 
     /// Fill to the high watermark now, then keep it topped up.
     pub async fn refill_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            let have = self.available();
             // Pipes cost syscalls to make (pipe2, F_SETPIPE_SZ): made ahead.
             // Buffers cost a malloc: kept when given back, never made ahead,
             // so an idle relay holds no buffer memory it has not needed.
             let n = if self.enabled() && self.engine == Engine::Splice {
-                self.marks.to_open(have, 0)
+                self.pipes.to_make()
             } else {
                 0
             };
             for _ in 0..n {
-                let made = match self.engine {
-                    Engine::Copy => Ok(Free::Bufs(vec![self.new_buf()])),
-                    Engine::Splice => self.new_pipe().map(|p| Free::Pipes(vec![p])),
-                };
-                match made {
-                    Ok(Free::Bufs(mut b)) => {
-                        if let Some(b) = b.pop() {
-                            self.give_buf(b)
-                        }
-                    }
-                    Ok(Free::Pipes(mut p)) => {
-                        if let Some(p) = p.pop() {
-                            self.give_pipe(p)
-                        }
-                    }
+                match self.new_pipe() {
+                    Ok(p) => self.keep(&self.pipes, p),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot pre-create connection resources");
                         break;
@@ -267,5 +194,32 @@ impl Resources {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+/// Buffers of the copy engine: made on demand, kept when given back.
+impl Stock<Vec<u8>> for Resources {
+    fn take(&self) -> std::io::Result<Vec<u8>> {
+        Ok(self.took(&self.bufs).unwrap_or_else(|| self.new_buf()))
+    }
+
+    fn give(&self, b: Vec<u8>) {
+        if b.len() == self.buffer_bytes {
+            self.keep(&self.bufs, b);
+        }
+    }
+}
+
+/// Pipes of the splice engine: made ahead, given back empty.
+impl Stock<Pipe> for Resources {
+    fn take(&self) -> std::io::Result<Pipe> {
+        match self.took(&self.pipes) {
+            Some(p) => Ok(p),
+            None => self.new_pipe(),
+        }
+    }
+
+    fn give(&self, p: Pipe) {
+        self.keep(&self.pipes, p);
     }
 }

@@ -55,12 +55,6 @@ fn metric_sum(o: &Overlay, role: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-fn linger_zero(s: &TcpStream) {
-    socket2::SockRef::from(s)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-}
-
 /// A short request/response through the overlay: `len` reply bytes.
 fn one_transfer(o: &Overlay, port: u16, len: usize) -> std::io::Result<()> {
     let mut s = o.connect(server_addr(false, port))?;
@@ -104,39 +98,6 @@ fn listen_deep(o: &Overlay, port: u16) -> TcpListener {
         })
         .unwrap()
         .unwrap()
-}
-
-/// How a stream ended for the side that watched it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Eof,
-    Reset,
-    OtherError,
-    Hang,
-}
-
-fn end_of(e: &std::io::Error) -> End {
-    match e.kind() {
-        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
-            End::Reset
-        }
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => End::Hang,
-        _ => End::OtherError,
-    }
-}
-
-/// Read until the stream ends; returns (bytes, how, when).
-fn read_until_end(mut s: TcpStream, timeout: Duration) -> (usize, End, Instant) {
-    s.set_read_timeout(Some(timeout)).unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (n, End::Eof, Instant::now()),
-            Ok(k) => n += k,
-            Err(e) => return (n, end_of(&e), Instant::now()),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -343,19 +304,7 @@ const BACKUP_IDLE: &str = "splitway_pool_idle_legs{peer=\"backup\"}";
 
 /// `splitway ctl ARGS` against the ingress's admin API.
 fn ctl_ingress(o: &Overlay, args: &[&str]) -> String {
-    let out = o
-        .netns("ingress")
-        .command(env!("CARGO_BIN_EXE_splitway"))
-        .args(["ctl", "--admin", ADMIN])
-        .args(args)
-        .output()
-        .expect("run ctl");
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    o.ctl("ingress", args)
 }
 
 /// `one_transfer`, timed; through the transparent (early SYN) or the

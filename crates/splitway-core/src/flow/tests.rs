@@ -189,7 +189,11 @@ fn every_unclean_end_resets_both_in_every_state() {
                 s.flow.handle_event(s.now, *e);
             }
             let _ = s.actions();
-            assert_eq!(s.at(1.0).ev(cut), [Action::Reset], "{cut:?} after {before:?}");
+            assert_eq!(
+                s.at(1.0).ev(cut),
+                [Action::Reset],
+                "{cut:?} after {before:?}"
+            );
             assert_eq!(s.flow.outcome(), Some(outcome));
             // Nothing after the end: no FIN, no second final, no timer.
             for e in [fin(Side::A), fin(Side::B), Event::Abort] {

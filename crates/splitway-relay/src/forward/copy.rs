@@ -14,15 +14,12 @@ use std::task::{ready, Context, Poll};
 
 use tokio::net::TcpStream;
 
-use super::{FlowState, Pump};
-use crate::resources::Resources;
+use super::{Fail, Loan, Pump, Stock};
 use crate::sys;
 
-/// One direction of the copy engine. `slot` holds the buffer: always
-/// (owned) without `stock`, only during a burst with it.
-pub struct CopyPump<'a> {
-    slot: &'a mut Option<Vec<u8>>,
-    stock: Option<&'a Resources>,
+/// One direction of the copy engine.
+pub struct CopyPump<'a, S> {
+    buf: Loan<'a, Vec<u8>, S>,
     /// A burst of `n` bytes read, of which `buf[off..n]` is not yet written
     /// (`n == 0`: none in flight).
     off: usize,
@@ -32,92 +29,73 @@ pub struct CopyPump<'a> {
     first: bool,
 }
 
-impl<'a> CopyPump<'a> {
+impl<'a, S: Stock<Vec<u8>>> CopyPump<'a, S> {
     /// `first`: try the first read at once (the client → next hop
     /// direction).
-    pub fn new(
-        slot: &'a mut Option<Vec<u8>>,
-        stock: Option<&'a Resources>,
-        first: bool,
-    ) -> CopyPump<'a> {
+    pub fn new(buf: Loan<'a, Vec<u8>, S>, first: bool) -> CopyPump<'a, S> {
         CopyPump {
-            slot,
-            stock,
+            buf,
             off: 0,
             n: 0,
             first,
         }
     }
-
-    /// Give the buffer back to the pool (if it came from one).
-    fn lend_back(&mut self) {
-        if let Some(stock) = self.stock {
-            if let Some(b) = self.slot.take() {
-                stock.give_buf(b);
-            }
-        }
-    }
 }
 
-impl Pump for CopyPump<'_> {
-    /// Move bytes `src` → `dst` until EOF (then FIN on `dst`, unless
-    /// `last`: the caller closes both) or an error.
+impl<S: Stock<Vec<u8>>> Pump for CopyPump<'_, S> {
     fn poll_pump(
         &mut self,
         cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
-        flow: &FlowState,
-        dir: usize,
-        last: bool,
-    ) -> Poll<io::Result<()>> {
+        moved: &mut u64,
+    ) -> Poll<Result<(), Fail>> {
         loop {
             if self.n > 0 {
-                let Some(buf) = self.slot.as_ref() else {
-                    return Poll::Ready(Err(io::Error::other("copy engine lost its buffer")));
+                let Some(buf) = self.buf.held() else {
+                    return Poll::Ready(Err(Fail::Engine));
                 };
-                if self.off < self.n {
+                while self.off < self.n {
                     match dst.try_write(&buf[self.off..self.n]) {
-                        Ok(m) => self.off += m,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ready!(dst.poll_write_ready(cx))?;
+                        Ok(m) => {
+                            self.off += m;
+                            *moved += m as u64;
                         }
-                        Err(e) => return Poll::Ready(Err(e)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(dst.poll_write_ready(cx)).map_err(|_| Fail::Dst)?;
+                        }
+                        Err(_) => return Poll::Ready(Err(Fail::Dst)),
                     }
                 }
-                if self.off == self.n {
-                    flow.add(dir, self.n);
-                    // A short read drained the socket: the burst is over.
-                    if self.n < buf.len() {
-                        self.lend_back();
-                    }
-                    (self.off, self.n) = (0, 0);
+                // A short read drained the socket: the burst is over.
+                if self.n < buf.len() {
+                    self.buf.end_burst();
                 }
+                (self.off, self.n) = (0, 0);
                 continue;
             }
             let first = std::mem::take(&mut self.first);
             if !first {
-                ready!(src.poll_read_ready(cx))?;
+                ready!(src.poll_read_ready(cx)).map_err(|_| Fail::Src)?;
             }
-            let buf = match (self.slot.as_mut(), self.stock) {
-                (Some(b), _) => b,
-                (None, Some(stock)) => self.slot.insert(stock.take_buf()),
-                (None, None) => {
-                    return Poll::Ready(Err(io::Error::other("copy engine without a buffer")))
-                }
-            };
+            let buf = self.buf.get().map_err(|_| Fail::Engine)?;
             let got = if first {
                 super::first_burst(src, dst, buf)?
             } else {
-                sys::read_clearing(src, buf)?.map(|n| (n, 0))
+                sys::read_clearing(src, buf)
+                    .map_err(|_| Fail::Src)?
+                    .map(|n| (n, 0))
             };
             match got {
-                None => self.lend_back(),
+                None => self.buf.end_burst(),
                 Some((0, _)) => {
-                    self.lend_back();
-                    return super::finish(dst, last);
+                    self.buf.end_burst();
+                    return Poll::Ready(Ok(()));
                 }
-                Some((n, written)) => (self.off, self.n) = (written, n),
+                Some((n, written)) => {
+                    *moved += written as u64;
+                    (self.off, self.n) = (written, n);
+                }
             }
         }
     }

@@ -22,8 +22,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{FlowState, Pump};
-use crate::resources::Resources;
+use super::{Fail, Loan, Pump, Stock};
 use crate::sys;
 use crate::sys::pipe::Pipe;
 
@@ -41,9 +40,11 @@ enum Probe {
     /// No data (readiness cleared).
     Empty,
     Eof,
-    /// `n` bytes read and (but for `rest`) written.
+    /// `n` bytes read, `off` of them written; what was not is in `rest`,
+    /// to be written after an await.
     Moved {
         n: usize,
+        off: usize,
         rest: Option<Vec<u8>>,
     },
 }
@@ -51,7 +52,7 @@ enum Probe {
 /// Read up to [`PROBE_BYTES`] into the worker's scratch buffer and write
 /// what `dst` takes at once; what it does not take is returned to be
 /// written after an await.
-fn probe(src: &TcpStream, dst: &TcpStream, first: bool) -> io::Result<Probe> {
+fn probe(src: &TcpStream, dst: &TcpStream, first: bool) -> Result<Probe, Fail> {
     SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
         let (n, mut off) = if first {
@@ -61,7 +62,7 @@ fn probe(src: &TcpStream, dst: &TcpStream, first: bool) -> io::Result<Probe> {
                 Some(moved) => moved,
             }
         } else {
-            match sys::read_clearing(src, &mut buf)? {
+            match sys::read_clearing(src, &mut buf).map_err(|_| Fail::Src)? {
                 None => return Ok(Probe::Empty),
                 Some(0) => return Ok(Probe::Eof),
                 Some(n) => (n, 0),
@@ -71,11 +72,11 @@ fn probe(src: &TcpStream, dst: &TcpStream, first: bool) -> io::Result<Probe> {
             match dst.try_write(&buf[off..n]) {
                 Ok(m) => off += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(_) => return Err(Fail::Dst),
             }
         }
         let rest = (off < n).then(|| buf[off..n].to_vec());
-        Ok(Probe::Moved { n, rest })
+        Ok(Probe::Moved { n, off, rest })
     })
 }
 
@@ -90,12 +91,10 @@ enum Step {
     Drain { left: usize, n: usize },
 }
 
-/// One direction of the splice engine. The pipe in `slot` is empty between
-/// bursts; after an error it may hold bytes (`Resources::put` checks before
-/// reuse).
-pub struct SplicePump<'a> {
-    slot: &'a mut Option<Pipe>,
-    stock: Option<&'a Resources>,
+/// One direction of the splice engine. The pipe is empty between bursts;
+/// after an error it may hold bytes (`Resources::put` checks before reuse).
+pub struct SplicePump<'a, S> {
+    pipe: Loan<'a, Pipe, S>,
     step: Step,
     /// The last burst was large: start the next one in the pipe.
     streaming: bool,
@@ -104,82 +103,68 @@ pub struct SplicePump<'a> {
     first: bool,
 }
 
-impl<'a> SplicePump<'a> {
+impl<'a, S: Stock<Pipe>> SplicePump<'a, S> {
     /// `first`: try the first read at once (the client → next hop
     /// direction).
-    pub fn new(
-        slot: &'a mut Option<Pipe>,
-        stock: Option<&'a Resources>,
-        first: bool,
-    ) -> SplicePump<'a> {
+    pub fn new(pipe: Loan<'a, Pipe, S>, first: bool) -> SplicePump<'a, S> {
         SplicePump {
-            slot,
-            stock,
+            pipe,
             step: Step::Read,
             streaming: false,
             first,
         }
     }
-
-    /// Give the (empty) pipe back to the pool, if it came from one.
-    fn lend_back(&mut self) {
-        if let Some(stock) = self.stock {
-            if let Some(p) = self.slot.take() {
-                stock.give_pipe(p);
-            }
-        }
-    }
 }
 
-impl Pump for SplicePump<'_> {
-    /// Move bytes `src` → `dst` until EOF or an error.
+impl<S: Stock<Pipe>> Pump for SplicePump<'_, S> {
     fn poll_pump(
         &mut self,
         cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
-        flow: &FlowState,
-        dir: usize,
-        last: bool,
-    ) -> Poll<io::Result<()>> {
+        moved: &mut u64,
+    ) -> Poll<Result<(), Fail>> {
         loop {
             match &mut self.step {
                 Step::Rest { rest, off, n } => {
                     while *off < rest.len() {
                         match dst.try_write(&rest[*off..]) {
-                            Ok(m) => *off += m,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                ready!(dst.poll_write_ready(cx))?;
+                            Ok(m) => {
+                                *off += m;
+                                *moved += m as u64;
                             }
-                            Err(e) => return Poll::Ready(Err(e)),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                ready!(dst.poll_write_ready(cx)).map_err(|_| Fail::Dst)?;
+                            }
+                            Err(_) => return Poll::Ready(Err(Fail::Dst)),
                         }
                     }
-                    let n = *n;
-                    flow.add(dir, n);
-                    self.streaming = n == PROBE_BYTES;
+                    self.streaming = *n == PROBE_BYTES;
                     self.step = Step::Read;
                 }
                 Step::Drain { left, n } => {
-                    let Some(pipe) = self.slot.as_ref() else {
-                        return Poll::Ready(Err(io::Error::other("splice engine lost its pipe")));
+                    let Some(pipe) = self.pipe.held() else {
+                        return Poll::Ready(Err(Fail::Engine));
                     };
                     while *left > 0 {
                         match dst
                             .try_io(Interest::WRITABLE, || pipe.drain_to(dst.as_raw_fd(), *left))
                         {
-                            Ok(m) => *left -= m,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                ready!(dst.poll_write_ready(cx))?;
+                            Ok(m) => {
+                                *left -= m;
+                                *moved += m as u64;
                             }
-                            Err(e) => return Poll::Ready(Err(e)),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                ready!(dst.poll_write_ready(cx)).map_err(|_| Fail::Dst)?;
+                            }
+                            Err(_) => return Poll::Ready(Err(Fail::Dst)),
                         }
                     }
                     let n = *n;
                     let full = n == pipe.capacity();
-                    flow.add(dir, n);
                     self.step = Step::Read;
                     if !full {
-                        self.lend_back();
+                        self.pipe.end_burst();
                     }
                     // Small again: back to copying.
                     if n < PROBE_BYTES {
@@ -189,46 +174,35 @@ impl Pump for SplicePump<'_> {
                 Step::Read if !self.streaming => {
                     let first = std::mem::take(&mut self.first);
                     if !first {
-                        ready!(src.poll_read_ready(cx))?;
+                        ready!(src.poll_read_ready(cx)).map_err(|_| Fail::Src)?;
                     }
                     match probe(src, dst, first)? {
                         Probe::Empty => {}
-                        Probe::Eof => return super::finish(dst, last),
-                        Probe::Moved {
-                            n,
-                            rest: Some(rest),
-                        } => {
-                            self.step = Step::Rest { rest, off: 0, n };
-                        }
-                        Probe::Moved { n, rest: None } => {
-                            flow.add(dir, n);
-                            // A full probe: more is coming, splice the rest.
-                            self.streaming = n == PROBE_BYTES;
+                        Probe::Eof => return Poll::Ready(Ok(())),
+                        Probe::Moved { n, off, rest } => {
+                            *moved += off as u64;
+                            match rest {
+                                Some(rest) => self.step = Step::Rest { rest, off: 0, n },
+                                // A full probe: more is coming, splice the rest.
+                                None => self.streaming = n == PROBE_BYTES,
+                            }
                         }
                     }
                 }
                 Step::Read => {
-                    ready!(src.poll_read_ready(cx))?;
-                    let pipe = match (self.slot.as_ref(), self.stock) {
-                        (Some(p), _) => p,
-                        (None, Some(stock)) => self.slot.insert(stock.take_pipe()?),
-                        (None, None) => {
-                            return Poll::Ready(Err(io::Error::other(
-                                "splice engine without a pipe",
-                            )))
-                        }
-                    };
+                    ready!(src.poll_read_ready(cx)).map_err(|_| Fail::Src)?;
+                    let pipe = self.pipe.get().map_err(|_| Fail::Engine)?;
                     let chunk = pipe.capacity();
                     match src.try_io(Interest::READABLE, || {
                         pipe.fill_from(src.as_raw_fd(), chunk)
                     }) {
                         Ok(0) => {
-                            self.lend_back();
-                            return super::finish(dst, last);
+                            self.pipe.end_burst();
+                            return Poll::Ready(Ok(()));
                         }
                         Ok(n) => self.step = Step::Drain { left: n, n },
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.lend_back(),
-                        Err(e) => return Poll::Ready(Err(e)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.pipe.end_burst(),
+                        Err(_) => return Poll::Ready(Err(Fail::Src)),
                     }
                 }
             }

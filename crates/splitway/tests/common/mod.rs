@@ -126,6 +126,12 @@ impl Overlay {
 
     /// Start ingress and egress relays; `extra_*` is appended to each config.
     pub fn start_relays(&mut self, engine: &str, extra_ingress: &str, extra_egress: &str) {
+        // The egress has a `[timeouts]` section of its own: keys of a
+        // leading `[timeouts]` in `extra_egress` join it.
+        let (egress_timeouts, extra_egress) = match extra_egress.strip_prefix("[timeouts]\n") {
+            Some(rest) => rest.split_at(rest.find("\n[").map_or(rest.len(), |i| i + 1)),
+            None => ("", extra_egress),
+        };
         let egress = format!(
             r#"
 [node]
@@ -145,6 +151,7 @@ prefix = "fd10:3::/64"
 via = "direct"
 [timeouts]
 connect_ms = 2000
+{egress_timeouts}
 [admin]
 listen = "{ADMIN}"
 {extra_egress}
@@ -633,4 +640,118 @@ pub fn raise_nofile(n: u64) -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &want);
     }
     cur.rlim_max
+}
+
+/// How a stream ended for the side that watched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Eof,
+    Reset,
+    OtherError,
+    Hang,
+}
+
+pub fn end_of(e: &std::io::Error) -> End {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
+            End::Reset
+        }
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => End::Hang,
+        _ => End::OtherError,
+    }
+}
+
+/// Read until the stream ends; returns (bytes, how, when).
+pub fn read_until_end(mut s: TcpStream, timeout: Duration) -> (usize, End, std::time::Instant) {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (n, End::Eof, std::time::Instant::now()),
+            Ok(k) => n += k,
+            Err(e) => return (n, end_of(&e), std::time::Instant::now()),
+        }
+    }
+}
+
+/// Make the next close of `s` send a RST.
+pub fn linger_zero(s: &TcpStream) {
+    socket2::SockRef::from(s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+}
+
+/// `TCP_CLOSE` of `include/net/tcp_states.h`.
+pub const TCP_CLOSE: u8 = 7;
+
+/// The kernel's TCP state of `s` (`TCP_INFO`'s `tcpi_state`).
+pub fn tcp_state(s: &TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        assert_eq!(r, 0, "TCP_INFO");
+        info.tcpi_state
+    }
+}
+
+/// Wait up to `within` for the peer of `s` to reset it: a socket this
+/// process has not closed reaches CLOSE only by a RST (a FIN leaves it in
+/// CLOSE_WAIT). Works also after a FIN was read, where a read no longer
+/// reports the reset.
+pub fn was_reset_within(s: &TcpStream, within: Duration) -> bool {
+    wait_until(within, "peer reset", || tcp_state(s) == TCP_CLOSE).is_ok()
+}
+
+impl Overlay {
+    /// `splitway ctl ARGS` against the admin API of the relay in `role`.
+    pub fn ctl(&self, role: &str, args: &[&str]) -> String {
+        let out = self
+            .ns(role)
+            .command(bin())
+            .args(["ctl", "--admin", ADMIN])
+            .args(args)
+            .output()
+            .expect("run ctl");
+        assert!(
+            out.status.success(),
+            "ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Set only the relay's soft `RLIMIT_NOFILE` (up to its hard limit and
+    /// back needs no privilege).
+    pub fn set_relay_nofile_soft(&self, role: &str, n: u64) {
+        let pid = self.relay_pid(role).expect("relay running");
+        let st = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg(format!("--nofile={n}:"))
+            .status()
+            .expect("run prlimit");
+        assert!(st.success(), "prlimit failed");
+    }
+
+    /// The relay's `RLIMIT_NOFILE` hard limit, from `/proc/PID/limits`.
+    pub fn relay_nofile(&self, role: &str) -> u64 {
+        let pid = self.relay_pid(role).expect("relay running");
+        std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+            .expect("Max open files")
+    }
 }
