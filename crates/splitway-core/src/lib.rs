@@ -8,6 +8,7 @@
 //! - [`ports`]: port ranges as written in config.
 //! - [`config`]: the typed, validated configuration file.
 //! - [`fleet`]: fleet mode's etcd layout and rendering its keys into a config.
+//! - [`failover`]: which next hop to try, when a peer counts as down, back-off.
 //! - [`flow`]: the rules of one split connection (ends, half-close, idle,
 //!   resets), driven with the time.
 //! - [`lend`]: spares lent out and given back (buffers, pipes), between
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod failover;
 pub mod fleet;
 pub mod flow;
 pub mod frame;

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::dial::{self, Profile};
 use crate::failover::PeerHealth;
+use splitway_core::failover::Backoff;
 use crate::metrics::Metrics;
 use crate::sys::sockopt;
 
@@ -215,7 +216,7 @@ impl LegPool {
         mut stop: watch::Receiver<bool>,
         mut retire: watch::Receiver<bool>,
     ) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             self.sweep();
             let n = self
@@ -265,11 +266,9 @@ impl LegPool {
             }
             let wait = if failed {
                 // The peer is down: retry with backoff, not in a loop.
-                let w = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                w
+                backoff.failed()
             } else {
-                backoff = Duration::from_millis(50);
+                backoff.ok();
                 Duration::from_secs(1)
             };
             tokio::select! {

@@ -407,8 +407,13 @@ fn idle_and_half_close_timeouts_end_flows() {
         matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
         "idle flow reset: {r:?}"
     );
+    // Half-close: nothing came back for the half-close timeout: a cut,
+    // so a reset (a FIN would pass for a complete, empty answer).
     let r = half.read(&mut buf);
-    assert!(matches!(r, Ok(0)), "half-closed flow closed: {r:?}");
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "half-closed flow reset: {r:?}"
+    );
     assert!(
         start.elapsed() < Duration::from_millis(2800),
         "{:?}",
