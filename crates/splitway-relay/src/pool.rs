@@ -26,9 +26,9 @@ use tokio::time::Instant;
 
 use crate::dial::{self, Profile};
 use crate::failover::PeerHealth;
-use splitway_core::failover::Backoff;
 use crate::metrics::Metrics;
 use crate::sys::sockopt;
+use splitway_core::failover::Backoff;
 
 /// Idle legs older than this are replaced (peers time idle legs out at
 /// `relay.idle_leg_timeout_secs`, 120 s by default).
