@@ -418,6 +418,19 @@ fn restart_only(old: &Config, new: &Config) -> Option<&'static str> {
     if !same(&old.firewall, &new.firewall) {
         return Some("firewall");
     }
+    // Proxy listeners are bound at start; a reload updates the users and
+    // allow lists of the ones that stay, but adds or removes none.
+    let socks = |c: &Config| c.socks5.iter().map(|l| l.listen).collect::<Vec<_>>();
+    if socks(old) != socks(new) {
+        return Some("socks5.listen");
+    }
+    let connect = |c: &Config| c.http_connect.iter().map(|l| l.listen).collect::<Vec<_>>();
+    if connect(old) != connect(new) {
+        return Some("http_connect.listen");
+    }
+    if old.fleet != new.fleet {
+        return Some("fleet");
+    }
     // Compared by value: the token's Debug is masked.
     if old.admin != new.admin {
         return Some("admin");
@@ -468,6 +481,26 @@ mod tests {
         let mut new = old.clone();
         new.node.buffer_bytes *= 2;
         assert_eq!(restart_only(&old, &new), Some("node.buffer_bytes"));
+        let listen: std::net::SocketAddr = ([127, 0, 0, 1], 1080).into();
+        let mut new = old.clone();
+        new.socks5
+            .push(splitway_core::proxy_config::Socks5Listener {
+                listen,
+                users: Vec::new(),
+                allow: None,
+                handshake_timeout_ms: 5_000,
+            });
+        assert_eq!(restart_only(&old, &new), Some("socks5.listen"));
+        let mut new = old.clone();
+        new.http_connect
+            .push(splitway_core::proxy_config::HttpConnectListener {
+                listen,
+                users: Vec::new(),
+                allow: None,
+                handshake_timeout_ms: 5_000,
+                max_head_bytes: 8192,
+            });
+        assert_eq!(restart_only(&old, &new), Some("http_connect.listen"));
         let mut new = old.clone();
         new.timeouts.shutdown_grace_secs += 1;
         assert_eq!(
