@@ -423,24 +423,16 @@ connect_timeout_ms = 1000
             .append(true)
             .open(self.dir.join(format!("r{i}.log")))
             .unwrap();
-        let mut cmd = self.relays[i].command(bin());
-        cmd.arg("relay")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--workers")
-            .arg("1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        let mut g = ChildGuard::spawn(&mut cmd).expect("spawn relay");
-        let ok = wait_until(Duration::from_secs(15), "relay ready", || {
-            ready.exists() || g.try_wait().is_some()
-        });
-        if ok.is_err() || !ready.exists() {
+        let Some(g) = spawn_relay(
+            &self.relays[i],
+            &cfg,
+            &ready,
+            log,
+            1,
+            Duration::from_secs(15),
+        ) else {
             panic!("relay r{i} did not start:\n{}", self.log(i));
-        }
+        };
         self.procs.lock().unwrap()[i] = Some(g);
     }
 

@@ -209,24 +209,10 @@ listen = "{ADMIN}"
         let _ = std::fs::remove_file(&ready);
         std::fs::write(&cfg, text).unwrap();
         let log = std::fs::File::create(self.dir.join(format!("{role}.log"))).unwrap();
-        let mut cmd = self.ns(role).command(bin());
-        cmd.arg("relay")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--workers")
-            .arg("2")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        let mut guard = ChildGuard::spawn(&mut cmd).expect("spawn relay");
-        let ok = wait_until(Duration::from_secs(10), "relay ready", || {
-            ready.exists() || guard.try_wait().is_some()
-        });
-        if ok.is_err() || !ready.exists() {
+        let Some(guard) = spawn_relay(self.ns(role), &cfg, &ready, log, 2, Duration::from_secs(10))
+        else {
             panic!("relay {role} did not start:\n{}", self.log(role));
-        }
+        };
         self.relays.retain(|(r, _)| r != role);
         self.relays.push((role.to_string(), guard));
     }
@@ -337,6 +323,35 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> String {
             .unwrap_or_default()
     })
     .unwrap_or_default()
+}
+
+/// Start `splitway relay --config cfg --ready-file ready --workers N` in `ns`,
+/// stderr to `log`, and wait up to `timeout` for its ready file. `None` if
+/// it exited or did not get ready in time (the caller shows its log).
+pub fn spawn_relay(
+    ns: &Netns,
+    cfg: &std::path::Path,
+    ready: &std::path::Path,
+    log: std::fs::File,
+    workers: usize,
+    timeout: Duration,
+) -> Option<ChildGuard> {
+    let mut cmd = ns.command(bin());
+    cmd.arg("relay")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--ready-file")
+        .arg(ready)
+        .arg("--workers")
+        .arg(workers.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    let mut guard = ChildGuard::spawn(&mut cmd).expect("spawn relay");
+    let ok = wait_until(timeout, "relay ready", || {
+        ready.exists() || guard.try_wait().is_some()
+    });
+    (ok.is_ok() && ready.exists()).then_some(guard)
 }
 
 pub fn metric_value(text: &str, sample: &str) -> f64 {
