@@ -25,6 +25,19 @@ pub fn window_segments(mbit: f64, rtt_ms: f64) -> u32 {
     (segs as u64).clamp(DEFAULT_IW as u64, MAX_IW as u64) as u32
 }
 
+/// Initial window (segments) for each of `legs` connections that share
+/// one peer's path: the path's bandwidth-delay product split between them,
+/// so that together they start with one BDP, not `legs` of them (never
+/// below the kernel's default per connection). A peer whose flows ride
+/// on `lanes` warm lanes shares it among the lanes; a per-flow peer has
+/// `legs` = 1 (each leg is sized alone: the route is per address, so the
+/// kernel can not tell one per-flow leg from the next).
+pub fn shared_window_segments(mbit: f64, rtt_ms: f64, legs: usize) -> u32 {
+    let whole = window_segments(mbit, rtt_ms);
+    let legs = legs.max(1) as u64;
+    (whole as u64 / legs).max(DEFAULT_IW as u64) as u32
+}
+
 /// The parts of `ip route get ADDR` needed to pin a route to that address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteGet {
@@ -63,6 +76,21 @@ mod tests {
         );
         assert_eq!(window_segments(100_000.0, 1000.0), MAX_IW, "capped");
         assert_eq!(window_segments(f64::NAN, 1.0), DEFAULT_IW);
+    }
+
+    #[test]
+    fn a_peers_window_is_shared_by_its_lanes() {
+        let whole = window_segments(100.0, 215.0);
+        assert_eq!(shared_window_segments(100.0, 215.0, 1), whole);
+        assert_eq!(shared_window_segments(100.0, 215.0, 0), whole, "0 = 1");
+        assert_eq!(shared_window_segments(100.0, 215.0, 2), whole / 2);
+        let four = shared_window_segments(100.0, 215.0, 4);
+        assert!(4 * four <= whole && 4 * four > whole - 4, "sums to the BDP");
+        assert_eq!(
+            shared_window_segments(1.0, 10.0, 16),
+            DEFAULT_IW,
+            "never below the default"
+        );
     }
 
     #[test]

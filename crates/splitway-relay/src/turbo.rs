@@ -3,7 +3,11 @@
 //!
 //! For each configured peer, the relay pins a host route (`/32` or `/128`)
 //! with the same next hop the kernel uses now, plus `initcwnd` and
-//! `initrwnd` sized to the peer path's bandwidth-delay product. Connections
+//! `initrwnd` sized to the peer path's bandwidth-delay product, for the peer
+//! as a whole: a `legs = "mux"` peer's lanes share it (each starts with
+//! BDP / `lanes`, so together they start with one BDP, not one each).
+//! Per-flow legs each get the whole BDP: the route is per address, so
+//! legs to one peer can not be told apart. Connections
 //! to clients and servers use other routes and keep the kernel's defaults.
 //! Whatever route existed for that exact prefix is put back when the peer
 //! goes away, when turbo-start is switched off, and on exit.
@@ -15,8 +19,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::Command;
 
-use splitway_core::config::Config;
-use splitway_core::turbo::{parse_route_get, window_segments};
+use splitway_core::config::{Config, LegMode, Peer};
+use splitway_core::turbo::{parse_route_get, shared_window_segments};
 
 fn ip(args: &[String]) -> Result<String, String> {
     let out = Command::new("ip")
@@ -53,7 +57,15 @@ pub struct Turbo {
     synced: Option<SyncKey>,
 }
 
-type SyncKey = Vec<(String, String, u64, u64)>;
+type SyncKey = Vec<(String, String, u64, u64, usize)>;
+
+/// How many connections share `peer`'s initial window: its lanes, or 1.
+fn sharing(peer: &Peer) -> usize {
+    match peer.legs {
+        LegMode::Mux => peer.lanes,
+        LegMode::PerFlow => 1,
+    }
+}
 
 fn sync_key(cfg: &Config) -> SyncKey {
     if !cfg.features.turbo_start {
@@ -67,6 +79,7 @@ fn sync_key(cfg: &Config) -> SyncKey {
                 p.addr.to_string(),
                 p.bandwidth_mbit.to_bits(),
                 p.rtt_ms.to_bits(),
+                sharing(p),
             )
         })
         .collect()
@@ -98,7 +111,8 @@ fn wanted(cfg: &Config) -> HashMap<String, Want> {
             tracing::warn!(peer = %peer.name, %addr, "turbo-start: no route to peer; skipped");
             continue;
         };
-        let win = window_segments(peer.bandwidth_mbit, peer.rtt_ms).to_string();
+        let win =
+            shared_window_segments(peer.bandwidth_mbit, peer.rtt_ms, sharing(peer)).to_string();
         let mut args = vec![s(fam), s("route"), s("replace"), prefix.clone()];
         if let Some(via) = route.via {
             args.extend([s("via"), via.to_string()]);

@@ -31,6 +31,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("+early-syn", "+pool-workers + early SYN"),
     ("+conn-pool", "+early-syn + pool of pre-established relay legs"),
     ("splitway", "splitway with every improvement (+turbo-start, fast open)"),
+    ("splitway-mux", "splitway, flows as streams on 2 warm lanes per peer (legs = \"mux\"), turbo-start shared by the lanes"),
 ];
 
 /// Known configuration names, for messages.
@@ -197,5 +198,8 @@ mod tests {
             all.early_syn && all.worker_pools && all.conn_pool && all.turbo_start && all.fast_open
         );
         assert!(!is_splitway("e2e"));
+        let mux = f("splitway-mux");
+        assert!(mux.lanes && !all.lanes);
+        assert_eq!(Features { lanes: false, ..mux }, all, "otherwise as splitway");
     }
 }

@@ -21,11 +21,20 @@ pub struct Features {
     pub conn_pool: bool,
     pub turbo_start: bool,
     pub fast_open: bool,
+    /// Flows cross the relay legs as streams on warm lanes
+    /// (`[[peer]] legs = "mux"`, on both ends of every leg), not a leg each.
+    pub lanes: bool,
 }
 
 /// The feature set of each splitway configuration (the paper's ablation:
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
+    if name == "splitway-mux" {
+        return Some(Features {
+            lanes: true,
+            ..features_of("splitway")?
+        });
+    }
     let mut f = Features::default();
     let steps = [
         "splitway-basic",
@@ -51,6 +60,17 @@ fn features_toml(f: &Features) -> String {
         "[features]\nearly_syn = {}\nworker_pools = {}\nconn_pool = {}\nturbo_start = {}\nfast_open = {}\n",
         f.early_syn, f.worker_pools, f.conn_pool, f.turbo_start, f.fast_open
     )
+}
+
+/// A `[[peer]]`'s leg keys: lanes, with a stream window of the leg's
+/// path's bandwidth-delay product (so one stream alone is not held back),
+/// or nothing (per-flow legs, the default).
+fn legs_toml(f: &Features) -> String {
+    if f.lanes {
+        "legs = \"mux\"\nlanes = 2\nstream_window_kib = 4096\n".into()
+    } else {
+        String::new()
+    }
 }
 
 fn firewall_toml(n: usize, relay: usize) -> String {
@@ -132,23 +152,25 @@ pub fn relay_configs(
                 let prev = &topo.links[i - 1];
                 let _ = write!(
                     c,
-                    "\n[[peer]]\nname = \"{}\"\naddr = \"{}:{relay_port}\"\nbandwidth_mbit = {}\nrtt_ms = {}\n\n",
+                    "\n[[peer]]\nname = \"{}\"\naddr = \"{}:{relay_port}\"\nbandwidth_mbit = {}\nrtt_ms = {}\n{}\n",
                     hosts[i - 1],
                     plan.right_alias(i - 1, n).0,
                     prev.mbit,
-                    prev.rtt_ms
+                    prev.rtt_ms,
+                    legs_toml(f)
                 );
             }
             let via = if i < relays {
                 let next = &topo.links[i];
                 let _ = write!(
                     c,
-                    "[[peer]]\nname = \"{}\"\naddr = \"{}:{relay_port}\"\nsource = \"{}\"\nbandwidth_mbit = {}\nrtt_ms = {}\n\n",
+                    "[[peer]]\nname = \"{}\"\naddr = \"{}:{relay_port}\"\nsource = \"{}\"\nbandwidth_mbit = {}\nrtt_ms = {}\n{}\n",
                     hosts[i + 1],
                     plan.left_alias(i + 1, n).0,
                     plan.right_alias(i, n).0,
                     next.mbit,
-                    next.rtt_ms
+                    next.rtt_ms,
+                    legs_toml(f)
                 );
                 hosts[i + 1].clone()
             } else {
@@ -298,6 +320,27 @@ mod tests {
             assert!(e.allow_list().permits(&dst));
             assert!(i.route_table().lookup(&dst).is_some());
         }
+    }
+
+    #[test]
+    fn mux_variant_puts_both_ends_of_each_leg_on_lanes() {
+        let topo = Topology::default();
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let f = features_of("splitway-mux").unwrap();
+        for (k, text) in relay_configs(&topo, secret, "splitway-mux", &f, 1)
+            .iter()
+            .enumerate()
+        {
+            let c = Config::parse(text).unwrap_or_else(|e| panic!("relay {k}: {e}\n{text}"));
+            assert!(!c.peers.is_empty());
+            for p in &c.peers {
+                assert_eq!(p.legs, splitway_core::config::LegMode::Mux, "{}", p.name);
+                assert_eq!(p.lanes, 2);
+            }
+        }
+        let plain = features_of("splitway").unwrap();
+        let text = relay_configs(&topo, secret, "splitway", &plain, 0).join("\n");
+        assert!(!text.contains("legs ="), "per-flow legs stay the default");
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! `many`: many clients at once through one ingress.
 //!
 //! 100 downloads start together from 10 client addresses (10 each), end to
-//! end and through splitway, in alternating rounds. The ingress's pool of
+//! end, through splitway with a leg per flow, and through splitway with
+//! flows as streams on warm lanes (`splitway-mux`), in rotating rounds
+//! (`--configs` picks others). The ingress's pool of
 //! pre-established legs (`pool_high` 16 by default) is smaller than the
 //! load, so most flows find it dry and open a fresh leg: the relay's own
 //! `splitway_pool_hits_total` / `splitway_pool_misses_total` (read from its
-//! admin API on the namespace's loopback) count how often. Reported: TTFB
-//! and total p50/p99, Jain's fairness index over the downloads' rates in
-//! each round, pool hits and misses, and failures (there must be none).
+//! admin API on the namespace's loopback) count how often; on lanes,
+//! `splitway_lane_fallback_total` counts flows that found no lane room.
+//! Reported: TTFB and total p50/p99, Jain's fairness index over the
+//! downloads' rates in each round, pool hits and misses, lane fallbacks,
+//! and failures (there must be none).
 
 use std::time::Instant;
 
@@ -47,8 +51,9 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// The ingress relay's pool counters (hits, misses), via its admin API.
-fn pool_counters(chain: &Chain, port: u16) -> Option<(f64, f64)> {
+/// The ingress relay's pool counters (hits, misses) and lane fallbacks,
+/// via its admin API.
+fn pool_counters(chain: &Chain, port: u16) -> Option<(f64, f64, f64)> {
     let out = chain
         .tb
         .command(chain.tb.host_name(1), "curl")
@@ -67,6 +72,7 @@ fn pool_counters(chain: &Chain, port: u16) -> Option<(f64, f64)> {
     Some((
         metric_sum(&text, "splitway_pool_hits_total"),
         metric_sum(&text, "splitway_pool_misses_total"),
+        metric_sum(&text, "splitway_lane_fallback_total"),
     ))
 }
 
@@ -77,6 +83,7 @@ struct Round {
     jain: Option<f64>,
     pool_hits: Option<f64>,
     pool_misses: Option<f64>,
+    lane_fallbacks: Option<f64>,
 }
 
 fn round(
@@ -114,11 +121,13 @@ fn round(
         .iter()
         .map(|s| size as f64 * 8.0 / s.total_ms / 1e3)
         .collect();
-    let delta = |f: fn(&(f64, f64)) -> f64| Some(f(after.as_ref()?) - f(before.as_ref()?));
+    let delta =
+        |f: fn(&(f64, f64, f64)) -> f64| Some(f(after.as_ref()?) - f(before.as_ref()?));
     Ok(Round {
         jain: jain(&rates),
         pool_hits: delta(|c| c.0),
         pool_misses: delta(|c| c.1),
+        lane_fallbacks: delta(|c| c.2),
         samples,
         failures,
     })
@@ -145,25 +154,42 @@ pub fn run(args: &LabArgs) -> Result<()> {
         chains[0].tb.add_client_alias(a)?;
         sources.push(a.to_string());
     }
-    let running = start_arms(&sess, &chains, &[(0, "e2e"), (0, "splitway")])?;
-    let admin = crate::configs::admin_port(0);
+    let names = match &args.configs {
+        Some(c) => crate::configs::select(c)?,
+        None => vec!["e2e", "splitway", "splitway-mux"],
+    };
+    let arms: Vec<(usize, &'static str)> = names.iter().map(|n| (0, *n)).collect();
+    let running = start_arms(&sess, &chains, &arms)?;
+    // Each splitway arm's admin port, in start order (start_arms numbers them).
+    let mut nth = 0;
+    let admin: Vec<Option<u16>> = names
+        .iter()
+        .map(|n| {
+            crate::configs::is_splitway(n).then(|| {
+                nth += 1;
+                crate::configs::admin_port(nth - 1)
+            })
+        })
+        .collect();
+    let arms_n = running.len();
     eprintln!(
-        "lab: {rounds} round(s) of {n} concurrent {} downloads from {addrs} addresses, e2e and splitway",
-        size_label(size)
+        "lab: {rounds} round(s) of {n} concurrent {} downloads from {addrs} addresses: {}",
+        size_label(size),
+        names.join(", ")
     );
-    let mut results: Vec<Vec<Round>> = vec![Vec::new(), Vec::new()];
+    let mut results: Vec<Vec<Round>> = (0..arms_n).map(|_| Vec::new()).collect();
     let started = Instant::now();
     let mut stopped = None;
     'outer: for r in 0..rounds {
-        for k in 0..2 {
-            let a = (k + r) % 2;
+        for k in 0..arms_n {
+            let a = (k + r) % arms_n;
             eprintln!(
                 "lab: round {}/{rounds}: {} ({} elapsed)",
                 r + 1,
                 running[a].name,
                 crate::runner::fmt_dur(started.elapsed())
             );
-            let port = (running[a].name == "splitway").then_some(admin);
+            let port = admin[a];
             match round(&sess, &chains[0], &running[a], &sources, n, size, port) {
                 Ok(x) => {
                     for f in &x.failures {
@@ -191,6 +217,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         let jains: Vec<f64> = rs.iter().filter_map(|r| r.jain).collect();
         let hits: Option<f64> = rs.iter().map(|r| r.pool_hits).sum();
         let misses: Option<f64> = rs.iter().map(|r| r.pool_misses).sum();
+        let fallbacks: Option<f64> = rs.iter().map(|r| r.lane_fallbacks).sum();
         let q = |v: &[f64], p| quantile(v, p);
         table.push(vec![
             name.to_string(),
@@ -210,13 +237,16 @@ pub fn run(args: &LabArgs) -> Result<()> {
                 (Some(h), Some(m)) => format!("{h:.0} / {m:.0}"),
                 _ => "-".into(),
             },
+            fallbacks
+                .map(|f| format!("{f:.0}"))
+                .unwrap_or_else(|| "-".into()),
         ]);
         analysis.push(json!({
             "config": name, "downloads": all.len(), "failed": failed,
             "ttfb_ms": {"p50": q(&ttfb, 0.5), "p99": q(&ttfb, 0.99)},
             "total_ms": {"p50": q(&total, 0.5), "p99": q(&total, 0.99)},
             "jain_per_round": jains,
-            "pool_hits": hits, "pool_misses": misses,
+            "pool_hits": hits, "pool_misses": misses, "lane_fallbacks": fallbacks,
             "pool_hits_per_round": rs.iter().map(|r| r.pool_hits).collect::<Vec<_>>(),
             "pool_misses_per_round": rs.iter().map(|r| r.pool_misses).collect::<Vec<_>>(),
         }));
@@ -259,6 +289,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             "total p99",
             "Jain min",
             "pool hits / misses",
+            "lane fallbacks",
         ],
         &table,
     );

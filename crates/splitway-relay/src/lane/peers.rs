@@ -76,14 +76,18 @@ impl Lanes {
     }
 
     /// Start, retire or restart lanes to match `cfg`: lanes for every peer
-    /// with `legs = "mux"`.
+    /// with `legs = "mux"` that a route uses (as pools: a peer listed only
+    /// so that its lanes to us are sized and tuned, e.g. the ingress in an
+    /// egress's config, is not dialled).
     pub fn sync(&self, cfg: &Config) {
         let keys = cfg.key_ring();
+        let used = routed_peers(cfg);
         let mut map = self.by_peer.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|name, pl| {
-            let keep = cfg
-                .peer(name)
-                .is_some_and(|p| p.legs == LegMode::Mux && LaneSpec::of(p, cfg) == pl.spec);
+            let keep = used.contains(name.as_str())
+                && cfg
+                    .peer(name)
+                    .is_some_and(|p| p.legs == LegMode::Mux && LaneSpec::of(p, cfg) == pl.spec);
             if !keep {
                 let _ = pl.retire.send(true);
                 self.m.ready.with_label_values(&[name]).set(0);
@@ -94,7 +98,11 @@ impl Lanes {
             return;
         };
         let keys = Arc::new(keys);
-        for p in cfg.peers.iter().filter(|p| p.legs == LegMode::Mux) {
+        for p in cfg
+            .peers
+            .iter()
+            .filter(|p| p.legs == LegMode::Mux && used.contains(p.name.as_str()))
+        {
             if map.contains_key(&p.name) {
                 continue;
             }
@@ -174,6 +182,21 @@ impl Lanes {
         v.sort();
         v
     }
+}
+
+/// Names of the peers some route uses as a next hop (backups too).
+fn routed_peers(cfg: &Config) -> std::collections::HashSet<&str> {
+    let mut used = std::collections::HashSet::new();
+    for route in cfg.route_table().routes() {
+        for hop in route.hops() {
+            if let splitway_core::route::NextHop::Peer(name) = hop {
+                if let Some(p) = cfg.peer(name) {
+                    used.insert(p.name.as_str());
+                }
+            }
+        }
+    }
+    used
 }
 
 /// Keeps one lane slot of a peer open.
