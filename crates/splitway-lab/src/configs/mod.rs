@@ -32,6 +32,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("+conn-pool", "+early-syn + pool of pre-established relay legs"),
     ("splitway", "splitway with every improvement (+turbo-start, fast open)"),
     ("splitway-mux", "splitway, flows as streams on 2 warm lanes per peer (legs = \"mux\"), turbo-start shared by the lanes"),
+    ("splitway-mux-bbr", "splitway-mux with BBR congestion control on the lanes"),
 ];
 
 /// Known configuration names, for messages.
@@ -200,6 +201,13 @@ mod tests {
         assert!(!is_splitway("e2e"));
         let mux = f("splitway-mux");
         assert!(mux.lanes && !all.lanes);
-        assert_eq!(Features { lanes: false, ..mux }, all, "otherwise as splitway");
+        assert_eq!(
+            Features {
+                lanes: false,
+                ..mux
+            },
+            all,
+            "otherwise as splitway"
+        );
     }
 }

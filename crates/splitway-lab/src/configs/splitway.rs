@@ -24,14 +24,20 @@ pub struct Features {
     /// Flows cross the relay legs as streams on warm lanes
     /// (`[[peer]] legs = "mux"`, on both ends of every leg), not a leg each.
     pub lanes: bool,
+    /// BBR congestion control on the lanes (`[[peer]] congestion`).
+    pub lanes_bbr: bool,
 }
 
 /// The feature set of each splitway configuration (the paper's ablation:
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
-    if name == "splitway-mux" {
+    if let Some(cc) = name.strip_prefix("splitway-mux") {
+        if !matches!(cc, "" | "-bbr") {
+            return None;
+        }
         return Some(Features {
             lanes: true,
+            lanes_bbr: cc == "-bbr",
             ..features_of("splitway")?
         });
     }
@@ -62,12 +68,17 @@ fn features_toml(f: &Features) -> String {
     )
 }
 
-/// A `[[peer]]`'s leg keys: lanes, with a stream window of the leg's
-/// path's bandwidth-delay product (so one stream alone is not held back),
-/// or nothing (per-flow legs, the default).
+/// A `[[peer]]`'s leg keys: lanes, with a stream window above the paper
+/// path's bandwidth-delay product (so one stream alone is not held back)
+/// and BBR if asked, or nothing (per-flow legs, the default).
 fn legs_toml(f: &Features) -> String {
     if f.lanes {
-        "legs = \"mux\"\nlanes = 2\nstream_window_kib = 4096\n".into()
+        let cc = if f.lanes_bbr {
+            "congestion = \"bbr\"\n"
+        } else {
+            ""
+        };
+        format!("legs = \"mux\"\nlanes = 2\nstream_window_kib = 4096\n{cc}")
     } else {
         String::new()
     }
@@ -336,8 +347,13 @@ mod tests {
             for p in &c.peers {
                 assert_eq!(p.legs, splitway_core::config::LegMode::Mux, "{}", p.name);
                 assert_eq!(p.lanes, 2);
+                assert_eq!(p.congestion, None);
             }
         }
+        let bbr = features_of("splitway-mux-bbr").unwrap();
+        let text = relay_configs(&topo, secret, "splitway-mux-bbr", &bbr, 1).join("\n");
+        assert_eq!(text.matches("congestion = \"bbr\"").count(), 2);
+        assert!(features_of("splitway-muxx").is_none());
         let plain = features_of("splitway").unwrap();
         let text = relay_configs(&topo, secret, "splitway", &plain, 0).join("\n");
         assert!(!text.contains("legs ="), "per-flow legs stay the default");

@@ -121,8 +121,7 @@ fn round(
         .iter()
         .map(|s| size as f64 * 8.0 / s.total_ms / 1e3)
         .collect();
-    let delta =
-        |f: fn(&(f64, f64, f64)) -> f64| Some(f(after.as_ref()?) - f(before.as_ref()?));
+    let delta = |f: fn(&(f64, f64, f64)) -> f64| Some(f(after.as_ref()?) - f(before.as_ref()?));
     Ok(Round {
         jain: jain(&rates),
         pool_hits: delta(|c| c.0),
