@@ -239,6 +239,12 @@ pub struct Peer {
     /// e.g. "bbr"; must be built into the kernel. Default: the system's.
     #[serde(default)]
     pub congestion: Option<String>,
+    /// Pace this peer's lanes, together, at `bandwidth_mbit`
+    /// (`SO_MAX_PACING_RATE`, shared by the lanes in proportion to their
+    /// open streams), so the path's bottleneck queue stays short and the
+    /// order of bytes is the lane scheduler's.
+    #[serde(default)]
+    pub lane_pacing: bool,
 }
 
 impl Peer {
@@ -1387,6 +1393,10 @@ via = "egress"
             )
         };
         let c = Config::parse(&with("legs = \"mux\"\nlanes = 3\ncongestion = \"bbr\"")).unwrap();
+        assert!(!c.peers[0].lane_pacing, "off by default");
+        let c2 = Config::parse(&with("legs = \"mux\"\nlane_pacing = true")).unwrap();
+        assert!(c2.peers[0].lane_pacing);
+        assert!(err_of(&with("lane_pacing = 1")).contains("lane_pacing"));
         assert_eq!(c.peers[0].legs, LegMode::Mux);
         assert_eq!(c.peers[0].lanes, 3);
         assert_eq!(c.peers[0].congestion.as_deref(), Some("bbr"));

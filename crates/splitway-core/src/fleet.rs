@@ -344,6 +344,7 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 stream_window_kib: d.stream_window_kib,
                 lane_max_streams: d.lane_max_streams,
                 congestion: d.congestion,
+                lane_pacing: d.lane_pacing,
             }
         })
         .collect();
@@ -427,6 +428,7 @@ fn defaults() -> Peer {
             stream_window_kib: 1024,
             lane_max_streams: 128,
             congestion: None,
+            lane_pacing: false,
         })
 }
 

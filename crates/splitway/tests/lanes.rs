@@ -97,6 +97,35 @@ fn turbo_start_shares_one_window_among_a_peers_lanes() {
     );
 }
 
+/// `lane_pacing`: the lanes are paced together at the peer's bandwidth,
+/// split by their open streams (an idle lane keeps a quarter of an even
+/// split). The sum is read from the lanes' own gauge; `ss` shows the cap.
+#[test]
+fn paced_lanes_share_the_peers_rate_by_streams() {
+    const PACING: &str = "splitway_lane_pacing_bytes_per_second{role=\"initiator\"}";
+    let o = start(2, "lane_pacing = true\nbandwidth_mbit = 80");
+    // 80 Mbit/s × 0.92 = 9 200 000 B/s; idle: 2 × 9.2 M / 2 / 4.
+    o.wait_metric("ingress", PACING, |v| v == 2_300_000.0);
+    let l = o.listen(server_addr(false, 7000));
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| o.connect(front()).expect("connect"))
+        .collect();
+    let servers: Vec<TcpStream> = (0..4).map(|_| l.accept().expect("accept").0).collect();
+    // Two streams on each lane: each lane gets half, together the whole.
+    o.wait_metric("ingress", PACING, |v| v == 9_200_000.0);
+    let out = o.sh("ingress", "ss", &["-tinH", "state", "established"]);
+    let capped = out
+        .lines()
+        .zip(out.lines().skip(1))
+        .filter(|(l, i)| l.contains(EGRESS_LEG) && i.contains("/36800000bps"))
+        .count();
+    // ss prints the cap after the rate: 4.6 MB/s = 36.8 Mbit/s.
+    assert_eq!(capped, 2, "both lanes capped at half:\n{out}");
+    drop(held);
+    drop(servers);
+    o.wait_metric("ingress", PACING, |v| v == 2_300_000.0);
+}
+
 fn front() -> SocketAddr {
     "10.10.1.1:8080".parse().unwrap()
 }

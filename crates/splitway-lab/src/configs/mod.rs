@@ -33,6 +33,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway", "splitway with every improvement (+turbo-start, fast open)"),
     ("splitway-mux", "splitway, flows as streams on 2 warm lanes per peer (legs = \"mux\"), turbo-start shared by the lanes"),
     ("splitway-mux-bbr", "splitway-mux with BBR congestion control on the lanes"),
+    ("splitway-mux-paced", "splitway-mux with the lanes paced together at the link's rate (lane_pacing)"),
 ];
 
 /// Known configuration names, for messages.

@@ -26,18 +26,21 @@ pub struct Features {
     pub lanes: bool,
     /// BBR congestion control on the lanes (`[[peer]] congestion`).
     pub lanes_bbr: bool,
+    /// The lanes paced together at the link's rate (`[[peer]] lane_pacing`).
+    pub lanes_paced: bool,
 }
 
 /// The feature set of each splitway configuration (the paper's ablation:
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
     if let Some(cc) = name.strip_prefix("splitway-mux") {
-        if !matches!(cc, "" | "-bbr") {
+        if !matches!(cc, "" | "-bbr" | "-paced") {
             return None;
         }
         return Some(Features {
             lanes: true,
             lanes_bbr: cc == "-bbr",
+            lanes_paced: cc == "-paced",
             ..features_of("splitway")?
         });
     }
@@ -78,7 +81,12 @@ fn legs_toml(f: &Features) -> String {
         } else {
             ""
         };
-        format!("legs = \"mux\"\nlanes = 2\nstream_window_kib = 4096\n{cc}")
+        let paced = if f.lanes_paced {
+            "lane_pacing = true\n"
+        } else {
+            ""
+        };
+        format!("legs = \"mux\"\nlanes = 2\nstream_window_kib = 4096\n{cc}{paced}")
     } else {
         String::new()
     }
@@ -353,6 +361,11 @@ mod tests {
         let bbr = features_of("splitway-mux-bbr").unwrap();
         let text = relay_configs(&topo, secret, "splitway-mux-bbr", &bbr, 1).join("\n");
         assert_eq!(text.matches("congestion = \"bbr\"").count(), 2);
+        let paced = features_of("splitway-mux-paced").unwrap();
+        for text in relay_configs(&topo, secret, "splitway-mux-paced", &paced, 1) {
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(c.peers.iter().all(|p| p.lane_pacing), "{text}");
+        }
         assert!(features_of("splitway-muxx").is_none());
         let plain = features_of("splitway").unwrap();
         let text = relay_configs(&topo, secret, "splitway", &plain, 0).join("\n");

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use splitway_core::frame::{AbortCode, Open};
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::metrics::LaneMetrics;
+use super::pace::{PaceGroup, PACE_EVERY};
 use crate::sys::sockopt;
 
 /// Bytes framed per write: with `TCP_NOTSENT_LOWAT` at [`NOTSENT_LOWAT`]
@@ -68,6 +69,8 @@ pub struct LaneConn {
     pong_seq: AtomicU64,
     role_label: &'static str,
     m: LaneMetrics,
+    /// The peer's pacing group, when its lanes are paced together.
+    pace: OnceLock<Arc<PaceGroup>>,
 }
 
 /// Called on each stream the peer opens (acceptor).
@@ -92,7 +95,18 @@ impl LaneConn {
             pong_seq: AtomicU64::new(0),
             role_label,
             m,
+            pace: OnceLock::new(),
         })
+    }
+
+    /// Pace this lane as one of `g`'s (before [`LaneConn::run`]).
+    pub fn pace_with(self: &Arc<Self>, g: Arc<PaceGroup>) {
+        g.join(self);
+        let _ = self.pace.set(g);
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -170,6 +184,9 @@ impl LaneConn {
         ping.tick().await;
         let mut pings = 0u64;
         let mut draining = false;
+        let mut pace_tick = tokio::time::interval(PACE_EVERY);
+        pace_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut paced_at = 0u64;
         let reason: &'static str = loop {
             if draining && off == out.len() && self.lock().lane.streams() == 0 {
                 break "stopped";
@@ -217,6 +234,22 @@ impl LaneConn {
                     }
                 }
                 _ = self.wake.notified() => {}
+                _ = pace_tick.tick(), if self.pace.get().is_some() => {
+                    if let Some(g) = self.pace.get() {
+                        let r = g.rate_for(&self);
+                        // Only a change of more than 1/32 is worth a syscall.
+                        if r.abs_diff(paced_at) > paced_at / 32 {
+                            let v = u32::try_from(r).unwrap_or(u32::MAX - 1);
+                            if sockopt::set_max_pacing_rate(&sock, v).is_ok() {
+                                self.m
+                                    .pacing
+                                    .with_label_values(&[self.role_label])
+                                    .add(r as i64 - paced_at as i64);
+                                paced_at = r;
+                            }
+                        }
+                    }
+                }
                 _ = ping.tick() => {
                     // Three PINGs unanswered: the peer or the path is gone.
                     if pings.saturating_sub(self.pong_seq.load(Ordering::Relaxed)) >= 3 {
@@ -234,6 +267,10 @@ impl LaneConn {
             }
         };
         let was_ready = self.ready.load(Ordering::Acquire);
+        self.m
+            .pacing
+            .with_label_values(&[self.role_label])
+            .sub(paced_at as i64);
         self.close(reason);
         // A lane ends with a RST: the peer resets its flows too.
         let _ = sockopt::set_linger_zero(&sock);

@@ -33,6 +33,9 @@ pub async fn serve(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
     let _ = sockopt::set_notsent_lowat(&sock, NOTSENT_LOWAT);
     let m = LaneMetrics::clone(&shared.lanes.m);
     let conn = LaneConn::new(Lane::new(Role::Acceptor, lane_config(conf)), m.clone());
+    if let Some(g) = conf.and_then(|p| shared.lanes.accepted_pacing.group(p)) {
+        conn.pace_with(g);
+    }
     let sh = shared.clone();
     let on_open: OnOpen = Arc::new(move |h: StreamHandle, dst: SocketAddr, hop: u8| {
         tokio::spawn(stream(sh.clone(), h, dst, hop, peer));

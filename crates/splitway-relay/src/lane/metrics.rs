@@ -32,6 +32,8 @@ pub struct LaneMetrics {
     pub sched_queued_bytes: IntGauge,
     /// Bytes a stream carried (both directions), at its end.
     pub stream_bytes: Histogram,
+    /// Sum of paced lanes' pacing rates, bytes/s, by role.
+    pub pacing: IntGaugeVec,
 }
 
 impl LaneMetrics {
@@ -107,6 +109,11 @@ impl LaneMetrics {
             ),
             sched_queued_bytes,
             stream_bytes,
+            pacing: gv(
+                "splitway_lane_pacing_bytes_per_second",
+                "Sum of the pacing rates of paced lanes (lane_pacing), bytes/s",
+                &["role"],
+            ),
         }
     }
 }

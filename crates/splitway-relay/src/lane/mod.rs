@@ -11,11 +11,13 @@
 //! - [`conn`]: one lane on its socket (the state machine of
 //!   `splitway_core::mux` driven by a task), and a flow's stream handle.
 //! - [`pump`]: forwarding between a flow's socket and its stream.
+//! - [`pace`]: a peer's lanes paced together at its bandwidth (opt-in).
 //! - [`metrics`]: lane and stream metrics.
 
 pub mod conn;
 pub mod egress;
 pub mod metrics;
+pub mod pace;
 pub mod peers;
 pub mod pump;
 

@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::conn::{LaneConn, StreamHandle, NOTSENT_LOWAT};
+use super::pace::{AcceptedPacing, PaceGroup};
 use super::{lane_config, LaneMetrics};
 use crate::dial::{self, Profile};
 use crate::leg;
@@ -34,6 +35,8 @@ struct LaneSpec {
     own_mark: u32,
     turbo: bool,
     connect_ms: u64,
+    /// Lanes paced together at this rate (bytes/s), if `lane_pacing`.
+    pace: Option<u64>,
 }
 
 impl LaneSpec {
@@ -48,6 +51,9 @@ impl LaneSpec {
             own_mark: cfg.firewall.own_mark,
             turbo: cfg.features.turbo_start,
             connect_ms: cfg.timeouts.connect_ms,
+            pace: p
+                .lane_pacing
+                .then(|| splitway_core::mux::pace::peer_rate(p.bandwidth_mbit)),
         }
     }
 }
@@ -64,6 +70,8 @@ pub struct Lanes {
     by_peer: RwLock<HashMap<String, PeerLanes>>,
     pub m: LaneMetrics,
     stop: watch::Receiver<bool>,
+    /// Pacing groups of lanes accepted from peers.
+    pub accepted_pacing: AcceptedPacing,
 }
 
 impl Lanes {
@@ -72,6 +80,7 @@ impl Lanes {
             by_peer: RwLock::new(HashMap::new()),
             m,
             stop: stop.clone(),
+            accepted_pacing: AcceptedPacing::default(),
         }
     }
 
@@ -108,6 +117,7 @@ impl Lanes {
             }
             let spec = LaneSpec::of(p, cfg);
             let slots = Arc::new(Mutex::new(vec![None; spec.lanes]));
+            let pace = PaceGroup::of(p);
             let (retire, retired) = watch::channel(false);
             self.m.ready.with_label_values(&[&p.name]).set(0);
             for i in 0..spec.lanes {
@@ -119,6 +129,7 @@ impl Lanes {
                     slots: slots.clone(),
                     slot: i,
                     m: self.m.clone(),
+                    pace: pace.clone(),
                 };
                 tokio::spawn(keeper.run(self.stop.clone(), retired.clone()));
             }
@@ -208,6 +219,7 @@ struct Keeper {
     slots: Arc<Mutex<Vec<Option<Arc<LaneConn>>>>>,
     slot: usize,
     m: LaneMetrics,
+    pace: Option<Arc<PaceGroup>>,
 }
 
 /// Wait between attempts: from 200 ms doubling to 10 s while attempts fail.
@@ -283,6 +295,9 @@ impl Keeper {
             return false;
         }
         let conn = LaneConn::new(Lane::new(Role::Initiator, self.cfg), self.m.clone());
+        if let Some(g) = &self.pace {
+            conn.pace_with(g.clone());
+        }
         // Published in the slot once ready (flows only use ready lanes).
         let publish = {
             let conn = conn.clone();

@@ -170,6 +170,17 @@ pub fn set_notsent_lowat(s: &impl AsFd, bytes: u32) -> io::Result<()> {
     )
 }
 
+/// SO_MAX_PACING_RATE: the most bytes per second this socket sends (TCP
+/// paces itself, without the fq qdisc); `u32::MAX` lifts the cap.
+pub fn set_max_pacing_rate(s: &impl AsFd, bytes_per_sec: u32) -> io::Result<()> {
+    setsockopt_int(
+        s.as_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_MAX_PACING_RATE,
+        bytes_per_sec as libc::c_int,
+    )
+}
+
 /// TCP_CONGESTION: the congestion control algorithm of this socket (a name
 /// from /proc/sys/net/ipv4/tcp_available_congestion_control).
 pub fn set_congestion(s: &impl AsFd, name: &str) -> io::Result<()> {
