@@ -4,10 +4,12 @@
 //! See `docs/performance.md` for the method and the latest results.
 
 mod load;
+mod perf;
 mod relays;
 mod reload;
 mod sys;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -94,6 +96,19 @@ struct Args {
     /// machine's CPU went to processes outside the benchmark.
     #[arg(long, default_value_t = 0.15)]
     max_outside: f64,
+    /// Count the relay's syscalls, context switches and CPU time with
+    /// `perf stat` during each measured window (flow, rate, persistent
+    /// latency) and report them per GB, per connection, per exchange.
+    #[arg(long)]
+    perf_stat: bool,
+    /// Events for `--perf-stat` (default: CPU time, context switches, all
+    /// syscalls and the relay-relevant ones by name).
+    #[arg(long, value_delimiter = ',')]
+    perf_events: Vec<String>,
+    /// Record call graphs (`perf record -g`) of the relay in each measured
+    /// window into this directory (`KEY-TEST-rN.data`).
+    #[arg(long)]
+    perf_record: Option<PathBuf>,
 }
 
 #[derive(Serialize, Default, Clone, Debug)]
@@ -123,6 +138,10 @@ struct Sample {
     cpu_s_per_gb: Option<f64>,
     core_s_per_gb: Option<f64>,
     repeats_disturbed: Option<f64>,
+    /// `--perf-stat`: event counts per unit, keyed `TEST/EVENT` (flow: per
+    /// GB, rate: per connection, lat: per exchange; task-clock in µs).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    perf: BTreeMap<String, f64>,
 }
 
 #[derive(Serialize)]
@@ -181,7 +200,15 @@ fn median_sample(s: &[Sample]) -> Sample {
         }
     }
     let m: serde_json::Value = out.into();
-    sample_from(&m)
+    let mut med = sample_from(&m);
+    let keys: std::collections::BTreeSet<&String> = s.iter().flat_map(|x| x.perf.keys()).collect();
+    for k in keys {
+        let mut v: Vec<f64> = s.iter().filter_map(|x| x.perf.get(k).copied()).collect();
+        if let Some(m) = median(&mut v) {
+            med.perf.insert(k.clone(), m);
+        }
+    }
+    med
 }
 
 fn sample_from(v: &serde_json::Value) -> Sample {
@@ -210,6 +237,7 @@ fn sample_from(v: &serde_json::Value) -> Sample {
         cpu_s_per_gb: g("cpu_s_per_gb"),
         core_s_per_gb: g("core_s_per_gb"),
         repeats_disturbed: g("repeats_disturbed"),
+        perf: BTreeMap::new(),
     }
 }
 
@@ -266,6 +294,49 @@ struct Bench {
     sink: load::Sink,
 }
 
+impl Bench {
+    fn perf_opts(&self) -> perf::PerfOpts {
+        let events = if !self.args.perf_events.is_empty() {
+            self.args.perf_events.clone()
+        } else if self.args.perf_stat {
+            perf::DEFAULT_EVENTS.iter().map(|e| e.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        perf::PerfOpts {
+            stat_events: events,
+            record_dir: self.args.perf_record.clone(),
+        }
+    }
+
+    /// `perf` attached (disabled) to the relay's processes, if asked for.
+    fn perf_attach(&self, roots: &[u32], tag: &str) -> anyhow::Result<Option<perf::Attached>> {
+        let o = self.perf_opts();
+        if !o.active() {
+            return Ok(None);
+        }
+        let pids = sys::tree(roots);
+        perf::Attached::start(&o, &pids, &self.setup.dir, tag).map(Some)
+    }
+
+    /// Stop `perf`; its counts per unit go into `s.perf` as `test/event`.
+    fn perf_finish(
+        &self,
+        p: Option<perf::Attached>,
+        tag: &str,
+        test: &str,
+        units: f64,
+        s: &mut Sample,
+    ) -> anyhow::Result<()> {
+        let Some(p) = p else { return Ok(()) };
+        let c = p.finish(&self.setup.dir, tag)?;
+        for (k, v) in perf::per_unit(&c, units) {
+            s.perf.insert(format!("{test}/{k}"), v);
+        }
+        Ok(())
+    }
+}
+
 struct Hold {
     held: usize,
     user: f64,
@@ -316,7 +387,9 @@ impl Bench {
         kind: Kind,
         direct: &Sample,
         direct_kernel: Option<f64>,
+        round: usize,
     ) -> anyhow::Result<Sample> {
+        let tag = |test: &str| format!("{}-{test}-r{}", kind.key(), round + 1);
         let mut s = Sample::default();
         let mut r: Running = relays::start(kind, &self.setup)?;
         let roots = r.roots.clone();
@@ -339,7 +412,17 @@ impl Bench {
             s.kernel_bytes_per_conn = Some(h.kernel - direct_kernel.unwrap_or(0.0));
         }
         if self.want("lat") {
+            let mut p = self.perf_attach(&roots, &tag("lat"))?;
+            if let Some(p) = &mut p {
+                p.enable()?;
+            }
             let h = load::latency_persistent(l, self.args.lat_n)?;
+            if let Some(p) = &mut p {
+                p.disable()?;
+            }
+            // 200 warm-up exchanges and the measured ones.
+            let units = (self.args.lat_n + 200) as f64;
+            self.perf_finish(p, &tag("lat"), "lat", units, &mut s)?;
             s.lat_persist_p50_us = Some(us(h.value_at_quantile(0.5)));
             s.lat_persist_p99_us = Some(us(h.value_at_quantile(0.99)));
             let h = load::latency_newconn(l, self.args.lat_n / 2)?;
@@ -357,8 +440,24 @@ impl Bench {
         if self.want("rate") {
             for attempt in 0..3 {
                 let a = cpu_snap(&roots);
+                // perf counts the window the connections are counted in.
+                let p = self.perf_attach(&roots, &tag("rate"))?;
+                let timer = std::thread::spawn(move || -> anyhow::Result<_> {
+                    let mut p = p;
+                    std::thread::sleep(warm);
+                    if let Some(p) = &mut p {
+                        p.enable()?;
+                        std::thread::sleep(dur);
+                        p.disable()?;
+                    }
+                    Ok(p)
+                });
                 let res = load::conn_rate(l, self.args.conc, warm, dur)?;
                 let b = cpu_snap(&roots);
+                let p = timer
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("perf timer panicked"))??;
+                self.perf_finish(p, &tag("rate"), "rate", res.conns as f64, &mut s)?;
                 let d = cpu_delta(&a, &b, self.setup.relay_cpu);
                 s.conns_per_s = Some(res.conns as f64 / res.secs);
                 s.conn_p50_us = Some(us(res.hist.value_at_quantile(0.5)));
@@ -383,15 +482,23 @@ impl Bench {
                 let bytes = self.sink.bulk_bytes.clone();
                 let total = warm + dur + Duration::from_millis(300);
                 let sender = std::thread::spawn(move || load::bulk_send(l, total));
+                let mut p = self.perf_attach(&roots, &tag("flow"))?;
                 std::thread::sleep(warm);
+                if let Some(p) = &mut p {
+                    p.enable()?;
+                }
                 let (b0, c0) = (bytes.load(Ordering::Relaxed), cpu_snap(&roots));
                 std::thread::sleep(dur);
                 let (b1, c1) = (bytes.load(Ordering::Relaxed), cpu_snap(&roots));
+                if let Some(p) = &mut p {
+                    p.disable()?;
+                }
                 sender
                     .join()
                     .map_err(|_| anyhow::anyhow!("sender panicked"))??;
                 let d = cpu_delta(&c0, &c1, self.setup.relay_cpu);
                 let gb = (b1 - b0) as f64 / 1e9;
+                self.perf_finish(p, &tag("flow"), "flow", gb, &mut s)?;
                 s.gbit_s = Some(gb * 8.0 / d.secs);
                 s.cpu_s_per_gb = Some(d.relay / gb.max(1e-9));
                 s.core_s_per_gb = Some(d.relay_core / gb.max(1e-9));
@@ -470,6 +577,70 @@ fn table(rep: &Report) -> String {
             fmt(m.kernel_bytes_per_conn, |x| format!("{x:.0}")),
             fmt(m.ready_ms, |x| format!("{x:.1}")),
         ));
+    }
+    t
+}
+
+/// `--perf-stat` counts: one table per test, a column per event that any
+/// relay made (task-clock µs, then context switches, all syscalls, and the
+/// syscalls by name).
+fn perf_table(rep: &Report) -> String {
+    let mut t = String::new();
+    for (test, unit) in [
+        ("flow", "per GB (1 flow)"),
+        ("rate", "per connection (rate test)"),
+        ("lat", "per exchange (persistent latency test)"),
+    ] {
+        let prefix = format!("{test}/");
+        let mut cols: Vec<String> = Vec::new();
+        for r in &rep.rows {
+            for (k, v) in &r.median.perf {
+                if let Some(ev) = k.strip_prefix(&prefix) {
+                    if *v >= 0.005 && !cols.iter().any(|c| c == ev) {
+                        cols.push(ev.to_string());
+                    }
+                }
+            }
+        }
+        if cols.is_empty() {
+            continue;
+        }
+        let rank = |c: &str| match c {
+            "task-clock" => 0,
+            "context-switches" => 1,
+            "syscalls" => 2,
+            _ => 3,
+        };
+        cols.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+        let head: Vec<String> = cols
+            .iter()
+            .map(|c| match c.as_str() {
+                "task-clock" => "CPU µs".to_string(),
+                "context-switches" => "sleeps".to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        t.push_str(&format!(
+            "\n**{unit}**\n\n| relay | {} |\n",
+            head.join(" | ")
+        ));
+        t.push_str(&format!("|---|{}\n", "---|".repeat(cols.len())));
+        for r in &rep.rows {
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    let v = r.median.perf.get(&format!("{prefix}{c}")).copied();
+                    fmt(v, |x| {
+                        if x >= 100.0 {
+                            format!("{x:.0}")
+                        } else {
+                            format!("{x:.2}")
+                        }
+                    })
+                })
+                .collect();
+            t.push_str(&format!("| {} | {} |\n", r.name, cells.join(" | ")));
+        }
     }
     t
 }
@@ -569,7 +740,7 @@ fn main() -> anyhow::Result<()> {
         );
         for (i, k) in kinds.iter().enumerate() {
             let t = Instant::now();
-            match bench.run_one(*k, &d, dk) {
+            match bench.run_one(*k, &d, dk, round) {
                 Ok(s) => {
                     eprintln!(
                         "  {:<28} {:>5.1} Gbit/s {:>6.3} s/GB {:>7.0} conn/s +{:?} µs mem {:?}/{:?} B ready {:.1} ms ({:.1} s)",
@@ -660,7 +831,8 @@ fn main() -> anyhow::Result<()> {
         direct: median_sample(&directs),
         rows,
     };
-    let md = table(&rep);
+    let mut md = table(&rep);
+    md.push_str(&perf_table(&rep));
     println!("{md}");
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;

@@ -22,7 +22,15 @@ pub enum Kind {
     /// The splice engine with `worker_pools` off: buffers and pipes made
     /// per connection instead of lent from the pool.
     SplitwaySpliceNoPools,
+    /// The engines with `--workers 2` on CPUs 0 and 1 (the load shares
+    /// CPU 1): CPU per connection and per GB against one worker (issue 16,
+    /// "all cores"). Not in the default run; `--only splitway-splice-2w`.
+    SplitwayCopy2w,
+    SplitwaySplice2w,
 }
+
+/// Run only when named with `--only`.
+pub const EXTRA: [Kind; 2] = [Kind::SplitwayCopy2w, Kind::SplitwaySplice2w];
 
 pub const ALL: [Kind; 8] = [
     Kind::Socat,
@@ -46,6 +54,8 @@ impl Kind {
             Kind::SplitwayCopy => "splitway copy",
             Kind::SplitwaySplice => "splitway splice",
             Kind::SplitwaySpliceNoPools => "splitway splice, worker_pools off",
+            Kind::SplitwayCopy2w => "splitway copy, 2 workers (CPUs 0,1)",
+            Kind::SplitwaySplice2w => "splitway splice, 2 workers (CPUs 0,1)",
         }
     }
     pub fn key(&self) -> &'static str {
@@ -58,10 +68,12 @@ impl Kind {
             Kind::SplitwayCopy => "splitway-copy",
             Kind::SplitwaySplice => "splitway-splice",
             Kind::SplitwaySpliceNoPools => "splitway-splice-nopools",
+            Kind::SplitwayCopy2w => "splitway-copy-2w",
+            Kind::SplitwaySplice2w => "splitway-splice-2w",
         }
     }
     pub fn from_key(k: &str) -> Option<Kind> {
-        ALL.iter().copied().find(|x| x.key() == k)
+        ALL.iter().chain(&EXTRA).copied().find(|x| x.key() == k)
     }
 }
 
@@ -240,8 +252,13 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
             t0 = Instant::now();
             children.push(c.spawn().context("ssh")?);
         }
-        Kind::SplitwayCopy | Kind::SplitwaySplice | Kind::SplitwaySpliceNoPools => {
-            let engine = if kind == Kind::SplitwayCopy {
+        Kind::SplitwayCopy
+        | Kind::SplitwaySplice
+        | Kind::SplitwaySpliceNoPools
+        | Kind::SplitwayCopy2w
+        | Kind::SplitwaySplice2w => {
+            let two = matches!(kind, Kind::SplitwayCopy2w | Kind::SplitwaySplice2w);
+            let engine = if matches!(kind, Kind::SplitwayCopy | Kind::SplitwayCopy2w) {
                 "copy"
             } else {
                 "splice"
@@ -261,8 +278,18 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
                     ip = t.ip()
                 ),
             )?;
-            let mut c = pinned(s, &s.splitway.to_string_lossy());
+            let mut c = if two {
+                let mut c = Command::new("taskset");
+                c.args(["-c", "0,1", &s.splitway.to_string_lossy()]);
+                c.stdin(Stdio::null());
+                c
+            } else {
+                pinned(s, &s.splitway.to_string_lossy())
+            };
             c.arg("relay").arg("--config").arg(&cfg);
+            if two {
+                c.args(["--workers", "2"]);
+            }
             c.env("SPLITWAY_LOG", "warn");
             log_to(&mut c, &d.join(format!("{}.log", kind.key())))?;
             t0 = Instant::now();
