@@ -7,6 +7,7 @@ mod load;
 mod perf;
 mod relays;
 mod reload;
+mod sockmap;
 mod sys;
 
 use std::collections::BTreeMap;
@@ -109,6 +110,10 @@ struct Args {
     /// window into this directory (`KEY-TEST-rN.data`).
     #[arg(long)]
     perf_record: Option<PathBuf>,
+    /// Run the experimental in-kernel (BPF sockmap) relay from LISTEN to
+    /// TARGET instead of benchmarking (what `--only sockmap` starts).
+    #[arg(long, value_delimiter = ',', hide = true)]
+    sockmap_relay: Vec<SocketAddr>,
 }
 
 #[derive(Serialize, Default, Clone, Debug)]
@@ -137,6 +142,13 @@ struct Sample {
     gbit_s: Option<f64>,
     cpu_s_per_gb: Option<f64>,
     core_s_per_gb: Option<f64>,
+    /// CPU time of the relay, the load and sink (with the softirq work
+    /// charged to them) and the kernel's worker threads per GB: fair to a
+    /// relay whose work runs outside its own processes (in-kernel
+    /// forwarding).
+    machine_s_per_gb: Option<f64>,
+    /// The same per 1000 connections of the rate test.
+    machine_ms_per_kconn: Option<f64>,
     repeats_disturbed: Option<f64>,
     /// `--perf-stat`: event counts per unit, keyed `TEST/EVENT` (flow: per
     /// GB, rate: per connection, lat: per exchange; task-clock in µs).
@@ -236,6 +248,8 @@ fn sample_from(v: &serde_json::Value) -> Sample {
         gbit_s: g("gbit_s"),
         cpu_s_per_gb: g("cpu_s_per_gb"),
         core_s_per_gb: g("core_s_per_gb"),
+        machine_s_per_gb: g("machine_s_per_gb"),
+        machine_ms_per_kconn: g("machine_ms_per_kconn"),
         repeats_disturbed: g("repeats_disturbed"),
         perf: BTreeMap::new(),
     }
@@ -246,6 +260,7 @@ struct CpuSnap {
     busy: Vec<u64>,
     me: f64,
     relay: f64,
+    kthreads: f64,
     at: Instant,
 }
 
@@ -254,12 +269,16 @@ fn cpu_snap(roots: &[u32]) -> CpuSnap {
         busy: sys::cpu_busy(),
         me: sys::self_cpu_secs(),
         relay: sys::tree_cpu_secs(roots),
+        kthreads: sys::kthread_cpu_secs(),
         at: Instant::now(),
     }
 }
 
 struct CpuDelta {
     secs: f64,
+    /// CPU seconds of the relay, of this benchmark (load and sink, and the
+    /// softirq work charged to them) and of the kernel's worker threads.
+    both: f64,
     relay: f64,
     relay_core: f64,
     outside_share: f64,
@@ -280,6 +299,7 @@ fn cpu_delta(a: &CpuSnap, b: &CpuSnap, relay_cpu: usize) -> CpuDelta {
     let ncpu = b.busy.len().max(1) as f64;
     CpuDelta {
         secs,
+        both: relay + me + (b.kthreads - a.kthreads),
         relay,
         relay_core: (b.busy.get(relay_cpu).unwrap_or(&0) - a.busy.get(relay_cpu).unwrap_or(&0))
             as f64
@@ -467,6 +487,7 @@ impl Bench {
                 // connections over the whole call.
                 let total = res.conns as f64 * (d.secs / res.secs);
                 s.relay_cpu_per_kconn_ms = Some(d.relay / total.max(1.0) * 1e6);
+                s.machine_ms_per_kconn = Some(d.both / total.max(1.0) * 1e6);
                 if d.outside_share <= self.args.max_outside || attempt == 2 {
                     break;
                 }
@@ -502,6 +523,7 @@ impl Bench {
                 s.gbit_s = Some(gb * 8.0 / d.secs);
                 s.cpu_s_per_gb = Some(d.relay / gb.max(1e-9));
                 s.core_s_per_gb = Some(d.relay_core / gb.max(1e-9));
+                s.machine_s_per_gb = Some(d.both / gb.max(1e-9));
                 if d.outside_share <= self.args.max_outside || attempt == 2 {
                     break;
                 }
@@ -586,6 +608,21 @@ fn table(rep: &Report) -> String {
 /// syscalls by name).
 fn perf_table(rep: &Report) -> String {
     let mut t = String::new();
+    if rep
+        .rows
+        .iter()
+        .any(|r| r.median.machine_s_per_gb.is_some() || r.median.machine_ms_per_kconn.is_some())
+    {
+        t.push_str("\n**Relay + load + sink + kernel threads CPU** (the relay's processes, the benchmark's with the softirq work charged to them, `kworker`/`ksoftirqd`; other processes not counted)\n\n| relay | relay+load CPU s/GB | relay+load CPU ms/1k conns |\n|---|---|---|\n");
+        for r in &rep.rows {
+            t.push_str(&format!(
+                "| {} | {} | {} |\n",
+                r.name,
+                fmt(r.median.machine_s_per_gb, |x| format!("{x:.3}")),
+                fmt(r.median.machine_ms_per_kconn, |x| format!("{x:.0}")),
+            ));
+        }
+    }
     for (test, unit) in [
         ("flow", "per GB (1 flow)"),
         ("rate", "per connection (rate test)"),
@@ -647,6 +684,9 @@ fn perf_table(rep: &Report) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let [listen, target] = args.sockmap_relay[..] {
+        return sockmap::run(listen, target);
+    }
     let command: Vec<String> = std::env::args().collect();
     sys::raise_nofile(1 << 20);
     // SAFETY: geteuid has no preconditions.

@@ -27,10 +27,12 @@ pub enum Kind {
     /// "all cores"). Not in the default run; `--only splitway-splice-2w`.
     SplitwayCopy2w,
     SplitwaySplice2w,
+    /// The BPF sockmap experiment (`crate::sockmap`), not a splitway engine.
+    Sockmap,
 }
 
 /// Run only when named with `--only`.
-pub const EXTRA: [Kind; 2] = [Kind::SplitwayCopy2w, Kind::SplitwaySplice2w];
+pub const EXTRA: [Kind; 3] = [Kind::SplitwayCopy2w, Kind::SplitwaySplice2w, Kind::Sockmap];
 
 pub const ALL: [Kind; 8] = [
     Kind::Socat,
@@ -56,6 +58,7 @@ impl Kind {
             Kind::SplitwaySpliceNoPools => "splitway splice, worker_pools off",
             Kind::SplitwayCopy2w => "splitway copy, 2 workers (CPUs 0,1)",
             Kind::SplitwaySplice2w => "splitway splice, 2 workers (CPUs 0,1)",
+            Kind::Sockmap => "BPF sockmap (experiment)",
         }
     }
     pub fn key(&self) -> &'static str {
@@ -70,6 +73,7 @@ impl Kind {
             Kind::SplitwaySpliceNoPools => "splitway-splice-nopools",
             Kind::SplitwayCopy2w => "splitway-copy-2w",
             Kind::SplitwaySplice2w => "splitway-splice-2w",
+            Kind::Sockmap => "sockmap",
         }
     }
     pub fn from_key(k: &str) -> Option<Kind> {
@@ -216,6 +220,14 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
             log_to(&mut c, &d.join("nginx.log"))?;
             t0 = Instant::now();
             children.push(c.spawn().context("nginx")?);
+        }
+        Kind::Sockmap => {
+            let me = std::env::current_exe().context("own path")?;
+            let mut c = pinned(s, &me.to_string_lossy());
+            c.arg("--sockmap-relay").arg(format!("{l},{t}"));
+            log_to(&mut c, &d.join("sockmap.log"))?;
+            t0 = Instant::now();
+            children.push(c.spawn().context("sockmap relay")?);
         }
         Kind::Ssh => {
             let mut c = pinned(s, "/usr/sbin/sshd");

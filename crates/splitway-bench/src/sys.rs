@@ -217,6 +217,30 @@ pub fn cpu_busy() -> Vec<u64> {
         .collect()
 }
 
+/// CPU seconds of the kernel's worker threads (`kworker/*`, `ksoftirqd/*`)
+/// so far: where in-kernel forwarding (a sockmap's redirect backlog) and
+/// deferred softirq work run.
+pub fn kthread_cpu_secs() -> f64 {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut t = 0u64;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let comm = s.split(['(', ')']).nth(1).unwrap_or("");
+        if comm.starts_with("kworker") || comm.starts_with("ksoftirqd") {
+            t += proc_stat(pid).map_or(0, |x| x.1);
+        }
+    }
+    t as f64 / clk_tck()
+}
+
 pub fn self_cpu_secs() -> f64 {
     proc_stat(std::process::id())
         .map(|x| x.1 as f64 / clk_tck())
