@@ -5,6 +5,7 @@
 //! Shared by all: [`crate::session::Session`] (lock, tools, chains built
 //! and checked) and [`crate::report::scenario`] (rows, JSON, line charts).
 
+mod bulk;
 mod loss;
 mod many;
 mod miniproxy;
@@ -44,6 +45,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "many",
         about: "100 concurrent downloads from 10 client addresses through one ingress, pool smaller than the load",
         run: many::run,
+    },
+    Scenario {
+        name: "bulk",
+        about: "10 KiB requests' TTFB unloaded and while a 100 MB download fills the path",
+        run: bulk::run,
     },
     Scenario {
         name: "web",
