@@ -37,6 +37,8 @@ enum CtlCmd {
     Peers,
     /// The route table, most specific first.
     Routes,
+    /// Lanes to `legs = "mux"` peers: streams, scheduler queue, pacing.
+    Lanes,
     /// Live split connections with both legs' TCP state (like `ss -ti`).
     #[command(alias = "ss")]
     Connections,
@@ -215,6 +217,40 @@ fn print_human(cmd: &CtlCmd, v: &Value) {
                 );
             }
         }
+        CtlCmd::Lanes => {
+            println!(
+                "{:<12} {:>4} {:>6} {:>8} {:>12} {:>12}",
+                "PEER", "LANE", "READY", "STREAMS", "QUEUED_B", "PACING_B/S"
+            );
+            for p in v["peers"].as_array().into_iter().flatten() {
+                for (i, l) in p["lanes"].as_array().into_iter().flatten().enumerate() {
+                    let paced = match l["pacing_bytes_per_sec"].as_u64() {
+                        Some(0) | None => "-".to_string(),
+                        Some(r) => r.to_string(),
+                    };
+                    println!(
+                        "{:<12} {:>4} {:>6} {:>8} {:>12} {:>12}",
+                        f(&p["peer"]),
+                        i,
+                        if l["ready"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        f(&l["streams"]),
+                        f(&l["queued_bytes"]),
+                        paced
+                    );
+                }
+            }
+            let a = &v["accepted"];
+            println!(
+                "accepted: {} lane(s), {} stream(s); scheduler queue {} B",
+                f(&a["lanes"]),
+                f(&a["streams"]),
+                f(&v["scheduler_queued_bytes"])
+            );
+        }
         CtlCmd::Routes => {
             println!(
                 "{:<24} {:<12} {:<12} {:<24} DOWN",
@@ -277,6 +313,7 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
         CtlCmd::Status => ("GET", "/status".into(), None),
         CtlCmd::Peers => ("GET", "/peers".into(), None),
         CtlCmd::Routes => ("GET", "/routes".into(), None),
+        CtlCmd::Lanes => ("GET", "/lanes".into(), None),
         CtlCmd::Connections => ("GET", "/connections".into(), None),
         CtlCmd::Metrics => ("GET", "/metrics".into(), None),
         CtlCmd::Reload => ("POST", "/reload".into(), None),

@@ -121,6 +121,15 @@ fn paced_lanes_share_the_peers_rate_by_streams() {
         .count();
     // ss prints the cap after the rate: 4.6 MB/s = 36.8 Mbit/s.
     assert_eq!(capped, 2, "both lanes capped at half:\n{out}");
+    // ctl's lane view: two ready lanes, two streams and 4.6 MB/s each.
+    let view = o.ctl("ingress", &["lanes"]);
+    let rows: Vec<&str> = view.lines().filter(|l| l.starts_with("egress")).collect();
+    assert_eq!(rows.len(), 2, "{view}");
+    for r in rows {
+        let w: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!(w[2..4], ["yes", "2"], "{view}");
+        assert_eq!(w[5], "4600000", "{view}");
+    }
     drop(held);
     drop(servers);
     o.wait_metric("ingress", PACING, |v| v == 2_300_000.0);

@@ -176,6 +176,7 @@ impl Api {
             (true, ["status"]) => return Ok(status(shared)),
             (true, ["peers"]) => return Ok(peers(shared)),
             (true, ["routes"]) => return Ok(routes(shared)),
+            (true, ["lanes"]) => return Ok(lanes(shared)),
             (true, ["connections"]) => return Ok(connections(shared)),
             _ => {}
         }
@@ -334,6 +335,29 @@ fn peers(shared: &Shared) -> Response {
         })
         .collect();
     Response::json(200, json!({ "peers": list }))
+}
+
+/// Lanes this relay keeps to `legs = "mux"` peers, slot by slot, and the
+/// streams on lanes it accepted.
+fn lanes(shared: &Shared) -> Response {
+    let m = &shared.lanes.m;
+    let list: Vec<_> = shared
+        .lanes
+        .summary()
+        .into_iter()
+        .map(|(peer, lanes)| json!({ "peer": peer, "lanes": lanes }))
+        .collect();
+    Response::json(
+        200,
+        json!({
+            "peers": list,
+            "accepted": {
+                "lanes": m.lanes.with_label_values(&["acceptor"]).get(),
+                "streams": m.streams.with_label_values(&["acceptor"]).get(),
+            },
+            "scheduler_queued_bytes": m.sched_queued_bytes.get(),
+        }),
+    )
 }
 
 fn routes(shared: &Shared) -> Response {

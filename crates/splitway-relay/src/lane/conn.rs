@@ -71,6 +71,8 @@ pub struct LaneConn {
     m: LaneMetrics,
     /// The peer's pacing group, when its lanes are paced together.
     pace: OnceLock<Arc<PaceGroup>>,
+    /// The pacing rate set now, bytes/s (0: not paced).
+    paced_at: AtomicU64,
 }
 
 /// Called on each stream the peer opens (acceptor).
@@ -96,6 +98,7 @@ impl LaneConn {
             role_label,
             m,
             pace: OnceLock::new(),
+            paced_at: AtomicU64::new(0),
         })
     }
 
@@ -126,6 +129,16 @@ impl LaneConn {
     /// Streams open on this lane.
     pub fn streams(&self) -> usize {
         self.lock().lane.streams()
+    }
+
+    /// Bytes queued in this lane's scheduler, not yet framed.
+    pub fn queued(&self) -> usize {
+        self.lock().lane.queued_total()
+    }
+
+    /// The pacing rate set now, bytes/s (0: not paced).
+    pub fn pacing_rate(&self) -> u64 {
+        self.paced_at.load(Ordering::Relaxed)
     }
 
     /// (Initiator) open a stream; `None` when the lane is not ready or full.
@@ -246,6 +259,7 @@ impl LaneConn {
                                     .with_label_values(&[self.role_label])
                                     .add(r as i64 - paced_at as i64);
                                 paced_at = r;
+                                self.paced_at.store(r, Ordering::Relaxed);
                             }
                         }
                     }

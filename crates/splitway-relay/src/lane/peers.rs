@@ -179,20 +179,41 @@ impl Lanes {
         map.contains_key(peer)
     }
 
-    /// Ready lanes and their streams, by peer (for the admin API).
-    pub fn summary(&self) -> Vec<(String, Vec<usize>)> {
+    /// Every peer's lane slots, by peer name (for the admin API).
+    pub fn summary(&self) -> Vec<(String, Vec<LaneView>)> {
         let map = self.by_peer.read().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = map
             .iter()
             .map(|(name, pl)| {
                 let slots = pl.slots.lock().unwrap_or_else(|p| p.into_inner());
-                let streams = slots.iter().flatten().map(|c| c.streams()).collect();
-                (name.clone(), streams)
+                let lanes = slots
+                    .iter()
+                    .map(|c| match c {
+                        Some(c) if c.is_ready() => LaneView {
+                            ready: true,
+                            streams: c.streams(),
+                            queued_bytes: c.queued(),
+                            pacing_bytes_per_sec: c.pacing_rate(),
+                        },
+                        _ => LaneView::default(),
+                    })
+                    .collect();
+                (name.clone(), lanes)
             })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
+
+/// One lane slot as the admin API shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LaneView {
+    pub ready: bool,
+    pub streams: usize,
+    pub queued_bytes: usize,
+    /// 0: not paced.
+    pub pacing_bytes_per_sec: u64,
 }
 
 /// Names of the peers some route uses as a next hop (backups too).
