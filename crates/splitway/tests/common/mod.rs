@@ -48,6 +48,10 @@ fn bin() -> &'static str {
 impl Overlay {
     /// Build the namespaces and links (no relays yet).
     pub fn new() -> Overlay {
+        // Floods and many-flow tests hold hundreds of sockets in this process
+        // while other tests run beside them: a default soft limit of 1 024 is
+        // not enough.
+        raise_nofile(1 << 20);
         let p = unique_prefix("sw");
         let ns = |s: &str| Netns::create(&format!("{p}{s}")).expect("create netns");
         let (client, ingress, egress, server) = (ns("c"), ns("i"), ns("e"), ns("s"));
@@ -638,8 +642,9 @@ impl Overlay {
 }
 
 /// Raise this process's soft `RLIMIT_NOFILE` to `n`, or to the hard limit
-/// if that is lower (raising the hard limit needs `CAP_SYS_RESOURCE`).
-/// Returns the hard limit.
+/// if that is lower (raising the hard limit needs `CAP_SYS_RESOURCE`); never
+/// lowers it (tests run in parallel threads of one process). Returns the hard
+/// limit.
 pub fn raise_nofile(n: u64) -> u64 {
     let mut cur = libc::rlimit {
         rlim_cur: 0,
@@ -649,7 +654,7 @@ pub fn raise_nofile(n: u64) -> u64 {
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
         let want = libc::rlimit {
-            rlim_cur: (n as libc::rlim_t).min(cur.rlim_max),
+            rlim_cur: (n as libc::rlim_t).min(cur.rlim_max).max(cur.rlim_cur),
             rlim_max: cur.rlim_max,
         };
         libc::setrlimit(libc::RLIMIT_NOFILE, &want);
