@@ -117,6 +117,10 @@ fn quick_miniproxy_chains_of_relays() {
             "{k} relays: TTFB {t} below the bound {bound}"
         );
     }
+    // one relay: its early SYN connects to the server at SYN time (r1 + R
+    // = 30 ms here, against 2R = 40 end to end)
+    let t1 = med(rows, "r1", "splitway", 10240, "ttfb_ms");
+    assert!(t1 < e2e - 4.0, "1 relay {t1} vs e2e {e2e}");
     // three relays with every improvement beat end to end on TTFB
     let t3 = med(rows, "r3", "splitway", 10240, "ttfb_ms");
     assert!(t3 < e2e, "3 relays {t3} vs e2e {e2e}");

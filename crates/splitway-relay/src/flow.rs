@@ -366,7 +366,7 @@ async fn set_up_client(
         None
     };
     let hop = match early {
-        Some(leg) => Ok((leg, LegKind::PeerOut)),
+        Some(up) => Ok(up),
         None => {
             let ids = chain.as_ref().map(|c| c.ids()).unwrap_or_default();
             next_hop(&shared, &snap, dst, DEFAULT_HOP_LIMIT + 1, false, &ids).await
@@ -578,7 +578,7 @@ async fn claim_early(
     down: &TcpStream,
     peer: SocketAddr,
     dst: SocketAddr,
-) -> Option<TcpStream> {
+) -> Option<(TcpStream, LegKind)> {
     let m = &shared.metrics;
     let Ok(isn) = sockopt::saved_syn_isn(down) else {
         m.early_syn.with_label_values(&["miss"]).inc();
@@ -605,9 +605,11 @@ async fn claim_early(
     }
 }
 
-/// Start the next leg for a SYN the tap saw (see `syn_tap`). Bounded by the
-/// pending map; past a bound the connection falls back to connecting after
-/// accept.
+/// Start the next hop for a SYN the tap saw (see `syn_tap`): a leg to the
+/// routed peer, or, for a `direct` route (a one-relay Miniproxy path), the
+/// connection to the server itself, so the server's handshake overlaps the
+/// client's. Bounded by the pending map; past a bound the connection falls
+/// back to connecting after accept.
 pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let snap = shared.snapshot();
     // A draining relay resets new clients: no leg for them.
@@ -622,13 +624,12 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
         return;
     }
     // The primary, or the first backup if the primary is marked down.
-    let hop = shared.pools.health.first_hop(route);
-    let NextHop::Peer(name) = hop.clone() else {
-        return;
-    };
+    let hop = shared.pools.health.first_hop(route).clone();
     // Flows to a mux peer take a stream on a warm lane: no leg to start.
-    if shared.lanes.is_mux(&name) {
-        return;
+    if let NextHop::Peer(name) = &hop {
+        if shared.lanes.is_mux(name) {
+            return;
+        }
     }
     let m = &shared.metrics;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -645,17 +646,28 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
         }
     }
     m.early_syn.with_label_values(&["started"]).inc();
-    if *hop != route.via {
-        failover::record(m, &route.via, hop, tuple.dst, "peer_down");
+    if hop != route.via {
+        failover::record(m, &route.via, &hop, tuple.dst, "peer_down");
     }
     let sh = shared.clone();
     tokio::spawn(async move {
-        let leg = open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT, &[])
+        let up = match hop {
+            NextHop::Peer(name) => open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT, &[])
+                .await
+                .map(|s| (s, LegKind::PeerOut))
+                .map_err(|e| std::io::Error::other(e.reason())),
+            NextHop::Direct => dial::connect(
+                tuple.dst,
+                snap.cfg.firewall.own_mark,
+                Profile::Internet,
+                snap.connect_timeout(),
+            )
             .await
-            .map_err(|e| std::io::Error::other(e.reason()));
-        // If the entry expired meanwhile, the receiver is gone and the leg
-        // is closed here.
-        let _ = tx.send(leg);
+            .map(|s| (s, LegKind::Server)),
+        };
+        // If the entry expired meanwhile, the receiver is gone and the
+        // connection is closed here.
+        let _ = tx.send(up);
     });
 }
 

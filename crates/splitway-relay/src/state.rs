@@ -91,7 +91,10 @@ impl FlowEntry {
 /// Early-SYN legs waiting for their client's accept. `None` is a tombstone:
 /// the client was accepted before its SYN reached the tap, so a late SYN
 /// report must not start a leg nobody will claim.
-pub type EarlyLegs = Pending<tokio::sync::oneshot::Receiver<std::io::Result<TcpStream>>>;
+/// The early-SYN pending map: each entry waits for the next hop the tap
+/// started (a relay leg, or the server itself for a `direct` route).
+pub type EarlyLegs =
+    Pending<tokio::sync::oneshot::Receiver<std::io::Result<(TcpStream, crate::metrics::LegKind)>>>;
 
 /// State shared by all tasks of one relay.
 pub struct Shared {

@@ -298,3 +298,46 @@ fn early_syn_tap_sees_syns_and_pairs_or_falls_back() {
     );
     assert!(!rules.contains("splitway"), "{rules}");
 }
+
+/// A lone relay (Miniproxy's one-relay path) routes `direct`: its early SYN
+/// connects to the server itself while the client's handshake completes,
+/// and the accepted client takes that connection (`hit`). No leg, no egress.
+#[test]
+fn early_syn_connects_a_direct_route_to_the_server() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "", "");
+    let direct = ingress_config("").replace("via = \"egress\"", "via = \"direct\"");
+    o.start_relay("ingress", &direct);
+    let legs = "splitway_connections_accepted_total{kind=\"relay\"}";
+    let legs0 = o.metric("egress", legs);
+    // Zero-delay links: the tap and the accept race (a third to a half of
+    // the SYNs win), so enough flows that some must.
+    let n = 20;
+    for i in 0..n {
+        one_transfer(&o, 7000 + i);
+    }
+    let m = |r: &str| {
+        o.metric(
+            "ingress",
+            &format!("splitway_early_syn_total{{result=\"{r}\"}}"),
+        )
+    };
+    let (started, hit, miss, late) = (m("started"), m("hit"), m("miss"), m("late"));
+    eprintln!("FIGURE early SYN, direct route, {n} flows: started {started}, hit {hit}, miss {miss}, late {late}");
+    assert_eq!(hit + miss, n as f64, "every accepted client looked");
+    assert!(started + late >= n as f64, "the tap saw every SYN");
+    assert!(
+        hit >= 1.0,
+        "no accepted client took a server connection started at its SYN"
+    );
+    assert!(hit <= started);
+    assert_eq!(
+        o.metric("ingress", "splitway_early_syn_total{result=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(
+        o.metric("egress", legs),
+        legs0,
+        "a direct route takes no relay leg"
+    );
+}
