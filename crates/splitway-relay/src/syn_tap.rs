@@ -77,48 +77,72 @@ fn comment(node: &str) -> String {
     format!("splitway:{node}")
 }
 
-/// iptables arguments (after `-A PREROUTING`) for each queue rule.
+/// iptables' `multiport` match takes at most 15 ports, a range counting as
+/// two: the largest weight one rule may carry.
+const MULTIPORT_MAX: usize = 15;
+
+/// The `--dports` lists for `ports`, split so that no list weighs more than
+/// [`MULTIPORT_MAX`] (one queue rule each).
+fn multiport_lists(ports: &[splitway_core::ports::PortRange]) -> Vec<String> {
+    let mut lists: Vec<Vec<String>> = Vec::new();
+    let mut weight = MULTIPORT_MAX;
+    for p in ports {
+        let (item, w) = if p.first == p.last {
+            (p.first.to_string(), 1)
+        } else {
+            (format!("{}:{}", p.first, p.last), 2)
+        };
+        if weight + w > MULTIPORT_MAX {
+            lists.push(Vec::new());
+            weight = 0;
+        }
+        weight += w;
+        if let Some(l) = lists.last_mut() {
+            l.push(item);
+        }
+    }
+    lists.into_iter().map(|l| l.join(",")).collect()
+}
+
+/// iptables arguments (after `-A PREROUTING`) for each queue rule: one per
+/// prefix and per list of at most 15 ports.
 pub fn rule_specs(cfg: &Config) -> Vec<(bool, Vec<String>)> {
     let mut out = Vec::new();
     let q = cfg.firewall.syn_queue.to_string();
     for t in &cfg.transparent {
         let all_ports = t.ports.iter().any(|p| p.first == 1 && p.last == 65535);
-        let ports: Vec<String> = t
-            .ports
-            .iter()
-            .map(|p| {
-                if p.first == p.last {
-                    p.first.to_string()
-                } else {
-                    format!("{}:{}", p.first, p.last)
-                }
-            })
-            .collect();
+        let lists: Vec<Option<String>> = if all_ports {
+            vec![None]
+        } else {
+            multiport_lists(&t.ports).into_iter().map(Some).collect()
+        };
         for prefix in &t.prefixes {
-            let mut a: Vec<String> = vec!["-p".into(), "tcp".into(), "--syn".into()];
-            a.extend(["-d".into(), prefix.trunc().to_string()]);
-            if !all_ports {
+            for ports in &lists {
+                let mut a: Vec<String> = vec!["-p".into(), "tcp".into(), "--syn".into()];
+                a.extend(["-d".into(), prefix.trunc().to_string()]);
+                if let Some(ports) = ports {
+                    a.extend([
+                        "-m".into(),
+                        "multiport".into(),
+                        "--dports".into(),
+                        ports.clone(),
+                    ]);
+                }
                 a.extend([
                     "-m".into(),
-                    "multiport".into(),
-                    "--dports".into(),
-                    ports.join(","),
+                    "comment".into(),
+                    "--comment".into(),
+                    comment(&cfg.node.name),
                 ]);
+                a.extend([
+                    "-j".into(),
+                    "NFQUEUE".into(),
+                    "--queue-num".into(),
+                    q.clone(),
+                    "--queue-bypass".into(),
+                ]);
+                out.push((matches!(prefix, IpNet::V6(_)), a));
             }
-            a.extend([
-                "-m".into(),
-                "comment".into(),
-                "--comment".into(),
-                comment(&cfg.node.name),
-            ]);
-            a.extend([
-                "-j".into(),
-                "NFQUEUE".into(),
-                "--queue-num".into(),
-                q.clone(),
-                "--queue-bypass".into(),
-            ]);
-            out.push((matches!(prefix, IpNet::V6(_)), a));
         }
     }
     out
@@ -495,6 +519,31 @@ mod tests {
             vec![Backoff::MIN, Backoff::MIN * 2, Backoff::MIN],
             "reset after a SYN"
         );
+    }
+
+    #[test]
+    fn many_ports_are_split_into_multiport_lists_of_at_most_15() {
+        use splitway_core::ports::PortRange;
+        let one = |n: u16| PortRange { first: n, last: n };
+        // 20 single ports and 3 ranges: weights 20 + 6 = 26 → two lists.
+        let mut ports: Vec<PortRange> = (1000..1020).map(one).collect();
+        ports.extend((0..3).map(|i| PortRange {
+            first: 2000 + i * 10,
+            last: 2005 + i * 10,
+        }));
+        let lists = multiport_lists(&ports);
+        assert_eq!(lists.len(), 2, "{lists:?}");
+        for l in &lists {
+            let w: usize = l
+                .split(',')
+                .map(|p| if p.contains(':') { 2 } else { 1 })
+                .sum();
+            assert!(w <= MULTIPORT_MAX, "{l} weighs {w}");
+        }
+        let all: Vec<&str> = lists.iter().flat_map(|l| l.split(',')).collect();
+        assert_eq!(all.len(), 23, "every port kept once");
+        assert_eq!(multiport_lists(&ports[..15]).len(), 1);
+        assert_eq!(multiport_lists(&ports[..16]).len(), 2);
     }
 
     #[test]
