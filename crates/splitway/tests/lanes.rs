@@ -135,6 +135,43 @@ fn paced_lanes_share_the_peers_rate_by_streams() {
     o.wait_metric("ingress", PACING, |v| v == 2_300_000.0);
 }
 
+/// A SOCKS5 client's flow to a mux peer rides a lane too (it took a
+/// per-flow leg before): the CONNECT succeeds, bytes arrive intact both
+/// ways, one stream was opened and no flow fell back.
+#[test]
+fn socks5_flows_ride_lanes() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "", "");
+    let cfg = format!(
+        "{}\n[[socks5]]\nlisten = \"10.10.1.1:1080\"\nallow = [{{ prefix = \"10.10.3.2/32\" }}]\n",
+        ingress_mux(1, "")
+    );
+    o.start_relay("ingress", &cfg);
+    o.wait_metric("ingress", READY, |v| v >= 1.0);
+    const LEN: usize = 300 * 1024;
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7000)), 1, LEN, 9);
+    let mut s = o
+        .connect("10.10.1.1:1080".parse().unwrap())
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // greeting (no auth) and CONNECT 10.10.3.2:7000 in one write
+    s.write_all(&[5, 1, 0, 5, 1, 0, 1, 10, 10, 3, 2, 0x1b, 0x58])
+        .unwrap();
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).expect("socks replies");
+    assert_eq!(reply[..4], [5, 0, 5, 0], "greeting and CONNECT succeed");
+    let (sent, n, got) = client_duplex(s, LEN, 4).expect("transfer");
+    assert_eq!((n, got), (LEN, clients_expect(LEN, 9)), "reply bytes");
+    let at_server = rx.recv_timeout(Duration::from_secs(20)).expect("server");
+    assert_eq!(
+        (at_server.received, at_server.received_sha),
+        (LEN, sent),
+        "request bytes"
+    );
+    assert_eq!(o.metric("ingress", OPENED), 1.0, "one stream on the lane");
+    assert_eq!(o.metric("ingress", FALLBACK), 0.0);
+}
+
 fn front() -> SocketAddr {
     "10.10.1.1:8080".parse().unwrap()
 }

@@ -172,7 +172,24 @@ async fn set_up(
     let target = request.target.clone();
     let opened = open(&shared, &snap, &settings, &request.target).await;
     let (dst, mut up, up_kind) = match opened {
-        Ok(o) => o,
+        Ok(Up::Leg(dst, up, kind)) => (dst, up, kind),
+        Ok(Up::Lane(h)) => {
+            // As below: the client's early bytes first, then the reply.
+            let sent = h.send(&request.early)
+                && match proto {
+                    Proto::Socks5(_) => socks5::succeeded(&mut down).await.is_ok(),
+                    Proto::HttpConnect(_) => http_connect::succeeded(&mut down).await.is_ok(),
+                };
+            if !sent {
+                count(&shared, proto, "client_gone");
+                h.reset(splitway_core::frame::AbortCode::Reset);
+                flow::reset(down);
+                return None;
+            }
+            crate::lane::run_stream(&shared, &snap, down, h, start).await;
+            drop(permit);
+            return None;
+        }
         Err(r) => {
             refuse(&shared, &mut down, proto, peer, Some(&target), r).await;
             return None;
@@ -205,15 +222,23 @@ async fn set_up(
     Some(Split::new(shared, snap, entry, legs, permit, active))
 }
 
+/// Where a proxy flow goes next: a relay leg or the next hop itself, or a
+/// stream on a lane to a `legs = "mux"` peer.
+enum Up {
+    Leg(SocketAddr, TcpStream, LegKind),
+    Lane(crate::lane::conn::StreamHandle),
+}
+
 /// Resolve `target` (a name: here, at the ingress), check the listener's
-/// allow list, open the next hop. Of a name's addresses the first one that
-/// is allowed and has a route is used.
+/// allow list, open the next hop (a stream on a lane when the first hop is
+/// a mux peer with room). Of a name's addresses the first one that is
+/// allowed and has a route is used.
 async fn open(
     shared: &Shared,
     snap: &Snapshot,
     settings: &Settings,
     target: &Target,
-) -> Result<(SocketAddr, TcpStream, LegKind), Refusal> {
+) -> Result<Up, Refusal> {
     let candidates: Vec<SocketAddr> = match target {
         Target::Addr(a) => vec![*a],
         Target::Name { host, port } => {
@@ -237,9 +262,12 @@ async fn open(
         });
     };
     let hop_limit = crate::leg::DEFAULT_HOP_LIMIT + 1;
+    if let Some(h) = crate::lane::stream_for(shared, snap, dst, hop_limit) {
+        return Ok(Up::Lane(h));
+    }
     // Proxy ingress flows take raw legs (no module chain) for now.
     match flow::next_hop(shared, snap, dst, hop_limit, false, &[]).await {
-        Ok((up, kind)) => Ok((dst, up, kind)),
+        Ok((up, kind)) => Ok(Up::Leg(dst, up, kind)),
         Err(e) => Err(Refusal::Hop(e)),
     }
 }

@@ -61,18 +61,40 @@ pub async fn carry(
     hop_limit: u8,
     start: Instant,
 ) -> Result<(), TcpStream> {
-    let Some(route) = snap.routes.lookup(&dst) else {
+    let Some(h) = stream_for(shared, snap, dst, hop_limit) else {
         return Err(down);
     };
+    run_stream(shared, snap, down, h, start).await;
+    Ok(())
+}
+
+/// A stream to `dst` on a lane, if its route's first usable hop is a
+/// `legs = "mux"` peer with a ready lane that has room (`None` otherwise;
+/// counted as a fallback when the peer is a mux peer).
+pub fn stream_for(
+    shared: &Shared,
+    snap: &Snapshot,
+    dst: SocketAddr,
+    hop_limit: u8,
+) -> Option<conn::StreamHandle> {
+    let route = snap.routes.lookup(&dst)?;
     let NextHop::Peer(name) = shared.pools.health.first_hop(route) else {
-        return Err(down);
+        return None;
     };
     if !shared.lanes.is_mux(name) {
-        return Err(down);
+        return None;
     }
-    let Some(h) = shared.lanes.open(name, dst, hop_limit) else {
-        return Err(down);
-    };
+    shared.lanes.open(name, dst, hop_limit)
+}
+
+/// Forward a client's flow on its stream until both ends are done.
+pub async fn run_stream(
+    shared: &Shared,
+    snap: &Snapshot,
+    down: TcpStream,
+    h: conn::StreamHandle,
+    start: Instant,
+) {
     let m = &shared.metrics;
     m.setup_seconds.observe(start.elapsed().as_secs_f64());
     m.active.inc();
@@ -89,7 +111,6 @@ pub async fn carry(
     if let Some(t) = r.first_down {
         m.ttfb_seconds.observe(t.as_secs_f64());
     }
-    Ok(())
 }
 
 /// Every `congestion` of a mux peer must be one this kernel has: a process
