@@ -257,8 +257,39 @@ impl Split {
         self.shared.metrics.active.inc();
         let id = self.shared.register(self.entry.clone());
         let (down, up, t) = (&self.entry.down, &self.entry.up, self.snap.flow_timeouts());
+        let guarded = self.guard_relay_legs(true);
         let report = forward::relay(down, up, t, &mut engine, self.legs.since).await;
+        if guarded && report.outcome.is_clean() {
+            self.guard_relay_legs(false);
+        }
         self.finish(id, engine, report);
+    }
+
+    /// A v1 relay leg carries no end mark, so a peer relay that dies (its
+    /// kernel closes the leg, usually with a FIN) would look like the end of
+    /// the stream. While a flow runs, its relay legs are armed to close with
+    /// a RST (linger 0): if this process dies, the peer sees a reset, never
+    /// a clean end; only a flow that ended cleanly disarms them (`on =
+    /// false`) so its close is an orderly FIN after any unsent bytes.
+    /// Returns whether the flow has a relay leg.
+    fn guard_relay_legs(&self, on: bool) -> bool {
+        let set = |s: &TcpStream| {
+            let _ = if on {
+                sockopt::set_linger_zero(s)
+            } else {
+                sockopt::clear_linger(s)
+            };
+        };
+        let mut any = false;
+        if self.legs.down == LegKind::PeerIn {
+            set(&self.entry.down);
+            any = true;
+        }
+        if self.legs.up == LegKind::PeerOut {
+            set(&self.entry.up);
+            any = true;
+        }
+        any
     }
 
     /// A flow with modules: the module engine, then the same accounting.

@@ -249,6 +249,9 @@ fn peer_killed_with_idle_pool_and_mid_transfer_fails_fast_then_pool_refills() {
     assert_ne!(dend, End::Hang, "download hung");
     assert_ne!(uend, End::Hang, "upload hung");
     assert_eq!(uend, End::Reset, "the upload is reset");
+    // The dead relay's kernel closed the leg; the download must not look
+    // complete (a truncated reply ending in EOF).
+    assert_eq!(dend, End::Reset, "the download is reset, not ended cleanly");
     assert!(dt < Duration::from_secs(3), "download ended after {dt:?}");
     assert!(ut < Duration::from_secs(3), "upload ended after {ut:?}");
 

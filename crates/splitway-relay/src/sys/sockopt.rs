@@ -144,6 +144,12 @@ pub fn set_linger_zero(s: &impl AsFd) -> io::Result<()> {
     SockRef::from(s).set_linger(Some(Duration::ZERO))
 }
 
+/// SO_LINGER off again: the next close is an orderly one (FIN after any
+/// unsent data).
+pub fn clear_linger(s: &impl AsFd) -> io::Result<()> {
+    SockRef::from(s).set_linger(None)
+}
+
 /// IP_BIND_ADDRESS_NO_PORT: defer port choice to connect().
 pub fn set_bind_no_port(s: &impl AsFd) -> io::Result<()> {
     setsockopt_int(s.as_fd(), libc::SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
