@@ -216,7 +216,51 @@ fn quick_many_clients_through_one_ingress() {
     // the relay's own counters were read: every flow is a hit or a miss
     let used = sw["pool_hits"].as_f64().unwrap() + sw["pool_misses"].as_f64().unwrap();
     assert!(used >= 30.0, "pool hits + misses {used}");
+    // on lanes: no flow took a pooled leg, none fell back
+    let mux = a["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["config"] == "splitway-mux")
+        .expect("the mux arm runs by default");
+    assert_eq!(mux["pool_hits"], 0.0, "mux flows ride lanes");
+    assert_eq!(mux["lane_fallbacks"], 0.0);
     assert!(out.join("many-ttfb.svg").exists());
+    no_namespace_left();
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn quick_bulk_with_small_requests() {
+    if !ready() {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_lab(
+        "bulk",
+        &[
+            "--scenario",
+            "bulk",
+            "--quick",
+            "--configs",
+            "e2e,splitway-mux-paced",
+        ],
+    );
+    let j = read_json(out.join("bulk.json"));
+    let configs = j["analysis"]["configs"].as_array().unwrap();
+    assert_eq!(configs.len(), 2);
+    for c in configs {
+        assert_eq!(c["failures"].as_array().map(Vec::len), Some(0), "{c}");
+        assert!(c["bulk_total_ms"].as_f64().unwrap() > 0.0, "{c}");
+        for phase in ["unloaded_ttfb_ms", "loaded_ttfb_ms"] {
+            let p50 = c[phase]["p50"].as_f64().unwrap();
+            assert!(p50 > 0.0 && p50 <= c[phase]["max"].as_f64().unwrap(), "{c}");
+        }
+    }
+    // every request of both phases and the bulk download are rows
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r["failed"] == 0));
     no_namespace_left();
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -200,9 +200,20 @@ impl LaneConn {
         let mut pace_tick = tokio::time::interval(PACE_EVERY);
         pace_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut paced_at = 0u64;
+        let mut paced_streams = usize::MAX;
         let reason: &'static str = loop {
             if draining && off == out.len() && self.lock().lane.streams() == 0 {
                 break "stopped";
+            }
+            if self.pace.get().is_some() {
+                // A stream opened or closed here: new shares at once, not
+                // at the next tick (a burst's first bytes must not wait
+                // at an idle lane's rate).
+                let n = self.streams();
+                if n != paced_streams {
+                    paced_streams = n;
+                    self.repace(&sock, &mut paced_at);
+                }
             }
             if off == out.len() {
                 out.clear();
@@ -248,21 +259,7 @@ impl LaneConn {
                 }
                 _ = self.wake.notified() => {}
                 _ = pace_tick.tick(), if self.pace.get().is_some() => {
-                    if let Some(g) = self.pace.get() {
-                        let r = g.rate_for(&self);
-                        // Only a change of more than 1/32 is worth a syscall.
-                        if r.abs_diff(paced_at) > paced_at / 32 {
-                            let v = u32::try_from(r).unwrap_or(u32::MAX - 1);
-                            if sockopt::set_max_pacing_rate(&sock, v).is_ok() {
-                                self.m
-                                    .pacing
-                                    .with_label_values(&[self.role_label])
-                                    .add(r as i64 - paced_at as i64);
-                                paced_at = r;
-                                self.paced_at.store(r, Ordering::Relaxed);
-                            }
-                        }
-                    }
+                    self.repace(&sock, &mut paced_at);
                 }
                 _ = ping.tick() => {
                     // Three PINGs unanswered: the peer or the path is gone.
@@ -291,6 +288,27 @@ impl LaneConn {
         drop(sock);
         self.m.lanes.with_label_values(&[self.role_label]).dec();
         (reason, was_ready)
+    }
+
+    /// Set this lane's pacing rate to its share now (if it changed by
+    /// more than 1/32: not worth a syscall otherwise).
+    fn repace(&self, sock: &TcpStream, paced_at: &mut u64) {
+        let Some(g) = self.pace.get() else {
+            return;
+        };
+        let r = g.rate_for(self);
+        if r.abs_diff(*paced_at) <= *paced_at / 32 {
+            return;
+        }
+        let v = u32::try_from(r).unwrap_or(u32::MAX - 1);
+        if sockopt::set_max_pacing_rate(sock, v).is_ok() {
+            self.m
+                .pacing
+                .with_label_values(&[self.role_label])
+                .add(r as i64 - *paced_at as i64);
+            *paced_at = r;
+            self.paced_at.store(r, Ordering::Relaxed);
+        }
     }
 
     /// Mark the lane dead and reset every flow on it.
