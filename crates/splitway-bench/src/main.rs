@@ -10,7 +10,7 @@ mod reload;
 mod sockmap;
 mod sys;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -260,7 +260,7 @@ struct CpuSnap {
     busy: Vec<u64>,
     me: f64,
     relay: f64,
-    kthreads: f64,
+    kthreads: HashMap<u32, u64>,
     at: Instant,
 }
 
@@ -269,7 +269,7 @@ fn cpu_snap(roots: &[u32]) -> CpuSnap {
         busy: sys::cpu_busy(),
         me: sys::self_cpu_secs(),
         relay: sys::tree_cpu_secs(roots),
-        kthreads: sys::kthread_cpu_secs(),
+        kthreads: sys::kthread_ticks(),
         at: Instant::now(),
     }
 }
@@ -299,7 +299,7 @@ fn cpu_delta(a: &CpuSnap, b: &CpuSnap, relay_cpu: usize) -> CpuDelta {
     let ncpu = b.busy.len().max(1) as f64;
     CpuDelta {
         secs,
-        both: relay + me + (b.kthreads - a.kthreads),
+        both: relay + me + sys::kthread_delta_secs(&a.kthreads, &b.kthreads),
         relay,
         relay_core: (b.busy.get(relay_cpu).unwrap_or(&0) - a.busy.get(relay_cpu).unwrap_or(&0))
             as f64

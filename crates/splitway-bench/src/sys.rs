@@ -217,14 +217,15 @@ pub fn cpu_busy() -> Vec<u64> {
         .collect()
 }
 
-/// CPU seconds of the kernel's worker threads (`kworker/*`, `ksoftirqd/*`)
-/// so far: where in-kernel forwarding (a sockmap's redirect backlog) and
-/// deferred softirq work run.
-pub fn kthread_cpu_secs() -> f64 {
+/// CPU ticks of the kernel's worker threads (`kworker/*`, `ksoftirqd/*`)
+/// by pid: where in-kernel forwarding (a sockmap's redirect backlog) and
+/// deferred softirq work run. Compare two with [`kthread_delta_secs`]
+/// (kworkers come and go).
+pub fn kthread_ticks() -> HashMap<u32, u64> {
+    let mut m = HashMap::new();
     let Ok(dir) = fs::read_dir("/proc") else {
-        return 0.0;
+        return m;
     };
-    let mut t = 0u64;
     for e in dir.flatten() {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -235,9 +236,21 @@ pub fn kthread_cpu_secs() -> f64 {
         };
         let comm = s.split(['(', ')']).nth(1).unwrap_or("");
         if comm.starts_with("kworker") || comm.starts_with("ksoftirqd") {
-            t += proc_stat(pid).map_or(0, |x| x.1);
+            if let Some((_, t)) = proc_stat(pid) {
+                m.insert(pid, t);
+            }
         }
     }
+    m
+}
+
+/// CPU seconds the kernel threads alive at `b` used since `a` (a thread
+/// that exited in between is left out, one born in between counts whole).
+pub fn kthread_delta_secs(a: &HashMap<u32, u64>, b: &HashMap<u32, u64>) -> f64 {
+    let t: u64 = b
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(*a.get(pid).unwrap_or(&0)))
+        .sum();
     t as f64 / clk_tck()
 }
 
