@@ -29,17 +29,10 @@ pub enum Kind {
     SplitwaySplice2w,
     /// The BPF sockmap experiment (`crate::sockmap`), not a splitway engine.
     Sockmap,
-    /// The splice engine with `node.quiet_blocked_input` (an experiment).
-    SplitwaySpliceQuiet,
 }
 
 /// Run only when named with `--only`.
-pub const EXTRA: [Kind; 4] = [
-    Kind::SplitwayCopy2w,
-    Kind::SplitwaySplice2w,
-    Kind::Sockmap,
-    Kind::SplitwaySpliceQuiet,
-];
+pub const EXTRA: [Kind; 3] = [Kind::SplitwayCopy2w, Kind::SplitwaySplice2w, Kind::Sockmap];
 
 pub const ALL: [Kind; 8] = [
     Kind::Socat,
@@ -66,7 +59,6 @@ impl Kind {
             Kind::SplitwayCopy2w => "splitway copy, 2 workers (CPUs 0,1)",
             Kind::SplitwaySplice2w => "splitway splice, 2 workers (CPUs 0,1)",
             Kind::Sockmap => "BPF sockmap (experiment)",
-            Kind::SplitwaySpliceQuiet => "splitway splice, quiet_blocked_input",
         }
     }
     pub fn key(&self) -> &'static str {
@@ -82,7 +74,6 @@ impl Kind {
             Kind::SplitwayCopy2w => "splitway-copy-2w",
             Kind::SplitwaySplice2w => "splitway-splice-2w",
             Kind::Sockmap => "sockmap",
-            Kind::SplitwaySpliceQuiet => "splitway-splice-quiet",
         }
     }
     pub fn from_key(k: &str) -> Option<Kind> {
@@ -277,8 +268,7 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
         | Kind::SplitwaySplice
         | Kind::SplitwaySpliceNoPools
         | Kind::SplitwayCopy2w
-        | Kind::SplitwaySplice2w
-        | Kind::SplitwaySpliceQuiet => {
+        | Kind::SplitwaySplice2w => {
             let two = matches!(kind, Kind::SplitwayCopy2w | Kind::SplitwaySplice2w);
             let engine = if matches!(kind, Kind::SplitwayCopy | Kind::SplitwayCopy2w) {
                 "copy"
@@ -296,11 +286,7 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
                      [features]\nearly_syn = false\nconn_pool = false\nturbo_start = false\n\
                      fast_open = false\nworker_pools = {pools}\n\n\
                      [limits]\nmax_connections = 100000\n",
-                    extra = if kind == Kind::SplitwaySpliceQuiet {
-                        format!("quiet_blocked_input = true\n{}", s.splitway_node)
-                    } else {
-                        s.splitway_node.clone()
-                    },
+                    extra = s.splitway_node,
                     ip = t.ip()
                 ),
             )?;

@@ -90,11 +90,6 @@ pub struct Node {
     pub buffer_bytes: usize,
     #[serde(default = "d_pipe_bytes")]
     pub pipe_bytes: usize,
-    /// `splice` engine, experiment (issue 16): while a direction waits for
-    /// its destination to take what is in the pipe, raise the source's
-    /// `SO_RCVLOWAT` so arriving data does not wake the relay for nothing.
-    #[serde(default)]
-    pub quiet_blocked_input: bool,
     #[serde(default)]
     pub log_format: LogFormat,
     /// Log one line per connection when it ends.

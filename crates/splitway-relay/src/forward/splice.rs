@@ -17,7 +17,6 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::Interest;
@@ -26,21 +25,6 @@ use tokio::net::TcpStream;
 use super::{Fail, Loan, Pump, Stock};
 use crate::sys;
 use crate::sys::pipe::Pipe;
-use crate::sys::sockopt;
-
-/// `node.quiet_blocked_input` (an experiment, off by default): while a
-/// direction waits for its destination to take what is in the pipe, the
-/// source's `SO_RCVLOWAT` is raised, so data arriving meanwhile does not
-/// wake the relay (tokio registers every socket edge-triggered for reading
-/// and writing, and such a wake-up finds no task waiting: docs/performance.md,
-/// "where the time goes"). EOF, errors and a nearly full receive window
-/// still wake it. Restored to 1 before the next read.
-static QUIET_BLOCKED_INPUT: AtomicBool = AtomicBool::new(false);
-
-/// Set from the config at start and on every reload.
-pub fn set_quiet_blocked_input(on: bool) {
-    QUIET_BLOCKED_INPUT.store(on, Ordering::Relaxed);
-}
 
 /// Bursts up to this size are copied, not spliced (HAProxy measured splice
 /// losing below about 4 KB): one `recv` and one `send`, no pipe.
@@ -117,8 +101,6 @@ pub struct SplicePump<'a, S> {
     /// The first read is still to be tried at once (see
     /// [`super::first_burst`]).
     first: bool,
-    /// The source's `SO_RCVLOWAT` is raised ([`QUIET_BLOCKED_INPUT`]).
-    quiet: bool,
 }
 
 impl<'a, S: Stock<Pipe>> SplicePump<'a, S> {
@@ -130,7 +112,6 @@ impl<'a, S: Stock<Pipe>> SplicePump<'a, S> {
             step: Step::Read,
             streaming: false,
             first,
-            quiet: false,
         }
     }
 }
@@ -174,16 +155,10 @@ impl<S: Stock<Pipe>> Pump for SplicePump<'_, S> {
                                 *moved += m as u64;
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                if !self.quiet && QUIET_BLOCKED_INPUT.load(Ordering::Relaxed) {
-                                    self.quiet = sockopt::set_rcvlowat(src, i32::MAX).is_ok();
-                                }
                                 ready!(dst.poll_write_ready(cx)).map_err(|_| Fail::Dst)?;
                             }
                             Err(_) => return Poll::Ready(Err(Fail::Dst)),
                         }
-                    }
-                    if std::mem::take(&mut self.quiet) && sockopt::set_rcvlowat(src, 1).is_err() {
-                        return Poll::Ready(Err(Fail::Src));
                     }
                     let n = *n;
                     let full = n == pipe.capacity();

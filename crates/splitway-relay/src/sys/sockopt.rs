@@ -140,14 +140,6 @@ pub fn set_buffers(s: &impl AsFd, bytes: usize) -> io::Result<()> {
 }
 
 /// SO_LINGER with zero timeout: the next close sends a RST.
-/// `SO_RCVLOWAT`: the socket reads as readable (and wakes its waiters) only
-/// once this many bytes are queued, or at EOF, an error, memory pressure or
-/// an almost closed receive window. The kernel caps it at half the largest
-/// receive buffer.
-pub fn set_rcvlowat(s: &impl AsFd, bytes: i32) -> io::Result<()> {
-    setsockopt_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
-}
-
 pub fn set_linger_zero(s: &impl AsFd) -> io::Result<()> {
     SockRef::from(s).set_linger(Some(Duration::ZERO))
 }
