@@ -16,7 +16,8 @@ pub struct Sample {
     pub total_ms: f64,
 }
 
-const FORMAT: &str =
+/// curl's `-w` format that [`parse_output`] reads.
+pub const FORMAT: &str =
     "%{http_code} %{time_connect} %{time_starttransfer} %{time_total} %{size_download}\\n";
 
 /// Parse curl's `-w` output: code, connect, starttransfer, total (seconds), bytes.

@@ -14,10 +14,12 @@
 //! lab's shared state, chains built and checked), [`testbed`] (namespaces),
 //! [`emulation`] (delay lines), [`measure`] (emulation check), [`nginx`]
 //! and [`curl`] (workload), [`configs`] (what is compared), [`runner`]
-//! (interleaved runs, progress), [`scenarios`] (what a run measures),
+//! (interleaved runs, progress), [`content`] (corpus files for the
+//! `modules` scenario), [`scenarios`] (what a run measures),
 //! [`report`] (tables, JSON, charts), [`stats`] and [`units`] (pure helpers).
 
 pub mod configs;
+pub mod content;
 pub mod curl;
 pub mod emulation;
 pub mod host;
@@ -55,7 +57,9 @@ pub struct LabArgs {
     /// loss (random loss on the long link, then the client's), many
     /// (100 concurrent downloads from 10 clients through one ingress), web
     /// (HTTPS and headless Chromium loading a median-shaped page), proxy
-    /// (curl through splitway's SOCKS5 / CONNECT ingress against ssh -D)
+    /// (curl through splitway's SOCKS5 / CONNECT ingress against ssh -D),
+    /// modules (random, a real corpus, it again and its new version, with
+    /// and without the stream modules on the relay-to-relay legs)
     #[arg(long, default_value = "paper")]
     pub scenario: String,
 

@@ -117,10 +117,11 @@ impl Testbed {
         &self.nodes[self.plan.link_node(k)]
     }
 
-    /// Add an address to host `i`'s interface `ifname`.
+    /// Add an address to host `i`'s interface `ifname` (again is no error:
+    /// a configuration may be restarted).
     pub fn add_addr(&self, i: usize, addr: Ipv4Addr, ifname: &str) -> Result<()> {
         self.host(i)
-            .ip(["addr", "add", &format!("{addr}/24"), "dev", ifname])?;
+            .ip(["addr", "replace", &format!("{addr}/24"), "dev", ifname])?;
         Ok(())
     }
 

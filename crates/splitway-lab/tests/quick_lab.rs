@@ -387,3 +387,49 @@ fn quick_web_https_and_chromium() {
     no_namespace_left();
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn quick_modules_shrink_the_long_link_and_keep_every_byte() {
+    if !ready() {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_lab("modules", &["--scenario", "modules", "--quick"]);
+    let j = read_json(out.join("modules.json"));
+    let a = &j["analysis"];
+    let c = &a["contents"];
+    assert!(c["files_changed"].as_u64().unwrap() >= 1);
+    assert_ne!(c["corpus"]["sha256"], c["changed"]["sha256"]);
+    // every download arrived whole (size and SHA-256 checked by the lab)
+    let downloads = a["downloads"].as_array().unwrap();
+    assert_eq!(downloads.len(), 2 * 4 * 2, "2 rounds x 4 kinds x 2 configs");
+    for d in downloads {
+        assert!(d["error"].is_null(), "{d}");
+    }
+    let cmp = a["comparison"].as_array().unwrap();
+    let wire = |kind: &str, config: &str| -> f64 {
+        cmp.iter()
+            .find(|r| r["kind"] == kind && r["config"] == config)
+            .and_then(|r| r["wire_vs_size"].as_f64())
+            .unwrap_or_else(|| panic!("no wire bytes for {kind} {config}"))
+    };
+    // without modules every byte crosses the long link (plus headers)
+    for kind in ["random", "corpus", "again", "changed"] {
+        let w = wire(kind, "splitway");
+        assert!((1.0..1.15).contains(&w), "{kind} without modules: {w}");
+    }
+    // with them: random passes (≤ 3 % more), the corpus shrinks, its
+    // repeat crosses as references, its new version mostly too
+    assert!(wire("random", "splitway+modules") < 1.15);
+    let corpus = wire("corpus", "splitway+modules");
+    let again = wire("again", "splitway+modules");
+    let changed = wire("changed", "splitway+modules");
+    assert!(corpus < 0.6, "corpus {corpus}");
+    assert!(again < 0.1, "again {again}");
+    assert!(
+        changed < 0.5 * corpus,
+        "changed {changed} vs corpus {corpus}"
+    );
+    no_namespace_left();
+    let _ = std::fs::remove_dir_all(&out);
+}

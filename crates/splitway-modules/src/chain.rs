@@ -136,6 +136,19 @@ impl Stores {
     }
 }
 
+/// How much an encode call flushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// More input follows at once: stages may hold what they like.
+    No,
+    /// The source has nothing more this moment but streams (more is due
+    /// within about one of its RTTs): every stage flushes except those that
+    /// keep an unfinished unit ([`Encoder::keeps_unit_on_soft_flush`]).
+    Soft,
+    /// Nothing may stay held (latency must not grow).
+    Hard,
+}
+
 /// One direction's encoders, in order.
 pub struct EncoderChain {
     stages: Vec<Box<dyn Encoder>>,
@@ -166,10 +179,23 @@ impl EncoderChain {
 
     /// Encodes a burst through every stage; the encoded bytes are appended
     /// to `out.data`, control messages for the far decoders to `out.control`.
+    /// `flush`: nothing may stay held ([`Flush::Hard`]).
     pub fn encode(
         &mut self,
         input: &[u8],
         flush: bool,
+        state: &LegSnapshot,
+        out: &mut Output,
+    ) -> Result<(), ModuleError> {
+        let f = if flush { Flush::Hard } else { Flush::No };
+        self.encode_with(input, f, state, out)
+    }
+
+    /// [`EncoderChain::encode`] with a [`Flush`] kind.
+    pub fn encode_with(
+        &mut self,
+        input: &[u8],
+        flush: Flush,
         state: &LegSnapshot,
         out: &mut Output,
     ) -> Result<(), ModuleError> {
@@ -189,9 +215,14 @@ impl EncoderChain {
             if !last {
                 dst.clear();
             }
+            let f = match flush {
+                Flush::No => false,
+                Flush::Hard => true,
+                Flush::Soft => !stage.keeps_unit_on_soft_flush(),
+            };
             let r = stage.encode(
                 src.as_deref().unwrap_or(input),
-                flush,
+                f,
                 state,
                 &mut dst,
                 &mut self.ctl,

@@ -24,7 +24,7 @@ pub mod state;
 pub mod stream_test;
 mod varint;
 
-pub use chain::{ChainSpec, DecoderChain, EncoderChain, ModuleKind, Stores};
+pub use chain::{ChainSpec, DecoderChain, EncoderChain, Flush, ModuleKind, Stores};
 pub use error::ModuleError;
 pub use module::{Control, Decoder, Encoder, Output};
 pub use state::{LegSnapshot, TcpSnapshot};

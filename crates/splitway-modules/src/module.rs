@@ -65,6 +65,13 @@ pub trait Encoder: Send {
     fn idle(&self) -> bool {
         true
     }
+    /// On a soft flush ([`crate::chain::Flush::Soft`]: the source streams
+    /// and more is due soon) this stage may keep its unfinished unit (dedup:
+    /// the current chunk, which would otherwise cross as bytes even when the
+    /// far side has it) and gets `flush = false`; the stages after it flush.
+    fn keeps_unit_on_soft_flush(&self) -> bool {
+        false
+    }
 }
 
 /// One stage at the receiving relay: the inverse of an [`Encoder`].

@@ -36,14 +36,51 @@ pub struct LegSnapshot {
 impl LegSnapshot {
     /// The sink is the bottleneck: bytes pile up in the kernel's unsent queue
     /// or in ours (ModNet: the congestion window is smaller than the data in
-    /// the socket buffer).
+    /// the socket buffer), or bytes wait while the window is full (the leg
+    /// is cwnd-limited: with `TCP_NOTSENT_LOWAT` the unsent queue stays
+    /// short, so on a leg with a large window — a deep bottleneck queue,
+    /// turbo-start — the waiting bytes alone never reach half of it).
     pub fn sink_backlogged(&self) -> bool {
         let waiting = self.sink.notsent_bytes + self.queued_bytes;
-        waiting > 0 && (self.sink.cwnd_bytes == 0 || waiting >= self.sink.cwnd_bytes / 2)
+        let cwnd = self.sink.cwnd_bytes;
+        waiting > 0 && (cwnd == 0 || waiting >= cwnd / 2 || self.sink.unacked_bytes >= cwnd / 4 * 3)
     }
 
     /// The sink takes everything at once: no unsent bytes anywhere.
     pub fn sink_idle(&self) -> bool {
         self.sink.notsent_bytes == 0 && self.queued_bytes == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(cwnd: u64, unacked: u64, notsent: u64, queued: u64) -> LegSnapshot {
+        LegSnapshot {
+            sink: TcpSnapshot {
+                cwnd_bytes: cwnd,
+                unacked_bytes: unacked,
+                notsent_bytes: notsent,
+                ..Default::default()
+            },
+            queued_bytes: queued,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn backlogged_when_bytes_wait_behind_a_full_window_or_half_a_window() {
+        // a large window, full, and bytes waiting: cwnd-limited
+        assert!(leg(1 << 20, 1 << 20, 16 << 10, 0).sink_backlogged());
+        // the same window mostly empty: bytes wait only for this write
+        assert!(!leg(1 << 20, 100 << 10, 16 << 10, 0).sink_backlogged());
+        // half a window waiting (here in our own queue)
+        assert!(leg(100 << 10, 0, 0, 60 << 10).sink_backlogged());
+        // nothing waits: never backlogged, and idle
+        assert!(!leg(1 << 20, 1 << 20, 0, 0).sink_backlogged());
+        assert!(leg(1 << 20, 1 << 20, 0, 0).sink_idle());
+        // unknown window: any wait counts
+        assert!(leg(0, 0, 1, 0).sink_backlogged());
     }
 }

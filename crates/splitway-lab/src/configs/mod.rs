@@ -18,7 +18,9 @@ use splitway_netns::ChildGuard;
 use crate::testbed::Testbed;
 use crate::topology::Topology;
 
-pub use self::splitway::{admin_port, ports as splitway_ports, Features};
+pub use self::splitway::{
+    admin_port, modules_of as splitway_modules, ports as splitway_ports, Features,
+};
 
 /// Every configuration the lab knows, in report order, with a one-line description.
 pub const CATALOGUE: &[(&str, &str)] = &[
@@ -34,6 +36,8 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux", "splitway, flows as streams on 2 warm lanes per peer (legs = \"mux\"), turbo-start shared by the lanes"),
     ("splitway-mux-bbr", "splitway-mux with BBR congestion control on the lanes"),
     ("splitway-mux-paced", "splitway-mux with the lanes paced together at the link's rate (lane_pacing)"),
+    ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),
+    ("splitway+modules", "splitway with the dedup and compress modules on the relay-to-relay legs"),
 ];
 
 /// Known configuration names, for messages.
@@ -141,6 +145,12 @@ pub fn start(name: &'static str, ctx: &Ctx, nth_split: usize) -> Result<Running>
     if matches!(name, "nosplit" | "ssh" | "ssh-nagle") && ctx.topo.relays() != 2 {
         bail!(
             "configuration {name} needs a path with two relays (ingress and egress); this one has {}",
+            ctx.topo.relays()
+        );
+    }
+    if !splitway::modules_of(name).is_empty() && ctx.topo.relays() < 2 {
+        bail!(
+            "configuration {name} runs modules between two relays; this path has {}",
             ctx.topo.relays()
         );
     }

@@ -33,6 +33,11 @@ pub struct Features {
 /// The feature set of each splitway configuration (the paper's ablation:
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
+    let name = if modules_of(name).is_empty() {
+        name
+    } else {
+        "splitway"
+    };
     if let Some(cc) = name.strip_prefix("splitway-mux") {
         if !matches!(cc, "" | "-bbr" | "-paced") {
             return None;
@@ -62,6 +67,16 @@ pub fn features_of(name: &str) -> Option<Features> {
     f.conn_pool = n >= 3;
     f.turbo_start = n >= 4;
     Some(f)
+}
+
+/// The stream modules (issue 13) of configuration `name`, on the first
+/// relay's route: every improvement plus these.
+pub fn modules_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "splitway+compress" => &["compress"],
+        "splitway+modules" => &["dedup", "compress"],
+        _ => &[],
+    }
 }
 
 fn features_toml(f: &Features) -> String {
@@ -195,9 +210,15 @@ pub fn relay_configs(
             } else {
                 "direct".to_string()
             };
+            let modules = modules_of(name);
+            let modules = if i == 1 && i < relays && !modules.is_empty() {
+                format!("modules = {modules:?}\n")
+            } else {
+                String::new()
+            };
             let _ = write!(
                 c,
-                "[[route]]\nprefix = \"{server}/32\"\nvia = \"{via}\"\n\n{}\n{}",
+                "[[route]]\nprefix = \"{server}/32\"\nvia = \"{via}\"\n{modules}\n{}\n{}",
                 features_toml(f),
                 firewall_toml(n, i)
             );
@@ -370,6 +391,28 @@ mod tests {
         let plain = features_of("splitway").unwrap();
         let text = relay_configs(&topo, secret, "splitway", &plain, 0).join("\n");
         assert!(!text.contains("legs ="), "per-flow legs stay the default");
+    }
+
+    #[test]
+    fn module_configs_put_the_chain_on_the_ingress_route_only() {
+        let topo = Topology::default();
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        for (name, want) in [
+            ("splitway+modules", vec!["dedup", "compress"]),
+            ("splitway+compress", vec!["compress"]),
+            ("splitway", vec![]),
+        ] {
+            let f = features_of(name).unwrap();
+            assert_eq!(f, features_of("splitway").unwrap(), "{name}");
+            let c = relay_configs(&topo, secret, name, &f, 3);
+            let i = Config::parse(&c[0]).unwrap_or_else(|e| panic!("{e}\n{}", c[0]));
+            let e = Config::parse(&c[1]).unwrap_or_else(|e| panic!("{e}\n{}", c[1]));
+            assert_eq!(i.routes[0].modules, want, "{name}");
+            assert!(
+                e.routes[0].modules.is_empty(),
+                "the egress's route is direct"
+            );
+        }
     }
 
     #[test]

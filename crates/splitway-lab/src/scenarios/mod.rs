@@ -9,6 +9,7 @@ mod bulk;
 mod loss;
 mod many;
 mod miniproxy;
+mod modules;
 mod paper;
 mod proxy;
 mod web;
@@ -60,6 +61,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "proxy",
         about: "curl --socks5-hostname and curl -x through splitway's proxy ingress vs ssh -D, TTFB and total",
         run: proxy::run,
+    },
+    Scenario {
+        name: "modules",
+        about: "stream modules on the relay legs: random, a real corpus, it again, its new version; with and without modules",
+        run: modules::run,
     },
 ];
 

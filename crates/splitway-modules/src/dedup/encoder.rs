@@ -170,6 +170,10 @@ impl Encoder for DedupEncoder {
         self.pinned.sent == self.pinned.acked
     }
 
+    fn keeps_unit_on_soft_flush(&self) -> bool {
+        true
+    }
+
     fn control(&mut self, msg: &[u8], ctl: &mut Vec<Vec<u8>>) -> Result<(), ModuleError> {
         match (msg.first(), msg.len()) {
             (Some(&CTL_ACK), 9) => {

@@ -11,6 +11,21 @@
 //! with that moment's `TCP_INFO`, and the bytes not yet encoded wait in the
 //! plain socket's receive queue, where nothing has been decided about them.
 //!
+//! Flushes: a burst is flushed (every stage emits what it holds) when the
+//! plain socket has nothing more, unless more is due soon ([`hold`]):
+//! - the leg still has bytes to send (queued here or unsent in the
+//!   kernel): the tail waits until they have drained at the leg's delivery
+//!   rate, since sending it earlier would not make it arrive earlier;
+//! - the source is streaming (at least [`BULK_BURST`] read since the last
+//!   flush): a *soft* flush (every stage but dedup flushes, so the leg does
+//!   not starve; dedup keeps its unfinished chunk, which would otherwise
+//!   cross as bytes even when the far side has it), and a full flush once
+//!   the source has sent nothing for one RTT of the plain socket.
+//!
+//! At most [`HOLD_MAX`] after the last byte read; a source's EOF flushes at
+//! once, and so does a short burst on an idle leg (a request, an
+//! interactive reply).
+//!
 //! Ends: the plain socket's EOF becomes an END frame (with the DATA byte
 //! count); an END received (count checked, chain finished) becomes
 //! `shutdown(WR)` on the plain socket. A leg that ends without END, or any
@@ -23,7 +38,9 @@ use std::io;
 use std::time::Duration;
 
 use splitway_core::frame::{self, Frame, FrameError, LEG_STREAM};
-use splitway_modules::{DecoderChain, EncoderChain, LegSnapshot, ModuleError, Output, TcpSnapshot};
+use splitway_modules::{
+    DecoderChain, EncoderChain, Flush, LegSnapshot, ModuleError, Output, TcpSnapshot,
+};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -42,6 +59,57 @@ pub const LEG_QUEUE: usize = 64 << 10;
 /// plain socket, and fewer frame bytes than [`FRAME_QUEUE`] wait decoding.
 const PLAIN_QUEUE: usize = 1 << 20;
 const FRAME_QUEUE: usize = 256 << 10;
+
+/// The longest a tail is held after the last byte read.
+pub const HOLD_MAX: Duration = Duration::from_millis(100);
+/// Bytes read since the last flush that make a source "streaming".
+pub const BULK_BURST: u64 = 64 << 10;
+/// The longest one wait before the leg is looked at again.
+const HOLD_STEP: Duration = Duration::from_millis(20);
+
+/// How long to hold an unflushed tail: `None` to flush now (the leg would
+/// go idle), else until the bytes ahead of it (`queued` here, `notsent` in
+/// the kernel) have left at `rate` bytes/s, 1 ms to [`HOLD_STEP`].
+pub fn hold_for(queued: u64, notsent: u64, rate: u64) -> Option<Duration> {
+    let ahead = queued + notsent;
+    if ahead == 0 {
+        return None;
+    }
+    let wait = ahead
+        .saturating_mul(1_000_000)
+        .checked_div(rate)
+        .map_or(HOLD_STEP, Duration::from_micros);
+    Some(wait.clamp(Duration::from_millis(1), HOLD_STEP))
+}
+
+/// What to do with an unflushed tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Flush every stage now.
+    Flush,
+    /// Soft flush now, and look again after this long.
+    Soft(Duration),
+    /// Hold everything; look again after this long.
+    Hold(Duration),
+}
+
+/// The tail `since` the last byte read: held for a busy leg (`leg`, from
+/// [`hold_for`]); after a bulk `burst`, soft-flushed until one source RTT
+/// (1 ms to [`HOLD_STEP`]) has passed without input; else flushed.
+pub fn tail(leg: Option<Duration>, burst: u64, source_rtt: Duration, since: Duration) -> Tail {
+    if since >= HOLD_MAX {
+        return Tail::Flush;
+    }
+    if let Some(w) = leg {
+        return Tail::Hold(w);
+    }
+    let rtt = source_rtt.clamp(Duration::from_millis(1), HOLD_STEP);
+    if burst >= BULK_BURST && since < rtt {
+        Tail::Soft(rtt - since)
+    } else {
+        Tail::Flush
+    }
+}
 
 /// Why a module flow was cut.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +184,12 @@ struct State {
     out: Output,
     plain_eof: bool,
     unflushed: bool,
+    /// When a held tail is looked at again; the last byte read; bytes read
+    /// since the last flush; whether a soft flush followed the last read.
+    flush_at: Option<Instant>,
+    last_read: Instant,
+    burst: u64,
+    soft_done: bool,
     end_sent: bool,
     end_received: bool,
     /// The decoder chain finished after END (it may first wait for answers).
@@ -140,6 +214,10 @@ impl ModuleFlow<'_> {
             out: Output::default(),
             plain_eof: false,
             unflushed: false,
+            flush_at: None,
+            last_read: Instant::now(),
+            burst: 0,
+            soft_done: false,
             end_sent: false,
             end_received: false,
             dec_finished: false,
@@ -223,7 +301,11 @@ impl ModuleFlow<'_> {
                 && !self.dec.has_pending();
             let want_leg_write = st.to_leg.pending() > 0;
             let want_plain_write = st.to_plain.pending() > 0;
+            let flush_at = st.flush_at.filter(|_| st.unflushed);
             tokio::select! {
+                _ = sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
+                    self.flush_or_hold(st)?;
+                }
                 r = self.plain.readable(), if want_plain_read => {
                     r?;
                     self.read_plain(st, &mut rbuf)?;
@@ -291,6 +373,8 @@ impl ModuleFlow<'_> {
                     st.plain_eof = true;
                     self.encode(st, &[], true, &state)?;
                     st.unflushed = false;
+                    st.flush_at = None;
+                    st.burst = 0;
                     Frame::End {
                         stream: LEG_STREAM,
                         total: st.wire_out,
@@ -301,6 +385,9 @@ impl ModuleFlow<'_> {
                 }
                 Ok(n) => {
                     st.plain_in += n as u64;
+                    st.last_read = Instant::now();
+                    st.burst += n as u64;
+                    st.soft_done = false;
                     self.encode(st, &buf[..n], false, &state)?;
                     st.unflushed = true;
                     total += n;
@@ -312,14 +399,44 @@ impl ModuleFlow<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if st.unflushed {
-                        self.encode(st, &[], true, &state)?;
-                        st.unflushed = false;
+                        self.flush_or_hold(st)?;
                     }
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Flushes the unflushed tail now, or holds it a while ([`hold`]).
+    fn flush_or_hold(&mut self, st: &mut State) -> Result<(), Cut> {
+        let now = Instant::now();
+        let (notsent, rate) = sockopt::tcp_info(self.leg).map_or((0, 0), |i| {
+            (u64::from(i.notsent_bytes), i.delivery_rate_bps / 8)
+        });
+        let leg = hold_for(st.to_leg.pending() as u64, notsent, rate);
+        let source_rtt = sockopt::tcp_info(self.plain).map_or(Duration::ZERO, |i| {
+            Duration::from_micros(u64::from(i.rtt_us))
+        });
+        match tail(leg, st.burst, source_rtt, now.duration_since(st.last_read)) {
+            Tail::Hold(w) => st.flush_at = Some(now + w),
+            Tail::Soft(w) => {
+                if !st.soft_done {
+                    let state = self.snapshot(st);
+                    self.encode_with(st, &[], Flush::Soft, &state)?;
+                    st.soft_done = true;
+                }
+                st.flush_at = Some(now + w);
+            }
+            Tail::Flush => {
+                let state = self.snapshot(st);
+                self.encode(st, &[], true, &state)?;
+                st.unflushed = false;
+                st.flush_at = None;
+                st.burst = 0;
+            }
+        }
+        Ok(())
     }
 
     fn encode(
@@ -329,8 +446,19 @@ impl ModuleFlow<'_> {
         flush: bool,
         state: &LegSnapshot,
     ) -> Result<(), Cut> {
+        let f = if flush { Flush::Hard } else { Flush::No };
+        self.encode_with(st, input, f, state)
+    }
+
+    fn encode_with(
+        &mut self,
+        st: &mut State,
+        input: &[u8],
+        flush: Flush,
+        state: &LegSnapshot,
+    ) -> Result<(), Cut> {
         st.out.clear();
-        self.enc.encode(input, flush, state, &mut st.out)?;
+        self.enc.encode_with(input, flush, state, &mut st.out)?;
         st.wire_out += st.out.data.len() as u64;
         mframes::put_data(&mut st.to_leg.buf, &st.out.data);
         mframes::put_controls(&mut st.to_leg.buf, &st.out.control, false);
@@ -430,3 +558,45 @@ impl ModuleFlow<'_> {
 
 /// How long a far relay may take to send a module leg's chain frame.
 pub const CHAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_leg_flushes_at_once_a_busy_one_holds_for_its_drain_time() {
+        assert_eq!(hold_for(0, 0, 1_000_000), None);
+        // 10 kB ahead at 1 MB/s: 10 ms
+        assert_eq!(
+            hold_for(4_000, 6_000, 1_000_000),
+            Some(Duration::from_millis(10))
+        );
+        // bounded both ways; no rate known yet: one step
+        assert_eq!(
+            hold_for(1, 0, 1_000_000_000),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(hold_for(0, 10 << 20, 1_000), Some(HOLD_STEP));
+        assert_eq!(hold_for(0, 1, 0), Some(HOLD_STEP));
+    }
+
+    #[test]
+    fn a_streaming_source_soft_flushes_for_one_rtt_a_short_burst_flushes() {
+        let ms = Duration::from_millis;
+        // a busy leg holds
+        assert_eq!(tail(Some(ms(7)), 0, ms(5), ms(0)), Tail::Hold(ms(7)));
+        // idle leg, short burst: flush
+        assert_eq!(tail(None, 1000, ms(5), ms(0)), Tail::Flush);
+        // idle leg, bulk burst: soft for the rest of one source RTT
+        assert_eq!(tail(None, BULK_BURST, ms(5), ms(2)), Tail::Soft(ms(3)));
+        assert_eq!(tail(None, BULK_BURST, ms(5), ms(5)), Tail::Flush);
+        // RTT unknown or huge: 1 ms to HOLD_STEP
+        assert_eq!(tail(None, BULK_BURST, ms(0), ms(0)), Tail::Soft(ms(1)));
+        assert_eq!(
+            tail(None, BULK_BURST, ms(500), ms(0)),
+            Tail::Soft(HOLD_STEP)
+        );
+        // never longer than HOLD_MAX after the last byte read
+        assert_eq!(tail(Some(ms(7)), 0, ms(5), HOLD_MAX), Tail::Flush);
+    }
+}

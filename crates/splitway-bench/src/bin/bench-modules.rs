@@ -1,0 +1,474 @@
+//! `bench-modules`: the stream-module path on loopback (issue 13 §1, §5),
+//! rows side by side in one run. Two splitway relays (ingress with an
+//! explicit listener, egress connecting to a sink) pinned together to one
+//! CPU, load generator and sink on the other; one flow of `--mib` MiB
+//! uploads through them per sample. Rows: the zero-copy raw leg (no
+//! modules), the `null` module (the framed leg through user space), and
+//! `compress` adaptive, fixed level 1 and fixed high, on random bytes and on
+//! a real corpus (a tar of Debian's Python standard library); `dedup` with
+//! `compress` on random bytes. Columns: Gbit/s (bytes over wall time of
+//! the flow) and CPU s/GB (both relays' user + system time per GB through
+//! them), medians over rounds, rounds interleaved row by row.
+//!
+//! Separate from `splitway-bench` (the relays compared with other relays)
+//! so the two evolve apart. Run: `scripts/bench-modules.sh` (release build).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench-modules",
+    about = "Stream modules on loopback relay legs"
+)]
+struct Args {
+    /// The splitway binary.
+    #[arg(long)]
+    splitway: PathBuf,
+    /// MiB per flow.
+    #[arg(long, default_value_t = 256)]
+    mib: usize,
+    /// Rounds; every column is the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Rows to run (keys, comma separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The corpus (default: a tar of /usr/lib/python3.* made at start).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    relay_cpu: usize,
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// Write the JSON results here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the markdown table here.
+    #[arg(long)]
+    md: Option<PathBuf>,
+}
+
+/// A row: key, modules, (min, max) zstd level, content.
+struct Row {
+    key: &'static str,
+    what: &'static str,
+    modules: &'static str,
+    levels: (i32, i32),
+    corpus: bool,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        key: "raw-random",
+        what: "raw leg, zero copy (no modules), random",
+        modules: "",
+        levels: (0, 9),
+        corpus: false,
+    },
+    Row {
+        key: "null-random",
+        what: "null module (framed leg, user space), random",
+        modules: r#"["null"]"#,
+        levels: (0, 9),
+        corpus: false,
+    },
+    Row {
+        key: "adaptive-random",
+        what: "compress adaptive (0..9), random",
+        modules: r#"["compress"]"#,
+        levels: (0, 9),
+        corpus: false,
+    },
+    Row {
+        key: "dedup-compress-random",
+        what: "dedup + compress adaptive, random",
+        modules: r#"["dedup", "compress"]"#,
+        levels: (0, 9),
+        corpus: false,
+    },
+    Row {
+        key: "raw-corpus",
+        what: "raw leg, zero copy (no modules), corpus",
+        modules: "",
+        levels: (0, 9),
+        corpus: true,
+    },
+    Row {
+        key: "null-corpus",
+        what: "null module, corpus",
+        modules: r#"["null"]"#,
+        levels: (0, 9),
+        corpus: true,
+    },
+    Row {
+        key: "adaptive-corpus",
+        what: "compress adaptive (0..9), corpus",
+        modules: r#"["compress"]"#,
+        levels: (0, 9),
+        corpus: true,
+    },
+    Row {
+        key: "fixed1-corpus",
+        what: "compress fixed level 1, corpus",
+        modules: r#"["compress"]"#,
+        levels: (1, 1),
+        corpus: true,
+    },
+    Row {
+        key: "fixed9-corpus",
+        what: "compress fixed level 9, corpus",
+        modules: r#"["compress"]"#,
+        levels: (9, 9),
+        corpus: true,
+    },
+];
+
+const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn relay_configs(
+    row: &Row,
+    listen: SocketAddr,
+    leg: SocketAddr,
+    sink: SocketAddr,
+) -> (String, String) {
+    let modules = if row.modules.is_empty() {
+        String::new()
+    } else {
+        format!("modules = {}\n", row.modules)
+    };
+    let common = format!(
+        "[auth]\nkeys = [{{ id = 1, secret = \"{SECRET}\" }}]\n\n\
+         [features]\nearly_syn = false\nconn_pool = false\nturbo_start = false\nfast_open = false\nworker_pools = true\n\n\
+         [modules]\ncompress_min_level = {}\ncompress_max_level = {}\n\n\
+         [limits]\nmax_connections = 1000\n",
+        row.levels.0, row.levels.1
+    );
+    let ingress = format!(
+        "[node]\nname = \"ingress\"\n\n[[explicit]]\nlisten = \"{listen}\"\ntarget = \"{sink}\"\n\n\
+         [[peer]]\nname = \"egress\"\naddr = \"{leg}\"\n\n\
+         [[route]]\nprefix = \"{ip}/32\"\nvia = \"egress\"\n{modules}\n{common}",
+        ip = sink.ip()
+    );
+    let egress = format!(
+        "[node]\nname = \"egress\"\n\n[relay]\nlisten = \"{leg}\"\n\
+         allow = [{{ prefix = \"{ip}/32\", ports = {port} }}]\n\n\
+         [[route]]\nprefix = \"{ip}/32\"\nvia = \"direct\"\n\n{common}",
+        ip = sink.ip(),
+        port = sink.port()
+    );
+    (ingress, egress)
+}
+
+struct Relays {
+    children: Vec<Child>,
+}
+
+impl Relays {
+    fn start(
+        a: &Args,
+        dir: &Path,
+        row: &Row,
+        listen: SocketAddr,
+        leg: SocketAddr,
+        sink: SocketAddr,
+    ) -> Result<Relays> {
+        let (ing, egr) = relay_configs(row, listen, leg, sink);
+        let mut r = Relays {
+            children: Vec::new(),
+        };
+        for (name, text, addr) in [("egress", egr, leg), ("ingress", ing, listen)] {
+            let conf = dir.join(format!("{name}.toml"));
+            std::fs::write(&conf, text)?;
+            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            let child = Command::new("taskset")
+                .args(["-c", &a.relay_cpu.to_string()])
+                .arg(&a.splitway)
+                .arg("relay")
+                .arg("--config")
+                .arg(&conf)
+                .env("SPLITWAY_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting splitway under taskset")?;
+            r.children.push(child);
+            let t0 = Instant::now();
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                if t0.elapsed() > Duration::from_secs(10) {
+                    bail!(
+                        "the {name} relay did not listen on {addr}; see {}",
+                        dir.join(format!("{name}.log")).display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(r)
+    }
+
+    /// User + system seconds of both relays so far.
+    fn cpu_secs(&self) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        self.children
+            .iter()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+            .filter_map(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                // rest[0] is field 3; utime = 14, stime = 15
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .sum::<u64>() as f64
+            / tck
+    }
+}
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // SAFETY: plain signal to our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in &mut self.children {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// One flow of `total` bytes (cycling `data`) through `listen` to the sink;
+/// returns the wall time until the sink has everything and the client its EOF.
+fn flow(listen: SocketAddr, sink: &TcpListener, data: &[u8], total: usize) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut c = TcpStream::connect(listen).context("connecting to the ingress")?;
+    let (mut s, _) = sink.accept().context("sink accept")?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut n = 0;
+        loop {
+            match s.read(&mut buf)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        s.shutdown(Shutdown::Write)?;
+        Ok(n)
+    });
+    let mut left = total;
+    let mut off = 0;
+    while left > 0 {
+        let k = left.min(data.len() - off).min(256 << 10);
+        c.write_all(&data[off..off + k])?;
+        left -= k;
+        off = (off + k) % data.len();
+    }
+    c.shutdown(Shutdown::Write)?;
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)?;
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
+    let dt = t0.elapsed();
+    if got != total {
+        bail!("the sink got {got} bytes, {total} were sent");
+    }
+    Ok(dt)
+}
+
+fn corpus(a: &Args, dir: &Path) -> Result<Vec<u8>> {
+    if let Some(p) = &a.corpus {
+        return std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    }
+    let mut libs: Vec<PathBuf> = std::fs::read_dir("/usr/lib")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("python3."))
+        })
+        .collect();
+    libs.sort();
+    let lib = libs.pop().context("no /usr/lib/python3.*: pass --corpus")?;
+    let out = dir.join("corpus.tar");
+    let st = Command::new("tar")
+        .args(["-cf"])
+        .arg(&out)
+        .args(["--sort=name", "-C", "/usr/lib"])
+        .arg(lib.file_name().unwrap_or_default())
+        .status()
+        .context("running tar")?;
+    if !st.success() {
+        bail!("tar failed ({st})");
+    }
+    Ok(std::fs::read(&out)?)
+}
+
+fn random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+#[derive(Serialize)]
+struct Out {
+    key: String,
+    what: String,
+    gbit_s: Vec<f64>,
+    cpu_s_per_gb: Vec<f64>,
+    gbit_s_median: f64,
+    cpu_s_per_gb_median: f64,
+    errors: Vec<String>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let rows: Vec<&Row> = ROWS
+        .iter()
+        .filter(|r| a.only.is_empty() || a.only.iter().any(|k| k == r.key))
+        .collect();
+    if rows.is_empty() {
+        bail!(
+            "--only names no row; rows: {}",
+            ROWS.iter().map(|r| r.key).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("bench-modules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let corpus = corpus(&a, &dir)?;
+    let random = random(64 << 20);
+    pin(a.load_cpu);
+    let sink = TcpListener::bind("127.0.0.1:0")?;
+    let sink_addr = sink.local_addr()?;
+    let total = a.mib << 20;
+    let mut outs: Vec<Out> = rows
+        .iter()
+        .map(|r| Out {
+            key: r.key.into(),
+            what: r.what.into(),
+            gbit_s: vec![],
+            cpu_s_per_gb: vec![],
+            gbit_s_median: f64::NAN,
+            cpu_s_per_gb_median: f64::NAN,
+            errors: vec![],
+        })
+        .collect();
+    for round in 0..a.rounds {
+        for (i, row) in rows.iter().enumerate() {
+            let listen: SocketAddr = format!("127.0.0.1:{}", 27100 + i).parse()?;
+            let leg: SocketAddr = format!("127.0.0.1:{}", 27200 + i).parse()?;
+            let rdir = dir.join(row.key);
+            std::fs::create_dir_all(&rdir)?;
+            let res = Relays::start(&a, &rdir, row, listen, leg, sink_addr).and_then(|relays| {
+                let data = if row.corpus { &corpus } else { &random };
+                // warm up: one short flow (the leg, the chain's buffers)
+                flow(listen, &sink, data, 4 << 20)?;
+                let c0 = relays.cpu_secs();
+                let dt = flow(listen, &sink, data, total)?;
+                let cpu = relays.cpu_secs() - c0;
+                Ok((dt, cpu))
+            });
+            match res {
+                Ok((dt, cpu)) => {
+                    let gb = total as f64 / 1e9;
+                    let g = gb * 8.0 / dt.as_secs_f64();
+                    eprintln!(
+                        "round {round} {:<24} {g:6.2} Gbit/s {:6.2} CPU s/GB",
+                        row.key,
+                        cpu / gb
+                    );
+                    outs[i].gbit_s.push(g);
+                    outs[i].cpu_s_per_gb.push(cpu / gb);
+                }
+                Err(e) => {
+                    eprintln!("round {round} {}: {e:#}", row.key);
+                    outs[i].errors.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    let mut md = String::from(
+        "| row | Gbit/s | CPU s/GB (both relays) | vs raw, same content: Gbit/s | CPU |\n|---|---:|---:|---:|---:|\n",
+    );
+    for o in &mut outs {
+        o.gbit_s_median = median(&o.gbit_s);
+        o.cpu_s_per_gb_median = median(&o.cpu_s_per_gb);
+    }
+    for (o, r) in outs.iter().zip(&rows) {
+        let raw = outs
+            .iter()
+            .zip(&rows)
+            .find(|(_, x)| x.modules.is_empty() && x.corpus == r.corpus);
+        let (vg, vc) = raw
+            .map(|(x, _)| {
+                (
+                    o.gbit_s_median / x.gbit_s_median,
+                    o.cpu_s_per_gb_median / x.cpu_s_per_gb_median,
+                )
+            })
+            .unwrap_or((f64::NAN, f64::NAN));
+        md += &format!(
+            "| {} | {:.2} | {:.2} | {:.2}× | {:.2}× |\n",
+            o.what, o.gbit_s_median, o.cpu_s_per_gb_median, vg, vc
+        );
+    }
+    print!("\n{md}");
+    if let Some(p) = &a.md {
+        std::fs::write(p, &md)?;
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(
+            p,
+            serde_json::to_string_pretty(&serde_json::json!({
+                "mib_per_flow": a.mib, "rounds": a.rounds, "corpus_bytes": corpus.len(),
+                "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+                "rows": outs,
+            }))?,
+        )?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
