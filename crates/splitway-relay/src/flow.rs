@@ -435,7 +435,10 @@ impl Split {
     /// With a module plan, runs the module engine here, inside the (boxed)
     /// set-up future, and returns `None`: a zero-copy flow's task does not
     /// grow by the module engine's state.
-    async fn or_run_modules(self, plan: Option<crate::modules::ModulePlan>) -> Option<Split> {
+    pub(crate) async fn or_run_modules(
+        self,
+        plan: Option<crate::modules::ModulePlan>,
+    ) -> Option<Split> {
         match plan {
             Some(plan) => {
                 Box::pin(self.run_modules(plan)).await;

@@ -117,6 +117,113 @@ fn every_chain_carries_concurrent_flows_both_ways_intact_and_dedups_across_flows
     assert_eq!(o.metric("egress", "splitway_module_errors_total"), 0.0);
 }
 
+/// SOCKS5 (no auth, IPv4 CONNECT) and HTTP CONNECT listeners at the ingress.
+const PROXIES: &str = r#"
+[[socks5]]
+listen = "10.10.1.1:1080"
+allow = [{ prefix = "10.10.3.2/32" }]
+[[http_connect]]
+listen = "10.10.1.1:3128"
+allow = [{ prefix = "10.10.3.2/32" }]
+"#;
+
+fn socks5_connect(o: &Overlay, to: SocketAddr) -> TcpStream {
+    let mut s = o
+        .connect("10.10.1.1:1080".parse().unwrap())
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r, [5, 0]);
+    let SocketAddr::V4(v4) = to else {
+        panic!("IPv4 only")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).unwrap();
+    assert_eq!(rep[1], 0, "SOCKS5 reply: succeeded");
+    s.set_read_timeout(None).unwrap();
+    s
+}
+
+/// HTTP CONNECT with `early` bytes in the same write as the request.
+fn http_connect(o: &Overlay, to: SocketAddr, early: &[u8]) -> TcpStream {
+    let mut s = o
+        .connect("10.10.1.1:3128".parse().unwrap())
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("CONNECT {to} HTTP/1.1\r\nHost: {to}\r\n\r\n").into_bytes();
+    req.extend_from_slice(early);
+    s.write_all(&req).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.set_read_timeout(None).unwrap();
+    s
+}
+
+#[test]
+fn proxy_ingress_flows_run_the_routes_module_chain() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", &format!("{}{PROXIES}", module_routes()), "");
+    let port = 7104; // dedup + compress
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, port)), 2, 3 * MB, 99);
+    let to = server_addr(false, port);
+    let s = socks5_connect(&o, to);
+    let (sent, n, got) = client_duplex(s, 2 * MB, 5).expect("SOCKS5 flow");
+    let early = b"early bytes with the CONNECT request";
+    let h = http_connect(&o, to, early);
+    let (_, n2, got2) = client_duplex(h, 2 * MB, 6).expect("CONNECT flow");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("server side"),
+        );
+    }
+    assert_eq!((n, n2), (3 * MB, 3 * MB), "reply lengths");
+    assert_eq!(got, seen[0].sent_sha, "reply bytes");
+    assert_eq!(got2, seen[0].sent_sha, "reply bytes");
+    assert!(
+        seen.iter()
+            .any(|x| x.received_sha == sent && x.received == 2 * MB),
+        "the SOCKS5 client's bytes"
+    );
+    assert!(
+        seen.iter().any(|x| x.received == 2 * MB + early.len()),
+        "the CONNECT client's early bytes crossed the module leg first"
+    );
+    for role in ["ingress", "egress"] {
+        let closed = o.metric(
+            role,
+            "splitway_module_flows_total{chain=\"dedup+compress\",outcome=\"closed\"}",
+        );
+        assert_eq!(closed, 2.0, "{role}: both proxy flows ran the chain");
+    }
+    // the second reply repeats the first: dedup sent most of it as references
+    let m = |what: &str| {
+        o.metric(
+            "egress",
+            &format!("splitway_module_bytes_total{{chain=\"dedup+compress\",what=\"{what}\"}}"),
+        )
+    };
+    assert!(
+        m("wire_out") < 0.6 * m("plain_in"),
+        "{} of {}",
+        m("wire_out"),
+        m("plain_in")
+    );
+}
+
 fn ring() -> KeyRing {
     KeyRing::new(
         HashMap::from([(1, Secret::new(hex::decode(KEY).unwrap()))]),

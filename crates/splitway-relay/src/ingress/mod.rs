@@ -154,7 +154,7 @@ async fn set_up(
             Proto::HttpConnect(_) => http_connect::handshake(&mut down, &settings).await,
         }
     };
-    let request = match tokio::time::timeout(settings.handshake, handshake).await {
+    let mut request = match tokio::time::timeout(settings.handshake, handshake).await {
         Ok(Ok(r)) => r,
         Ok(Err(f)) => {
             count(&shared, proto, f.reason);
@@ -171,8 +171,8 @@ async fn set_up(
     };
     let target = request.target.clone();
     let opened = open(&shared, &snap, &settings, &request.target).await;
-    let (dst, mut up, up_kind) = match opened {
-        Ok(Up::Leg(dst, up, kind)) => (dst, up, kind),
+    let (dst, mut up, up_kind, chain) = match opened {
+        Ok(Up::Leg(dst, up, kind, chain)) => (dst, up, kind, chain),
         Ok(Up::Lane(h)) => {
             // As below: the client's early bytes first, then the reply.
             let sent = h.send(&request.early)
@@ -196,7 +196,12 @@ async fn set_up(
         }
     };
     // The client's early bytes first, then the success reply: the
-    // destination gets the request as soon as it can.
+    // destination gets the request as soon as it can. On a module leg they
+    // are the chain's first input (encoded when the flow starts).
+    let plan = chain.map(|spec| {
+        crate::modules::ModulePlan::new(&snap, &up, spec, true)
+            .with_early(std::mem::take(&mut request.early))
+    });
     let sent = async {
         if !request.early.is_empty() {
             up.write_all(&request.early).await?;
@@ -219,13 +224,21 @@ async fn set_up(
         up: up_kind,
         since: start,
     };
-    Some(Split::new(shared, snap, entry, legs, permit, active))
+    Split::new(shared, snap, entry, legs, permit, active)
+        .or_run_modules(plan)
+        .await
 }
 
 /// Where a proxy flow goes next: a relay leg or the next hop itself, or a
 /// stream on a lane to a `legs = "mux"` peer.
 enum Up {
-    Leg(SocketAddr, TcpStream, LegKind),
+    /// A leg (with the route's module chain, if it has one).
+    Leg(
+        SocketAddr,
+        TcpStream,
+        LegKind,
+        Option<splitway_modules::ChainSpec>,
+    ),
     Lane(crate::lane::conn::StreamHandle),
 }
 
@@ -262,12 +275,22 @@ async fn open(
         });
     };
     let hop_limit = crate::leg::DEFAULT_HOP_LIMIT + 1;
-    if let Some(h) = crate::lane::stream_for(shared, snap, dst, hop_limit) {
-        return Ok(Up::Lane(h));
+    // A route with modules takes a framed per-flow leg (not a lane).
+    let chain = crate::modules::route_chain(snap, &dst);
+    if chain.is_none() {
+        if let Some(h) = crate::lane::stream_for(shared, snap, dst, hop_limit) {
+            return Ok(Up::Lane(h));
+        }
     }
-    // Proxy ingress flows take raw legs (no module chain) for now.
-    match flow::next_hop(shared, snap, dst, hop_limit, false, &[]).await {
-        Ok((up, kind)) => Ok(Up::Leg(dst, up, kind)),
+    let ids = chain.as_ref().map(|c| c.ids()).unwrap_or_default();
+    match flow::next_hop(shared, snap, dst, hop_limit, false, &ids).await {
+        // A failover to `direct` carries no modules.
+        Ok((up, kind)) => Ok(Up::Leg(
+            dst,
+            up,
+            kind,
+            chain.filter(|_| kind == LegKind::PeerOut),
+        )),
         Err(e) => Err(Refusal::Hop(e)),
     }
 }

@@ -175,6 +175,8 @@ pub struct ModuleFlow<'a> {
     pub dec: DecoderChain,
     pub metrics: &'a ModuleMetrics,
     pub chain: String,
+    /// Plain bytes read before the flow started (encoded first).
+    pub early: Vec<u8>,
 }
 
 struct State {
@@ -265,6 +267,12 @@ impl ModuleFlow<'_> {
     async fn drive(&mut self, st: &mut State, t: FlowTimeouts) -> Result<Outcome, Cut> {
         let mut rbuf = vec![0u8; READ_BYTES];
         let mut last = Instant::now();
+        if !self.early.is_empty() {
+            let early = std::mem::take(&mut self.early);
+            st.plain_in += early.len() as u64;
+            let state = self.snapshot(st);
+            self.encode(st, &early, true, &state)?;
+        }
         let mut half_close_at: Option<Instant> = None;
         loop {
             self.pump_frames(st)?;

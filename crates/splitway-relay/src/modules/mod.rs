@@ -36,6 +36,9 @@ pub struct ModulePlan {
     /// is `up`, the far relay's is `down`.
     pub leg_is_up: bool,
     conf: ModulesConf,
+    /// Bytes of the plain side already read (a proxy client's bytes sent
+    /// with its request): encoded first.
+    early: Vec<u8>,
 }
 
 impl ModulePlan {
@@ -48,7 +51,14 @@ impl ModulePlan {
             spec,
             leg_is_up,
             conf,
+            early: Vec::new(),
         }
+    }
+
+    /// The plain side's bytes already read, to be encoded before the rest.
+    pub fn with_early(mut self, early: Vec<u8>) -> ModulePlan {
+        self.early = early;
+        self
     }
 
     /// Runs the flow; the report's directions are the flow's (`a_to_b`:
@@ -94,6 +104,7 @@ impl ModulePlan {
             dec,
             metrics: &shared.modules.metrics,
             chain: label.clone(),
+            early: self.early,
         };
         let (mut report, cut) = flow.run(t).await;
         if let Some(cut) = cut {
