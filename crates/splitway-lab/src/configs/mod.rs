@@ -36,6 +36,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux", "splitway, flows as streams on 2 warm lanes per peer (legs = \"mux\"), turbo-start shared by the lanes"),
     ("splitway-mux-bbr", "splitway-mux with BBR congestion control on the lanes"),
     ("splitway-mux-paced", "splitway-mux with the lanes paced together at the link's rate (lane_pacing)"),
+    ("splitway-mux-bbr-paced", "splitway-mux with BBR on the lanes, paced together at the link's rate"),
     ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),
     ("splitway+modules", "splitway with the dedup and compress modules on the relay-to-relay legs"),
 ];

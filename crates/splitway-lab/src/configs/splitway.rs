@@ -39,13 +39,13 @@ pub fn features_of(name: &str) -> Option<Features> {
         "splitway"
     };
     if let Some(cc) = name.strip_prefix("splitway-mux") {
-        if !matches!(cc, "" | "-bbr" | "-paced") {
+        if !matches!(cc, "" | "-bbr" | "-paced" | "-bbr-paced") {
             return None;
         }
         return Some(Features {
             lanes: true,
-            lanes_bbr: cc == "-bbr",
-            lanes_paced: cc == "-paced",
+            lanes_bbr: cc.starts_with("-bbr"),
+            lanes_paced: cc.ends_with("-paced"),
             ..features_of("splitway")?
         });
     }
@@ -388,6 +388,8 @@ mod tests {
             assert!(c.peers.iter().all(|p| p.lane_pacing), "{text}");
         }
         assert!(features_of("splitway-muxx").is_none());
+        let both = features_of("splitway-mux-bbr-paced").unwrap();
+        assert!(both.lanes_bbr && both.lanes_paced);
         let plain = features_of("splitway").unwrap();
         let text = relay_configs(&topo, secret, "splitway", &plain, 0).join("\n");
         assert!(!text.contains("legs ="), "per-flow legs stay the default");
