@@ -116,7 +116,8 @@ fn walk(dir: &Path, base: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<()> {
     Ok(())
 }
 
-/// The first files (in path order) whose tar entries fill about `target` bytes.
+/// The first files (in path order) whose tar entries fill about `target`
+/// bytes; a file that would overshoot it by more than 5 % is passed over.
 pub fn pick_files(all: &[(PathBuf, u64)], target: u64) -> Vec<PathBuf> {
     let mut total = 1024u64; // the end-of-archive blocks
     let mut out = Vec::new();
@@ -124,7 +125,11 @@ pub fn pick_files(all: &[(PathBuf, u64)], target: u64) -> Vec<PathBuf> {
         if total >= target {
             break;
         }
-        total += 512 + len.div_ceil(512) * 512;
+        let entry = 512 + len.div_ceil(512) * 512;
+        if total + entry > target + target / 20 {
+            continue;
+        }
+        total += entry;
         out.push(p.clone());
     }
     out
@@ -248,6 +253,18 @@ mod tests {
         assert_eq!(picked.len(), 3);
         assert_eq!(pick_files(&all, 0).len(), 0);
         assert_eq!(pick_files(&all, u64::MAX).len(), 10);
+        // a big file that would overshoot is passed over, later ones fit
+        let mut big = all.clone();
+        big.insert(1, (PathBuf::from("big"), 1 << 20));
+        let picked = pick_files(&big, 1024 + 3 * 1536);
+        assert_eq!(
+            picked,
+            [
+                PathBuf::from("f0"),
+                PathBuf::from("f1"),
+                PathBuf::from("f2")
+            ]
+        );
     }
 
     #[test]

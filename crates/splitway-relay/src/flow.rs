@@ -653,10 +653,11 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let Some(route) = snap.routes.lookup(&tuple.dst) else {
         return;
     };
-    // A module route's leg carries its chain: opened after accept.
-    if !route.modules.is_empty() {
-        return;
-    }
+    // A module route's leg carries its chain (the framed header and the
+    // chain frame go out when the leg opens, as on a leg opened after accept).
+    let chain = crate::modules::route_chain(&snap, &tuple.dst)
+        .map(|c| c.ids())
+        .unwrap_or_default();
     // The primary, or the first backup if the primary is marked down.
     let hop = shared.pools.health.first_hop(route).clone();
     // Flows to a mux peer take a stream on a warm lane: no leg to start.
@@ -686,10 +687,12 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let sh = shared.clone();
     tokio::spawn(async move {
         let up = match hop {
-            NextHop::Peer(name) => open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT, &[])
-                .await
-                .map(|s| (s, LegKind::PeerOut))
-                .map_err(|e| std::io::Error::other(e.reason())),
+            NextHop::Peer(name) => {
+                open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT, &chain)
+                    .await
+                    .map(|s| (s, LegKind::PeerOut))
+                    .map_err(|e| std::io::Error::other(e.reason()))
+            }
             NextHop::Direct => dial::connect(
                 tuple.dst,
                 snap.cfg.firewall.own_mark,

@@ -115,6 +115,10 @@ fn every_chain_carries_concurrent_flows_both_ways_intact_and_dedups_across_flows
     assert_eq!(plain, (flows * 3 * MB) as f64);
     assert!(wire < plain * 0.6, "dedup sent {wire} of {plain}");
     assert_eq!(o.metric("egress", "splitway_module_errors_total"), 0.0);
+    // Early SYN (on by default) opened module legs at the client's SYN,
+    // carrying their chain.
+    let hits = o.metric("ingress", "splitway_early_syn_total{result=\"hit\"}");
+    assert!(hits > 0.0, "no module flow took its early leg");
 }
 
 /// SOCKS5 (no auth, IPv4 CONNECT) and HTTP CONNECT listeners at the ingress.

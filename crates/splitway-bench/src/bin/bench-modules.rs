@@ -1,7 +1,8 @@
 //! `bench-modules`: the stream-module path on loopback (issue 13 §1, §5),
 //! rows side by side in one run. Two splitway relays (ingress with an
-//! explicit listener, egress connecting to a sink) pinned together to one
-//! CPU, load generator and sink on the other; one flow of `--mib` MiB
+//! explicit listener, egress connecting to a sink): the ingress (the
+//! encoder) on one CPU, the egress (the decoder), load generator and sink
+//! on the other; one flow of `--mib` MiB
 //! uploads through them per sample. Rows: the zero-copy raw leg (no
 //! modules), the `null` module (the framed leg through user space), and
 //! `compress` adaptive, fixed level 1 and fixed high, on random bytes and on
@@ -44,8 +45,12 @@ struct Args {
     /// The corpus (default: a tar of /usr/lib/python3.* made at start).
     #[arg(long)]
     corpus: Option<PathBuf>,
+    /// CPU of the ingress relay (the encoder of the uploads measured).
     #[arg(long, default_value_t = 0)]
     relay_cpu: usize,
+    /// CPU of the egress relay (the decoder), default: the load's.
+    #[arg(long)]
+    egress_cpu: Option<usize>,
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
     /// Write the JSON results here.
@@ -184,16 +189,27 @@ impl Relays {
         let mut r = Relays {
             children: Vec::new(),
         };
-        for (name, text, addr) in [("egress", egr, leg), ("ingress", ing, listen)] {
+        for (name, text) in [("egress", egr), ("ingress", ing)] {
+            // Ready by file: a probe connection to the ingress would be a
+            // flow, and reach the sink.
+            let ready = dir.join(format!("{name}.ready"));
+            let _ = std::fs::remove_file(&ready);
             let conf = dir.join(format!("{name}.toml"));
             std::fs::write(&conf, text)?;
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            let cpu = if name == "egress" {
+                a.egress_cpu.unwrap_or(a.load_cpu)
+            } else {
+                a.relay_cpu
+            };
             let child = Command::new("taskset")
-                .args(["-c", &a.relay_cpu.to_string()])
+                .args(["-c", &cpu.to_string()])
                 .arg(&a.splitway)
                 .arg("relay")
                 .arg("--config")
                 .arg(&conf)
+                .arg("--ready-file")
+                .arg(&ready)
                 .env("SPLITWAY_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -202,10 +218,10 @@ impl Relays {
                 .context("starting splitway under taskset")?;
             r.children.push(child);
             let t0 = Instant::now();
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            while !ready.exists() {
                 if t0.elapsed() > Duration::from_secs(10) {
                     bail!(
-                        "the {name} relay did not listen on {addr}; see {}",
+                        "the {name} relay did not get ready; see {}",
                         dir.join(format!("{name}.log")).display()
                     );
                 }
