@@ -126,7 +126,7 @@ pub fn pick_files(all: &[(PathBuf, u64)], target: u64) -> Vec<PathBuf> {
             break;
         }
         let entry = 512 + len.div_ceil(512) * 512;
-        if total + entry > target + target / 20 {
+        if total + entry > target.saturating_add(target / 20) {
             continue;
         }
         total += entry;
