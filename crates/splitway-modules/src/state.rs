@@ -31,6 +31,9 @@ pub struct LegSnapshot {
     /// Raw bytes read from the source and not yet encoded (this burst
     /// included): input that a module may still encode differently or drop.
     pub pending_bytes: u64,
+    /// Share of wall time (per mille) the relay spent encoding this
+    /// direction lately; 0: unknown.
+    pub encoder_busy_permille: u32,
 }
 
 impl LegSnapshot {
@@ -44,6 +47,17 @@ impl LegSnapshot {
         let waiting = self.sink.notsent_bytes + self.queued_bytes;
         let cwnd = self.sink.cwnd_bytes;
         waiting > 0 && (cwnd == 0 || waiting >= cwnd / 2 || self.sink.unacked_bytes >= cwnd / 4 * 3)
+    }
+
+    /// The encoder is the bottleneck (it spends most of the time encoding):
+    /// more CPU per byte would slow the flow down.
+    pub fn encoder_saturated(&self) -> bool {
+        self.encoder_busy_permille >= 800
+    }
+
+    /// The encoder has time to spare for a higher level.
+    pub fn encoder_has_room(&self) -> bool {
+        self.encoder_busy_permille < 500
     }
 
     /// The sink takes everything at once: no unsent bytes anywhere.

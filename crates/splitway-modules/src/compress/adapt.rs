@@ -5,8 +5,17 @@
 //! once (nothing unsent anywhere: it drains faster than the compressor
 //! produces), step down, to raw at the bottom. Steps need a few agreeing
 //! records in a row, so one odd sample does not restart the zstd frame.
+//!
+//! The encoder's own CPU is the other bound: the leg can look backlogged
+//! because the *far* relay is busy (a fast link, both relays CPU-bound). So
+//! a level is climbed only while the encoder spends under half its time
+//! encoding, and a saturated encoder (≥ 80 %) steps down and keeps below
+//! the level it left for [`CEILING_RECORDS`] records.
 
 use crate::state::LegSnapshot;
+
+/// Records a level left because the encoder saturated stays out of reach.
+pub const CEILING_RECORDS: u32 = 256;
 
 /// The ladder of levels; 0 means raw (no compression).
 pub const LADDER: [i32; 8] = [0, 1, 3, 5, 7, 9, 12, 15];
@@ -57,6 +66,9 @@ pub struct Adapt {
     level: i32,
     up: u32,
     down: u32,
+    /// A level left because the encoder saturated, and records until it
+    /// may be tried again.
+    ceiling: Option<(i32, u32)>,
 }
 
 impl Adapt {
@@ -67,6 +79,7 @@ impl Adapt {
             level,
             up: 0,
             down: 0,
+            ceiling: None,
         }
     }
 
@@ -80,12 +93,29 @@ impl Adapt {
         if self.cfg.min_level == self.cfg.max_level {
             return self.level;
         }
-        if s.sink_backlogged() {
+        if let Some((_, left)) = &mut self.ceiling {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.ceiling = None;
+            }
+        }
+        if s.encoder_saturated() && self.level > self.cfg.min_level {
+            self.up = 0;
+            self.down += 1;
+            if self.down >= self.cfg.down_after {
+                self.down = 0;
+                self.ceiling = Some((self.level, CEILING_RECORDS));
+                self.level = self.step(-1);
+            }
+        } else if s.sink_backlogged() && s.encoder_has_room() {
             self.down = 0;
             self.up += 1;
             if self.up >= self.cfg.up_after {
                 self.up = 0;
-                self.level = self.step(1);
+                let next = self.step(1);
+                if self.ceiling.is_none_or(|(c, _)| next < c) {
+                    self.level = next;
+                }
             }
         } else if s.sink_idle() {
             self.up = 0;
@@ -168,6 +198,38 @@ mod tests {
         a.observe(&LegSnapshot::default());
         a.observe(&backlogged());
         assert_eq!(a.level(), 3);
+    }
+
+    #[test]
+    fn a_saturated_encoder_steps_down_and_stays_below_for_a_while() {
+        let mut a = Adapt::new(AdaptConfig {
+            start_level: 3,
+            ..AdaptConfig::default()
+        });
+        let busy = |permille| LegSnapshot {
+            encoder_busy_permille: permille,
+            ..backlogged()
+        };
+        // backlogged, but the encoder is saturated: down, not up
+        for _ in 0..4 {
+            a.observe(&busy(900));
+        }
+        assert_eq!(a.level(), 1);
+        // backlogged with room: up again, but not back to 3 for a while
+        for _ in 0..50 {
+            a.observe(&busy(100));
+        }
+        assert_eq!(a.level(), 1, "below the ceiling");
+        for _ in 0..CEILING_RECORDS {
+            a.observe(&busy(100));
+        }
+        assert!(a.level() >= 3, "{}", a.level());
+        // half busy: no climbing, no falling
+        let mut b = Adapt::new(AdaptConfig::default());
+        for _ in 0..20 {
+            b.observe(&busy(600));
+        }
+        assert_eq!(b.level(), 1);
     }
 
     #[test]

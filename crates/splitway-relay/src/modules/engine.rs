@@ -60,6 +60,9 @@ pub const LEG_QUEUE: usize = 64 << 10;
 const PLAIN_QUEUE: usize = 1 << 20;
 const FRAME_QUEUE: usize = 256 << 10;
 
+/// The window over which the encoder's share of wall time is measured.
+const BUSY_WINDOW: Duration = Duration::from_millis(50);
+
 /// The longest a tail is held after the last byte read.
 pub const HOLD_MAX: Duration = Duration::from_millis(100);
 /// Bytes read since the last flush that make a source "streaming".
@@ -192,6 +195,11 @@ struct State {
     last_read: Instant,
     burst: u64,
     soft_done: bool,
+    /// Time spent encoding in the current window, its start, and the share
+    /// (per mille) of the last full window.
+    busy: Duration,
+    busy_since: Instant,
+    busy_permille: u32,
     end_sent: bool,
     end_received: bool,
     /// The decoder chain finished after END (it may first wait for answers).
@@ -220,6 +228,9 @@ impl ModuleFlow<'_> {
             last_read: Instant::now(),
             burst: 0,
             soft_done: false,
+            busy: Duration::ZERO,
+            busy_since: Instant::now(),
+            busy_permille: 0,
             end_sent: false,
             end_received: false,
             dec_finished: false,
@@ -466,7 +477,17 @@ impl ModuleFlow<'_> {
         state: &LegSnapshot,
     ) -> Result<(), Cut> {
         st.out.clear();
-        self.enc.encode_with(input, flush, state, &mut st.out)?;
+        let t0 = Instant::now();
+        let r = self.enc.encode_with(input, flush, state, &mut st.out);
+        let now = Instant::now();
+        st.busy += now.duration_since(t0);
+        let window = now.duration_since(st.busy_since);
+        if window >= BUSY_WINDOW {
+            st.busy_permille = (st.busy.as_micros() * 1000 / window.as_micros().max(1)) as u32;
+            st.busy = Duration::ZERO;
+            st.busy_since = now;
+        }
+        r?;
         st.wire_out += st.out.data.len() as u64;
         mframes::put_data(&mut st.to_leg.buf, &st.out.data);
         mframes::put_controls(&mut st.to_leg.buf, &st.out.control, false);
@@ -490,6 +511,7 @@ impl ModuleFlow<'_> {
             sink: info(self.leg),
             queued_bytes: st.to_leg.pending() as u64,
             pending_bytes: 0,
+            encoder_busy_permille: st.busy_permille,
         }
     }
 
