@@ -15,7 +15,7 @@
 use crate::state::LegSnapshot;
 
 /// Records a level left because the encoder saturated stays out of reach.
-pub const CEILING_RECORDS: u32 = 256;
+pub const CEILING_RECORDS: u32 = 2048;
 
 /// The ladder of levels; 0 means raw (no compression).
 pub const LADDER: [i32; 8] = [0, 1, 3, 5, 7, 9, 12, 15];

@@ -61,7 +61,7 @@ const PLAIN_QUEUE: usize = 1 << 20;
 const FRAME_QUEUE: usize = 256 << 10;
 
 /// The window over which the encoder's share of wall time is measured.
-const BUSY_WINDOW: Duration = Duration::from_millis(50);
+const BUSY_WINDOW: Duration = Duration::from_millis(10);
 
 /// The longest a tail is held after the last byte read.
 pub const HOLD_MAX: Duration = Duration::from_millis(100);
