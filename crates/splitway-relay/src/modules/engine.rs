@@ -20,7 +20,7 @@
 //!   flush): a *soft* flush (every stage but dedup flushes, so the leg does
 //!   not starve; dedup keeps its unfinished chunk, which would otherwise
 //!   cross as bytes even when the far side has it), and a full flush once
-//!   the source has sent nothing for one RTT of the plain socket.
+//!   the source has sent nothing for two RTTs of the plain socket.
 //!
 //! At most [`HOLD_MAX`] after the last byte read; a source's EOF flushes at
 //! once, and so does a short burst on an idle leg (a request, an
@@ -97,8 +97,8 @@ pub enum Tail {
 }
 
 /// The tail `since` the last byte read: held for a busy leg (`leg`, from
-/// [`hold_for`]); after a bulk `burst`, soft-flushed until one source RTT
-/// (1 ms to [`HOLD_STEP`]) has passed without input; else flushed.
+/// [`hold_for`]); after a bulk `burst`, soft-flushed until two source RTTs
+/// (1 ms to [`HOLD_STEP`]) have passed without input; else flushed.
 pub fn tail(leg: Option<Duration>, burst: u64, source_rtt: Duration, since: Duration) -> Tail {
     if since >= HOLD_MAX {
         return Tail::Flush;
@@ -106,7 +106,8 @@ pub fn tail(leg: Option<Duration>, burst: u64, source_rtt: Duration, since: Dura
     if let Some(w) = leg {
         return Tail::Hold(w);
     }
-    let rtt = source_rtt.clamp(Duration::from_millis(1), HOLD_STEP);
+    // Two RTTs: a source in slow start pauses about one RTT between rounds.
+    let rtt = (source_rtt * 2).clamp(Duration::from_millis(1), HOLD_STEP);
     if burst >= BULK_BURST && since < rtt {
         Tail::Soft(rtt - since)
     } else {
@@ -617,9 +618,9 @@ mod tests {
         assert_eq!(tail(Some(ms(7)), 0, ms(5), ms(0)), Tail::Hold(ms(7)));
         // idle leg, short burst: flush
         assert_eq!(tail(None, 1000, ms(5), ms(0)), Tail::Flush);
-        // idle leg, bulk burst: soft for the rest of one source RTT
-        assert_eq!(tail(None, BULK_BURST, ms(5), ms(2)), Tail::Soft(ms(3)));
-        assert_eq!(tail(None, BULK_BURST, ms(5), ms(5)), Tail::Flush);
+        // idle leg, bulk burst: soft for the rest of two source RTTs
+        assert_eq!(tail(None, BULK_BURST, ms(5), ms(2)), Tail::Soft(ms(8)));
+        assert_eq!(tail(None, BULK_BURST, ms(5), ms(10)), Tail::Flush);
         // RTT unknown or huge: 1 ms to HOLD_STEP
         assert_eq!(tail(None, BULK_BURST, ms(0), ms(0)), Tail::Soft(ms(1)));
         assert_eq!(
