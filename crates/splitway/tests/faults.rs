@@ -1026,7 +1026,7 @@ fn syn_flood_from_one_and_many_sources_keeps_early_syn_bounds() {
     // One source, 300 SYNs: at most 8 early legs.
     let t0 = Instant::now();
     let mut flood = syns(&o, "10.10.1.3", flood_dst, 300);
-    let seen = wait_until(Duration::from_secs(5), "tap saw the flood", || {
+    let seen = wait_until(Duration::from_secs(15), "tap saw the flood", || {
         es("started") - started0 + es("fallback_bound") - bound0 >= 300.0
     });
     let (s1, b1) = (es("started") - started0, es("fallback_bound") - bound0);
@@ -1046,10 +1046,18 @@ fn syn_flood_from_one_and_many_sources_keeps_early_syn_bounds() {
     for i in 100..140 {
         flood.extend(syns(&o, &format!("10.10.1.{i}"), flood_dst, 10));
     }
-    let seen = wait_until(Duration::from_secs(5), "tap saw the flood", || {
+    // On a loaded machine the queue can overflow (the kernel drops those
+    // SYNs, and the tap backs off on ENOBUFS): the dropped ones come back as
+    // retransmits after 1, 3 and 7 s.
+    let seen = wait_until(Duration::from_secs(15), "tap saw the flood", || {
         es("started") - s_before + es("fallback_bound") - b_before >= 400.0
     });
-    assert!(seen.is_ok());
+    assert!(
+        seen.is_ok(),
+        "tap saw {} of 400 SYNs; tap errors {}",
+        es("started") - s_before + es("fallback_bound") - b_before,
+        o.metric("ingress", "splitway_syn_tap_errors_total")
+    );
     let pending = es("started") - es("hit") - es("failed") - es("expired");
     eprintln!(
         "FIGURE SYN flood, 40 sources x 10 SYNs: {} started, {} fell back; pending {pending} (bound 64)",
