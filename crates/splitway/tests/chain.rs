@@ -56,18 +56,13 @@ fn three_relay_chain_carries_bytes_intact_through_the_transit() {
         assert_eq!((srv.received, srv.received_sha), (2 << 20, sent));
         assert_eq!((n, got), (3 << 20, srv.sent_sha));
     }
-    let transit = metric_value(
-        &http_get(&o.egress, TRANSIT_ADMIN, "/metrics"),
-        "splitway_connections_completed_total{outcome=\"closed\"}",
-    );
-    assert_eq!(transit, 3.0, "all three flows crossed the transit relay");
-    assert_eq!(
-        o.metric(
-            "egress",
-            "splitway_connections_completed_total{outcome=\"closed\"}"
-        ),
-        3.0
-    );
+    // flow ends are counted after the client saw its last byte: wait
+    let closed = "splitway_connections_completed_total{outcome=\"closed\"}";
+    let transit = splitway_netns::wait_until(Duration::from_secs(10), "transit counted", || {
+        metric_value(&http_get(&o.egress, TRANSIT_ADMIN, "/metrics"), closed) == 3.0
+    });
+    assert!(transit.is_ok(), "all three flows crossed the transit relay");
+    o.wait_metric("egress", closed, |v| v == 3.0);
 }
 
 #[test]

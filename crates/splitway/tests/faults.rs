@@ -27,15 +27,8 @@ const IDLE: &str = "splitway_pool_idle_legs{peer=\"egress\"}";
 /// Default `pool_high` of the standard ingress config.
 const POOL_HIGH: f64 = 16.0;
 
-fn wait_metric(o: &Overlay, role: &str, sample: &str, secs: u64, want: impl Fn(f64) -> bool) {
-    let ok = wait_until(Duration::from_secs(secs), sample, || {
-        want(o.metric(role, sample))
-    });
-    assert!(ok.is_ok(), "{role}: {sample} = {}", o.metric(role, sample));
-}
-
 fn pool_full(o: &Overlay) {
-    wait_metric(o, "ingress", IDLE, 15, |v| v == POOL_HIGH);
+    o.wait_metric_for("ingress", IDLE, 15, |v| v == POOL_HIGH);
 }
 
 /// Open fds of the relay in `role`, not counting pooled idle legs (one fd
@@ -181,10 +174,8 @@ fn unreachable_and_blackholed_destinations_reset_the_client_in_bounded_time() {
         );
     }
     // Resources are freed: nothing active, fds back to where they were.
-    wait_metric(&o, "egress", "splitway_connections_active", 5, |v| v == 0.0);
-    wait_metric(&o, "ingress", "splitway_connections_active", 5, |v| {
-        v == 0.0
-    });
+    o.wait_metric_for("egress", "splitway_connections_active", 5, |v| v == 0.0);
+    o.wait_metric_for("ingress", "splitway_connections_active", 5, |v| v == 0.0);
     let after = fds_net(&o, "egress");
     eprintln!("FIGURE destination failures: egress fds (without idle pool legs) {base} -> {after}");
     assert!(after <= base + 2, "{base} -> {after}");
@@ -256,7 +247,7 @@ fn peer_killed_with_idle_pool_and_mid_transfer_fails_fast_then_pool_refills() {
     assert!(ut < Duration::from_secs(3), "upload ended after {ut:?}");
 
     // The pool finds every idle leg dead and throws it away.
-    wait_metric(&o, "ingress", IDLE, 5, |v| v == 0.0);
+    o.wait_metric_for("ingress", IDLE, 5, |v| v == 0.0);
     let dead = o.metric("ingress", "splitway_pool_dead_legs_total{peer=\"egress\"}");
     eprintln!("FIGURE peer killed: {dead} dead idle legs discarded");
     assert!(dead >= 1.0);
@@ -355,7 +346,7 @@ fn primary_peer_down_new_flows_fail_over_to_backup_peer_or_reset_fast_without_on
         + "\n[[peer]]\nname = \"backup\"\naddr = \"10.10.2.2:5566\"\n\n[timeouts]\nconnect_ms = 1000\n";
     o.start_relay("ingress", &ingress_cfg);
     pool_full(&o);
-    wait_metric(&o, "ingress", BACKUP_IDLE, 15, |v| v == POOL_HIGH);
+    o.wait_metric_for("ingress", BACKUP_IDLE, 15, |v| v == POOL_HIGH);
     let routes = ctl_ingress(&o, &["routes"]);
     eprintln!("FIGURE ctl routes:\n{routes}");
     assert!(
@@ -427,7 +418,7 @@ fn primary_peer_down_new_flows_fail_over_to_backup_peer_or_reset_fast_without_on
         .expect("flow with the primary back");
     assert_eq!(o.metric("ingress", FAILOVER), f0, "primary used again");
     ctl_ingress(&o, &["pool", "egress", "0", "0"]);
-    wait_metric(&o, "ingress", IDLE, 5, |v| v == 0.0);
+    o.wait_metric_for("ingress", IDLE, 5, |v| v == 0.0);
     o.netns("egress")
         .exec(
             "nft",
@@ -782,10 +773,10 @@ fn idle_connections(engine: &str) {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    wait_metric(&o, "ingress", "splitway_connections_active", 30, |v| {
+    o.wait_metric_for("ingress", "splitway_connections_active", 30, |v| {
         v == n as f64
     });
-    wait_metric(&o, "egress", "splitway_connections_active", 30, |v| {
+    o.wait_metric_for("egress", "splitway_connections_active", 30, |v| {
         v == n as f64
     });
     let held = [o.relay_stat("ingress"), o.relay_stat("egress")];
@@ -815,12 +806,8 @@ fn idle_connections(engine: &str) {
     let t1 = Instant::now();
     drop(clients);
     drop(servers);
-    wait_metric(&o, "ingress", "splitway_connections_active", 30, |v| {
-        v == 0.0
-    });
-    wait_metric(&o, "egress", "splitway_connections_active", 30, |v| {
-        v == 0.0
-    });
+    o.wait_metric_for("ingress", "splitway_connections_active", 30, |v| v == 0.0);
+    o.wait_metric_for("egress", "splitway_connections_active", 30, |v| v == 0.0);
     thread::sleep(Duration::from_secs(2));
     let after = [o.relay_stat("ingress"), o.relay_stat("egress")];
     eprintln!(
@@ -1090,10 +1077,8 @@ fn syn_flood_from_one_and_many_sources_keeps_early_syn_bounds() {
         es("expired")
     );
     assert!(ok.is_ok());
-    wait_metric(&o, "ingress", "splitway_connections_active", 5, |v| {
-        v == 0.0
-    });
-    wait_metric(&o, "egress", "splitway_connections_active", 5, |v| v == 0.0);
+    o.wait_metric_for("ingress", "splitway_connections_active", 5, |v| v == 0.0);
+    o.wait_metric_for("egress", "splitway_connections_active", 5, |v| v == 0.0);
     // Bounds are free again: new SYNs start early legs, none fall back.
     // (A SYN the tap reports after its client was accepted counts `late`.)
     let (s2, b2) = (es("started") + es("late"), es("fallback_bound"));
@@ -1519,8 +1504,7 @@ fn early_leg_is_paired_only_with_the_connection_whose_syn_started_it() {
     thread::sleep(Duration::from_millis(1500));
     let (started, expired) = (es("started"), es("expired"));
     raw_syn(&o, src, dst, 0x1234_5678);
-    wait_metric(
-        &o,
+    o.wait_metric_for(
         "ingress",
         "splitway_early_syn_total{result=\"started\"}",
         5,
@@ -1543,17 +1527,14 @@ fn early_leg_is_paired_only_with_the_connection_whose_syn_started_it() {
         t2 - at
     );
     // The stray SYN's leg expires unclaimed and is counted.
-    wait_metric(
-        &o,
+    o.wait_metric_for(
         "ingress",
         "splitway_early_syn_total{result=\"expired\"}",
         5,
         |v| v >= expired + 1.0,
     );
-    wait_metric(&o, "ingress", "splitway_connections_active", 5, |v| {
-        v == 0.0
-    });
-    wait_metric(&o, "egress", "splitway_connections_active", 5, |v| v == 0.0);
+    o.wait_metric_for("ingress", "splitway_connections_active", 5, |v| v == 0.0);
+    o.wait_metric_for("egress", "splitway_connections_active", 5, |v| v == 0.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -1661,12 +1642,8 @@ fn soak_short_flows() {
         }
     };
     let settle = || {
-        wait_metric(&o, "ingress", "splitway_connections_active", 30, |v| {
-            v == 0.0
-        });
-        wait_metric(&o, "egress", "splitway_connections_active", 30, |v| {
-            v == 0.0
-        });
+        o.wait_metric_for("ingress", "splitway_connections_active", 30, |v| v == 0.0);
+        o.wait_metric_for("egress", "splitway_connections_active", 30, |v| v == 0.0);
         let idle = o.metric("ingress", IDLE) as usize;
         let mut st = [o.relay_stat("ingress"), o.relay_stat("egress")];
         // Count fds without the idle pool legs (one on each relay).

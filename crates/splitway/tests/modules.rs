@@ -97,11 +97,12 @@ fn every_chain_carries_concurrent_flows_both_ways_intact_and_dedups_across_flows
         }
         let l = label(chain);
         for role in ["ingress", "egress"] {
-            let closed = o.metric(
+            // counted as each flow ends, after its client saw the last byte
+            o.wait_metric(
                 role,
                 &format!("splitway_module_flows_total{{chain=\"{l}\",outcome=\"closed\"}}"),
+                |v| v == flows as f64,
             );
-            assert_eq!(closed, flows as f64, "{role} {l}: flows closed cleanly");
         }
     }
     // The reply repeats per flow: dedup sends most of it as references.
@@ -207,11 +208,12 @@ fn proxy_ingress_flows_run_the_routes_module_chain() {
         "the CONNECT client's early bytes crossed the module leg first"
     );
     for role in ["ingress", "egress"] {
-        let closed = o.metric(
+        // both proxy flows ran the chain (counted after the client's last byte)
+        o.wait_metric(
             role,
             "splitway_module_flows_total{chain=\"dedup+compress\",outcome=\"closed\"}",
+            |v| v == 2.0,
         );
-        assert_eq!(closed, 2.0, "{role}: both proxy flows ran the chain");
     }
     // the second reply repeats the first: dedup sent most of it as references
     let m = |what: &str| {

@@ -302,11 +302,24 @@ impl Overlay {
     /// Wait up to 10 s for a metric of `role` to satisfy `want`; returns its
     /// last value, failing the test if it never did.
     pub fn wait_metric(&self, role: &str, sample: &str, want: impl Fn(f64) -> bool) -> f64 {
-        let ok = wait_until(Duration::from_secs(10), sample, || {
+        self.wait_metric_for(role, sample, 10, want)
+    }
+
+    /// Wait up to `secs` for a metric of `role` to satisfy `want`. Counters
+    /// of flow ends move after the client saw its last byte: a test reads
+    /// them with this, never with one scrape.
+    pub fn wait_metric_for(
+        &self,
+        role: &str,
+        sample: &str,
+        secs: u64,
+        want: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let ok = wait_until(Duration::from_secs(secs), sample, || {
             want(self.metric(role, sample))
         });
         let v = self.metric(role, sample);
-        assert!(ok.is_ok(), "{sample} = {v}");
+        assert!(ok.is_ok(), "{role}: {sample} = {v}");
         v
     }
 }
