@@ -28,6 +28,7 @@ pub mod nginx;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
+pub mod scrape;
 pub mod session;
 pub mod stats;
 pub mod testbed;

@@ -8,7 +8,7 @@
 mod e2e;
 mod nosplit;
 mod splitway;
-mod ssh;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 

@@ -20,6 +20,26 @@ use anyhow::{Context, Result};
 use super::{Ctx, Running};
 use crate::host::which;
 
+/// The options every `ssh` client of the lab runs with: no user config or
+/// known hosts, key authentication only, no compression (the comparison is
+/// of transports), and an exit if the forward cannot be set up.
+pub const CLIENT_OPTIONS: &[&str] = &[
+    "-F",
+    "/dev/null",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "Compression=no",
+    "-o",
+    "ExitOnForwardFailure=yes",
+    "-o",
+    "LogLevel=ERROR",
+];
+
 fn keygen(path: &Path) -> Result<()> {
     if path.exists() {
         return Ok(());
@@ -102,28 +122,9 @@ ClientAliveInterval 0
     let key_s = user_key.display().to_string();
     let port_s = sshd_port.to_string();
     let dest = format!("root@{egress}");
-    let mut args: Vec<&str> = vec![
-        "-F",
-        "/dev/null",
-        "-i",
-        &key_s,
-        "-p",
-        &port_s,
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "Compression=no",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-L",
-        &fwd,
-    ];
+    let mut args: Vec<&str> = vec!["-i", &key_s, "-p", &port_s];
+    args.extend_from_slice(CLIENT_OPTIONS);
+    args.extend(["-L", &fwd]);
     if nodelay {
         args.extend(["-tt", &dest, "sleep", "2147483647"]);
     } else {

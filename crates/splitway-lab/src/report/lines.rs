@@ -25,6 +25,26 @@ pub struct Series {
     pub dashed: bool,
 }
 
+impl Series {
+    /// The distribution of `values` as a line: each value against the share
+    /// of values at or below it.
+    pub fn cdf(name: &str, values: impl IntoIterator<Item = f64>, dashed: bool) -> Series {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len().max(1) as f64;
+        Series {
+            name: name.to_string(),
+            points: v
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (*x, (i + 1) as f64 / n))
+                .collect(),
+            dashed,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Chart {
     pub title: String,

@@ -6,17 +6,18 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{LabInfo, SampleOut, TopologyOut};
 use crate::configs::Running;
+use crate::curl::Sample;
 use crate::emulation::LinkStats;
 use crate::measure::EmulationCheck;
 use crate::runner::Points;
-use crate::session::Chain;
+use crate::session::{Chain, Session};
 use crate::stats::{summarize, Summary};
-use crate::topology::Topology;
+use crate::topology::{Bounds, Topology};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainOut {
@@ -66,6 +67,46 @@ pub struct Row {
     pub errors: Vec<String>,
 }
 
+impl Row {
+    /// A row from its samples and errors: counts and summaries follow from
+    /// them (`failed` is the number of errors), the bounds from the chain.
+    pub fn new(
+        chain: &str,
+        phase: &str,
+        config: &str,
+        bounds: Bounds,
+        samples: Vec<SampleOut>,
+        errors: Vec<String>,
+    ) -> Row {
+        let ttfb: Vec<f64> = samples.iter().map(|s| s.ttfb_ms).collect();
+        let total: Vec<f64> = samples.iter().map(|s| s.total_ms).collect();
+        Row {
+            chain: chain.to_string(),
+            phase: phase.to_string(),
+            config: config.to_string(),
+            size_bytes: bounds.size_bytes,
+            runs: samples.len(),
+            failed: errors.len(),
+            ttfb_ms: summarize(&ttfb),
+            total_ms: summarize(&total),
+            bound_ttfb_ms: bounds.ttfb_ms,
+            bound_total_ms: bounds.total_ms,
+            samples,
+            errors,
+        }
+    }
+}
+
+impl From<&Sample> for SampleOut {
+    fn from(s: &Sample) -> SampleOut {
+        SampleOut {
+            connect_ms: s.connect_ms,
+            ttfb_ms: s.ttfb_ms,
+            total_ms: s.total_ms,
+        }
+    }
+}
+
 /// Rows of one runner outcome: `running[i]` ran in `chains[running[i].chain]`.
 pub fn rows(
     points: &Points,
@@ -80,31 +121,14 @@ pub fn rows(
         for (si, &size) in sizes.iter().enumerate() {
             let empty = Default::default();
             let p = points.get(&(ci, si)).unwrap_or(&empty);
-            let ttfb: Vec<f64> = p.samples.iter().map(|s| s.ttfb_ms).collect();
-            let total: Vec<f64> = p.samples.iter().map(|s| s.total_ms).collect();
-            let b = chain.topo.bounds(size);
-            out.push(Row {
-                chain: chain.label.clone(),
-                phase: phase.to_string(),
-                config: r.name.to_string(),
-                size_bytes: size,
-                runs: p.samples.len(),
-                failed: p.failures.len(),
-                ttfb_ms: summarize(&ttfb),
-                total_ms: summarize(&total),
-                bound_ttfb_ms: b.ttfb_ms,
-                bound_total_ms: b.total_ms,
-                samples: p
-                    .samples
-                    .iter()
-                    .map(|s| SampleOut {
-                        connect_ms: s.connect_ms,
-                        ttfb_ms: s.ttfb_ms,
-                        total_ms: s.total_ms,
-                    })
-                    .collect(),
-                errors: p.failures.clone(),
-            });
+            out.push(Row::new(
+                &chain.label,
+                phase,
+                r.name,
+                chain.topo.bounds(size),
+                p.samples.iter().map(SampleOut::from).collect(),
+                p.failures.clone(),
+            ));
         }
     }
     out
@@ -142,8 +166,61 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
+    /// A scenario's report: this process's command line, the session's
+    /// facts, and every chain's emulation warnings collected.
+    pub fn new(
+        scenario: &str,
+        lab: LabInfo,
+        chains: Vec<ChainOut>,
+        rows: Vec<Row>,
+        analysis: serde_json::Value,
+    ) -> ScenarioReport {
+        let mut rep = ScenarioReport {
+            scenario: scenario.to_string(),
+            command: command_line(),
+            lab,
+            chains,
+            rows,
+            analysis,
+            warnings: Vec::new(),
+        };
+        rep.collect_warnings();
+        rep
+    }
+
+    /// The end of every scenario, after its JSON and charts were written:
+    /// the emulation warnings, the files written, how long the lab took; a
+    /// lab that stopped early is an error (its partial results are kept).
+    pub fn finish(
+        &self,
+        sess: &Session,
+        json: &Path,
+        charts: &[PathBuf],
+        stopped: Option<String>,
+    ) -> Result<()> {
+        self.print_warnings();
+        let mut names = vec![json.display().to_string()];
+        names.extend(charts.iter().map(|p| p.display().to_string()));
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => {
+                println!("\nwrote {} and {last}", rest.join(", "))
+            }
+            _ => println!("\nwrote {}", json.display()),
+        }
+        println!(
+            "lab took {}; load average {:.1} at start, {:.1} at end",
+            crate::runner::fmt_dur(sess.started.elapsed()),
+            self.lab.loadavg_start,
+            self.lab.loadavg_end
+        );
+        if let Some(why) = stopped {
+            bail!("the lab stopped early ({why}); partial results were written");
+        }
+        Ok(())
+    }
+
     /// Collect the warnings of every chain (check and counters).
-    pub fn collect_warnings(&mut self) {
+    fn collect_warnings(&mut self) {
         for c in &self.chains {
             let tag = if c.label.is_empty() {
                 String::new()

@@ -16,10 +16,10 @@ use serde_json::json;
 use super::{fmt_ms, print_table, start_arms};
 use crate::configs::Running;
 use crate::curl::{self, Sample};
-use crate::report::scenario::{self, ChainOut, Row, ScenarioReport};
+use crate::report::scenario::{ChainOut, Row, ScenarioReport};
 use crate::report::SampleOut;
 use crate::session::{Chain, Session};
-use crate::stats::{quantile, summarize};
+use crate::stats::quantile;
 use crate::topology::Topology;
 use crate::units::size_label;
 use crate::LabArgs;
@@ -103,30 +103,8 @@ fn refs(v: &[Sample]) -> Vec<&Sample> {
 }
 
 fn row(config: &str, phase: &str, size: u64, samples: &[&Sample], topo: &Topology) -> Row {
-    let ttfb: Vec<f64> = samples.iter().map(|s| s.ttfb_ms).collect();
-    let total: Vec<f64> = samples.iter().map(|s| s.total_ms).collect();
-    let b = topo.bounds(size);
-    Row {
-        chain: String::new(),
-        phase: phase.into(),
-        config: config.into(),
-        size_bytes: size,
-        runs: samples.len(),
-        failed: 0,
-        ttfb_ms: summarize(&ttfb),
-        total_ms: summarize(&total),
-        bound_ttfb_ms: b.ttfb_ms,
-        bound_total_ms: b.total_ms,
-        samples: samples
-            .iter()
-            .map(|s| SampleOut {
-                connect_ms: s.connect_ms,
-                ttfb_ms: s.ttfb_ms,
-                total_ms: s.total_ms,
-            })
-            .collect(),
-        errors: Vec::new(),
-    }
+    let samples = samples.iter().map(|s| SampleOut::from(*s)).collect();
+    Row::new("", phase, config, topo.bounds(size), samples, Vec::new())
 }
 
 pub fn run(args: &LabArgs) -> Result<()> {
@@ -236,22 +214,14 @@ pub fn run(args: &LabArgs) -> Result<()> {
         &table,
     );
     drop(running);
-    let mut rep = ScenarioReport {
-        scenario: "bulk".into(),
-        command: scenario::command_line(),
-        lab: sess.lab_info(requests, &[SMALL, big], stopped.is_some()),
-        chains: chains.iter().map(ChainOut::of).collect(),
+    let rep = ScenarioReport::new(
+        "bulk",
+        sess.lab_info(requests, &[SMALL, big], stopped.is_some()),
+        chains.iter().map(ChainOut::of).collect(),
         rows,
-        analysis: json!({"requests": requests, "bulk_bytes": big, "configs": analysis}),
-        warnings: Vec::new(),
-    };
-    rep.collect_warnings();
+        json!({"requests": requests, "bulk_bytes": big, "configs": analysis}),
+    );
     let json_path = rep.write_json(&sess.out)?;
-    rep.print_warnings();
-    println!("\nwrote {}", json_path.display());
     drop(chains);
-    if let Some(why) = stopped {
-        bail!("the lab stopped early ({why}); partial results were written");
-    }
-    Ok(())
+    rep.finish(&sess, &json_path, &[], stopped)
 }

@@ -176,16 +176,13 @@ pub fn run(args: &LabArgs) -> Result<()> {
     for c in &mut chains_out {
         c.emulation_stats.clear();
     }
-    let mut rep = ScenarioReport {
-        scenario: "loss".into(),
-        command: scenario::command_line(),
-        lab: sess.lab_info(runs, &sizes, stopped.is_some()),
-        chains: chains_out,
+    let mut rep = ScenarioReport::new(
+        "loss",
+        sess.lab_info(runs, &sizes, stopped.is_some()),
+        chains_out,
         rows,
-        analysis: json!({ "phases": phase_out, "comparison": analysis }),
-        warnings: Vec::new(),
-    };
-    rep.collect_warnings();
+        json!({ "phases": phase_out, "comparison": analysis }),
+    );
     rep.warnings.extend(warnings);
     let json_path = rep.write_json(&sess.out)?;
     let mut charts = Vec::new();
@@ -222,27 +219,8 @@ pub fn run(args: &LabArgs) -> Result<()> {
         }
         charts.push(lines::write(&c, &sess.out, &format!("loss-{where_}.svg"))?);
     }
-    rep.print_warnings();
-    println!(
-        "\nwrote {} and {}",
-        json_path.display(),
-        charts
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!(
-        "lab took {}; load average {:.1} at start, {:.1} at end",
-        crate::runner::fmt_dur(sess.started.elapsed()),
-        rep.lab.loadavg_start,
-        rep.lab.loadavg_end
-    );
     drop(chains);
-    if let Some(why) = stopped {
-        bail!("the lab stopped early ({why}); partial results were written");
-    }
-    Ok(())
+    rep.finish(&sess, &json_path, &charts, stopped)
 }
 
 #[cfg(test)]

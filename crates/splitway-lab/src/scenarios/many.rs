@@ -22,10 +22,11 @@ use super::{print_table, start_arms};
 use crate::configs::Running;
 use crate::curl::{self, Sample};
 use crate::report::lines::{self, Chart, Series};
-use crate::report::scenario::{self, ChainOut, Row, ScenarioReport};
+use crate::report::scenario::{ChainOut, Row, ScenarioReport};
 use crate::report::SampleOut;
+use crate::scrape;
 use crate::session::{Chain, Session};
-use crate::stats::{quantile, summarize};
+use crate::stats::quantile;
 use crate::topology::Topology;
 use crate::units::size_label;
 use crate::LabArgs;
@@ -39,40 +40,14 @@ pub fn jain(xs: &[f64]) -> Option<f64> {
     (n > 0.0 && s2 > 0.0).then(|| s * s / (n * s2))
 }
 
-/// Sum of a Prometheus counter over all its label sets.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The ingress relay's pool counters (hits, misses) and lane fallbacks,
 /// via its admin API.
 fn pool_counters(chain: &Chain, port: u16) -> Option<(f64, f64, f64)> {
-    let out = chain
-        .tb
-        .command(chain.tb.host_name(1), "curl")
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.1:{port}/metrics"),
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = scrape::ingress_metrics(&chain.tb, port)?;
     Some((
-        metric_sum(&text, "splitway_pool_hits_total"),
-        metric_sum(&text, "splitway_pool_misses_total"),
-        metric_sum(&text, "splitway_lane_fallback_total"),
+        scrape::sum(&text, "splitway_pool_hits_total"),
+        scrape::sum(&text, "splitway_pool_misses_total"),
+        scrape::sum(&text, "splitway_lane_fallback_total"),
     ))
 }
 
@@ -249,28 +224,14 @@ pub fn run(args: &LabArgs) -> Result<()> {
             "pool_hits_per_round": rs.iter().map(|r| r.pool_hits).collect::<Vec<_>>(),
             "pool_misses_per_round": rs.iter().map(|r| r.pool_misses).collect::<Vec<_>>(),
         }));
-        let b = topo.bounds(size);
-        rows.push(Row {
-            chain: String::new(),
-            phase: format!("{n}x{addrs}"),
-            config: name.to_string(),
-            size_bytes: size,
-            runs: all.len(),
-            failed,
-            ttfb_ms: summarize(&ttfb),
-            total_ms: summarize(&total),
-            bound_ttfb_ms: b.ttfb_ms,
-            bound_total_ms: b.total_ms,
-            samples: all
-                .iter()
-                .map(|s| SampleOut {
-                    connect_ms: s.connect_ms,
-                    ttfb_ms: s.ttfb_ms,
-                    total_ms: s.total_ms,
-                })
-                .collect(),
-            errors: rs.iter().flat_map(|r| r.failures.clone()).collect(),
-        });
+        rows.push(Row::new(
+            "",
+            &format!("{n}x{addrs}"),
+            name,
+            topo.bounds(size),
+            all.iter().map(|s| SampleOut::from(*s)).collect(),
+            rs.iter().flat_map(|r| r.failures.clone()).collect(),
+        ));
     }
     print_table(
         &format!(
@@ -293,19 +254,16 @@ pub fn run(args: &LabArgs) -> Result<()> {
         &table,
     );
     drop(running);
-    let mut rep = ScenarioReport {
-        scenario: "many".into(),
-        command: scenario::command_line(),
-        lab: sess.lab_info(rounds, &[size], stopped.is_some()),
-        chains: chains.iter().map(ChainOut::of).collect(),
+    let rep = ScenarioReport::new(
+        "many",
+        sess.lab_info(rounds, &[size], stopped.is_some()),
+        chains.iter().map(ChainOut::of).collect(),
         rows,
-        analysis: json!({
+        json!({
             "concurrent": n, "client_addresses": addrs, "size_bytes": size,
             "rounds": rounds, "configs": analysis,
         }),
-        warnings: Vec::new(),
-    };
-    rep.collect_warnings();
+    );
     let json_path = rep.write_json(&sess.out)?;
     let mut charts = Vec::new();
     for (metric, file, ttfb) in [
@@ -322,41 +280,17 @@ pub fn run(args: &LabArgs) -> Result<()> {
             ..Default::default()
         };
         for row in &rep.rows {
-            let mut v: Vec<f64> = row
+            let v = row
                 .samples
                 .iter()
-                .map(|s| if ttfb { s.ttfb_ms } else { s.total_ms })
-                .collect();
-            v.sort_by(f64::total_cmp);
-            let len = v.len().max(1) as f64;
-            c.series.push(Series {
-                name: row.config.clone(),
-                points: v
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| (*x, (i + 1) as f64 / len))
-                    .collect(),
-                dashed: row.config == "e2e",
-                ..Default::default()
-            });
+                .map(|s| if ttfb { s.ttfb_ms } else { s.total_ms });
+            c.series
+                .push(Series::cdf(&row.config, v, row.config == "e2e"));
         }
         charts.push(lines::write(&c, &sess.out, file)?);
     }
-    rep.print_warnings();
-    println!(
-        "\nwrote {} and {}",
-        json_path.display(),
-        charts
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
     drop(chains);
-    if let Some(why) = stopped {
-        bail!("the lab stopped early ({why}); partial results were written");
-    }
-    Ok(())
+    rep.finish(&sess, &json_path, &charts, stopped)
 }
 
 #[cfg(test)]
@@ -369,17 +303,5 @@ mod tests {
         let one = jain(&[10.0, 0.0, 0.0, 0.0]).unwrap();
         assert!((one - 0.25).abs() < 1e-12);
         assert_eq!(jain(&[]), None);
-    }
-
-    #[test]
-    fn prometheus_counters_are_summed_over_labels() {
-        let text = "# HELP splitway_pool_misses_total x\n\
-                    splitway_pool_misses_total{peer=\"egress\"} 7\n\
-                    splitway_pool_misses_total{peer=\"b\"} 3\n\
-                    splitway_pool_misses_totalx 100\n\
-                    splitway_pool_hits_total 4\n";
-        assert_eq!(metric_sum(text, "splitway_pool_misses_total"), 10.0);
-        assert_eq!(metric_sum(text, "splitway_pool_hits_total"), 4.0);
-        assert_eq!(metric_sum(text, "nothing"), 0.0);
     }
 }

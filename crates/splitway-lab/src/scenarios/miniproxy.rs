@@ -16,6 +16,8 @@
 //! difference of the medians between the steps around its sign change.
 //! All chains of a figure stand side by side and their runs interleave.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use serde_json::json;
 
@@ -268,35 +270,21 @@ pub fn run(args: &LabArgs) -> Result<()> {
     }
 
     // ---- report ----
-    let mut rep = ScenarioReport {
-        scenario: "miniproxy".into(),
-        command: scenario::command_line(),
-        lab: sess.lab_info(runs, &sizes, stopped.is_some()),
-        chains: chains_out,
+    let rep = ScenarioReport::new(
+        "miniproxy",
+        sess.lab_info(runs, &sizes, stopped.is_some()),
+        chains_out,
         rows,
-        analysis: json!({
+        json!({
             "total_rtt_ms": total,
             "figure4": cmp,
             "figure5_one_way_delays_ms": delays,
             "figure5_breakeven": breakeven,
         }),
-        warnings: Vec::new(),
-    };
-    rep.collect_warnings();
+    );
     let json_path = rep.write_json(&sess.out)?;
     let charts = write_charts(&rep, &sizes, &sizes5, &delays, total, &sess)?;
-    rep.print_warnings();
-    println!("\nwrote {} and {}", json_path.display(), charts.join(", "));
-    println!(
-        "lab took {}; load average {:.1} at start, {:.1} at end",
-        crate::runner::fmt_dur(sess.started.elapsed()),
-        rep.lab.loadavg_start,
-        rep.lab.loadavg_end
-    );
-    if let Some(why) = stopped {
-        bail!("the lab stopped early ({why}); partial results were written");
-    }
-    Ok(())
+    rep.finish(&sess, &json_path, &charts, stopped)
 }
 
 fn write_charts(
@@ -306,7 +294,7 @@ fn write_charts(
     delays: &[f64],
     total: f64,
     sess: &Session,
-) -> Result<Vec<String>> {
+) -> Result<Vec<PathBuf>> {
     let rows = &rep.rows;
     let xs: Vec<(f64, String)> = (0..=3).map(|k| (k as f64, k.to_string())).collect();
     let at = |k: usize, c: &str, s: u64, ttfb: bool| {
@@ -432,7 +420,7 @@ fn write_charts(
         off.marker = first;
         out.push(lines::write(&off, &sess.out, "miniproxy-offpath.svg")?);
     }
-    Ok(out.iter().map(|p| p.display().to_string()).collect())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ use super::print_table;
 use crate::configs::Running;
 use crate::content::{self, Contents, Kind};
 use crate::curl::{self, Sample};
-use crate::report::scenario::{self, ChainOut, Row, ScenarioReport};
+use crate::report::scenario::{ChainOut, Row, ScenarioReport};
 use crate::report::SampleOut;
+use crate::scrape;
 use crate::session::{Chain, Session};
 use crate::stats::summarize;
 use crate::testbed::Testbed;
@@ -158,28 +159,13 @@ fn link_bytes(tb: &Testbed, k: usize) -> Result<u64> {
 /// The ingress relay's module byte counters (wire_in, plain_out), summed
 /// over chains, via its admin API on `port`.
 fn module_counters(tb: &Testbed, port: u16) -> Option<(u64, u64)> {
-    let out = tb
-        .command(tb.host_name(1), "curl")
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.1:{port}/metrics"),
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let sum = |what: &str| -> u64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("splitway_module_bytes_total{")
-                    && l.contains(&format!("what=\"{what}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+    let text = scrape::ingress_metrics(tb, port)?;
+    let sum = |what: &str| {
+        scrape::sum_where(
+            &text,
+            "splitway_module_bytes_total",
+            &format!("what=\"{what}\""),
+        ) as u64
     };
     Some((sum("wire_in"), sum("plain_out")))
 }
@@ -376,34 +362,20 @@ pub fn run(args: &LabArgs) -> Result<()> {
         ],
         &table,
     );
-    let mut rep = ScenarioReport {
-        scenario: "modules".into(),
-        command: scenario::command_line(),
-        lab: sess.lab_info(runs, &[size], stopped.is_some()),
-        chains: chains.iter().map(ChainOut::of).collect(),
+    let rep = ScenarioReport::new(
+        "modules",
+        sess.lab_info(runs, &[size], stopped.is_some()),
+        chains.iter().map(ChainOut::of).collect(),
         rows,
-        analysis: json!({
+        json!({
             "contents": contents,
             "comparison": analysis,
             "downloads": downloads,
         }),
-        warnings: Vec::new(),
-    };
-    rep.collect_warnings();
-    let json_path = rep.write_json(&sess.out)?;
-    rep.print_warnings();
-    println!("\nwrote {}", json_path.display());
-    println!(
-        "lab took {}; load average {:.1} at start, {:.1} at end",
-        crate::runner::fmt_dur(sess.started.elapsed()),
-        rep.lab.loadavg_start,
-        rep.lab.loadavg_end
     );
+    let json_path = rep.write_json(&sess.out)?;
     drop(chains);
-    if let Some(why) = stopped {
-        bail!("the lab stopped early ({why}); partial results were written");
-    }
-    Ok(())
+    rep.finish(&sess, &json_path, &[], stopped)
 }
 
 fn pick<'a>(
@@ -439,24 +411,16 @@ fn rows_of(d: &[Download], chains: &[Chain], arms: &[&str], contents: &Contents)
                         total_ms: x.total_ms.unwrap_or(0.0),
                     })
                     .collect();
-                out.push(Row {
-                    chain: chain.label.clone(),
-                    phase: kind.as_str().into(),
-                    config: arm.to_string(),
-                    size_bytes: bytes,
-                    runs: samples.len(),
-                    failed: pick(d, &chain.label, kind, arm)
-                        .filter(|x| x.error.is_some())
-                        .count(),
-                    ttfb_ms: summarize(&samples.iter().map(|s| s.ttfb_ms).collect::<Vec<_>>()),
-                    total_ms: summarize(&samples.iter().map(|s| s.total_ms).collect::<Vec<_>>()),
-                    bound_ttfb_ms: b.ttfb_ms,
-                    bound_total_ms: b.total_ms,
+                out.push(Row::new(
+                    &chain.label,
+                    kind.as_str(),
+                    arm,
+                    b,
                     samples,
-                    errors: pick(d, &chain.label, kind, arm)
+                    pick(d, &chain.label, kind, arm)
                         .filter_map(|x| x.error.clone())
                         .collect(),
-                });
+                ));
             }
         }
     }

@@ -145,32 +145,9 @@ fn start_ssh_d(chain: &Chain) -> Result<splitway_netns::ChildGuard> {
     let bind = format!("{ingress}:{SSH_D_PORT}");
     let dest = format!("root@{egress}");
     let log = chain.logs.join("proxy-ssh-D.log");
-    let args = [
-        "-F",
-        "/dev/null",
-        "-i",
-        &key,
-        "-p",
-        "22",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "Compression=no",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-D",
-        &bind,
-        "-tt",
-        &dest,
-        "sleep",
-        "2147483647",
-    ];
+    let mut args = vec!["-i", &key, "-p", "22"];
+    args.extend_from_slice(configs::ssh::CLIENT_OPTIONS);
+    args.extend(["-D", &bind, "-tt", &dest, "sleep", "2147483647"]);
     let child = chain.tb.spawn("ingress", &which("ssh"), &args, &log)?;
     wait_listen(
         chain,

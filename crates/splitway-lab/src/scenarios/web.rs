@@ -24,7 +24,7 @@ use serde_json::json;
 use super::{fmt_ms, print_table, start_arms};
 use crate::configs::Running;
 use crate::report::lines::{self, Chart, Series};
-use crate::report::scenario::{self, ChainOut, Row, ScenarioReport};
+use crate::report::scenario::{ChainOut, Row, ScenarioReport};
 use crate::report::SampleOut;
 use crate::session::{Chain, Session};
 use crate::stats::{quantile, summarize};
@@ -435,28 +435,23 @@ pub fn run(args: &LabArgs) -> Result<()> {
             "curl_https_total_ms": summarize(&curls[a].iter().map(|s| s.total_ms).collect::<Vec<_>>()),
             "pages": pages[a], "failures": failures[a],
         }));
+        let samples = pages[a]
+            .iter()
+            .map(|t| SampleOut {
+                connect_ms: f64::NAN,
+                ttfb_ms: t.ttfb,
+                total_ms: t.plt,
+            })
+            .collect();
         let b = topo.bounds(html_bytes);
-        rows.push(Row {
-            chain: String::new(),
-            phase: "chromium".into(),
-            config: r.name.to_string(),
-            size_bytes: html_bytes,
-            runs: pages[a].len(),
-            failed: failures[a].len(),
-            ttfb_ms: summarize(&nav_ttfb),
-            total_ms: summarize(&plt),
-            bound_ttfb_ms: b.ttfb_ms,
-            bound_total_ms: b.total_ms,
-            samples: pages[a]
-                .iter()
-                .map(|t| SampleOut {
-                    connect_ms: f64::NAN,
-                    ttfb_ms: t.ttfb,
-                    total_ms: t.plt,
-                })
-                .collect(),
-            errors: failures[a].clone(),
-        });
+        rows.push(Row::new(
+            "",
+            "chromium",
+            r.name,
+            b,
+            samples,
+            failures[a].clone(),
+        ));
     }
     print_table(
         &format!(
@@ -476,20 +471,17 @@ pub fn run(args: &LabArgs) -> Result<()> {
         &table,
     );
     drop(running);
-    let mut rep = ScenarioReport {
-        scenario: "web".into(),
-        command: scenario::command_line(),
-        lab: sess.lab_info(runs, &[html_bytes], stopped.is_some()),
-        chains: chains.iter().map(ChainOut::of).collect(),
+    let rep = ScenarioReport::new(
+        "web",
+        sess.lab_info(runs, &[html_bytes], stopped.is_some()),
+        chains.iter().map(ChainOut::of).collect(),
         rows,
-        analysis: json!({
+        json!({
             "objects": nobj + 1,
             "page_bytes": html_bytes + objects().iter().map(|o| o.1 as u64).sum::<u64>(),
             "configs": analysis, "screenshots": shots,
         }),
-        warnings: Vec::new(),
-    };
-    rep.collect_warnings();
+    );
     let json_path = rep.write_json(&sess.out)?;
     let mut c = Chart {
         title: "Headless Chromium, HTTPS: page load time per run (load event, Navigation Timing)"
@@ -499,32 +491,14 @@ pub fn run(args: &LabArgs) -> Result<()> {
         ..Default::default()
     };
     for row in &rep.rows {
-        let mut v: Vec<f64> = row.samples.iter().map(|s| s.total_ms).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len().max(1) as f64;
-        c.series.push(Series {
-            name: row.config.clone(),
-            points: v
-                .iter()
-                .enumerate()
-                .map(|(i, x)| (*x, (i + 1) as f64 / n))
-                .collect(),
-            dashed: row.config == "e2e",
-            ..Default::default()
-        });
+        let v = row.samples.iter().map(|s| s.total_ms);
+        c.series
+            .push(Series::cdf(&row.config, v, row.config == "e2e"));
     }
     let chart = lines::write(&c, &sess.out, "web-plt.svg")?;
-    rep.print_warnings();
-    println!(
-        "\nwrote {}, {} and the screenshots",
-        json_path.display(),
-        chart.display()
-    );
     drop(chains);
-    if let Some(why) = stopped {
-        bail!("the lab stopped early ({why}); partial results were written");
-    }
-    Ok(())
+    // the screenshots are in the same folder, one per configuration
+    rep.finish(&sess, &json_path, &[chart], stopped)
 }
 
 #[cfg(test)]
