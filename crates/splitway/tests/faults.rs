@@ -1378,12 +1378,12 @@ fn hostile_fields_and_exhausted_hop_limit_are_refused_and_counted() {
     thread::sleep(Duration::from_millis(200));
     let lines = o.log("egress").matches("relay leg refused").count() - before;
     eprintln!("FIGURE hostile: 100 garbage legs -> {lines} log lines");
-    assert_eq!(
-        o.metric(
-            "egress",
-            "splitway_header_rejected_total{reason=\"bad_magic\"}"
-        ),
-        100.0
+    // a leg is counted as it is refused: under load a reset can come late
+    o.wait_metric_for(
+        "egress",
+        "splitway_header_rejected_total{reason=\"bad_magic\"}",
+        10,
+        |v| v == 100.0,
     );
     assert!(lines <= 15, "{lines} log lines for 100 refusals");
     // A refused leg is reset, nothing sent back; the relay still serves.

@@ -457,6 +457,29 @@ connect_timeout_ms = 1000
         }
     }
 
+    /// Write a direct route for `prefix` that every relay takes, and wait
+    /// up to `secs` until each has applied it.
+    fn route_everywhere(&self, key: &str, prefix: &str, secs: u64, what: &str) {
+        self.put(
+            &format!("all/routes/{key}"),
+            &format!(r#"{{"prefix":"{prefix}","via":"direct"}}"#),
+        );
+        for i in 0..RELAYS {
+            wait_until(Duration::from_secs(secs), what, || {
+                self.admin(i, "/routes").contains(prefix)
+            })
+            .unwrap_or_else(|e| panic!("r{i}: {e}"));
+        }
+    }
+
+    /// Wait up to 10 s for relay `i`'s `sample` to read `want`.
+    fn wait_metric(&self, i: usize, sample: &str, want: f64) {
+        let ok = wait_until(Duration::from_secs(10), sample, || {
+            self.metric(i, sample) == want
+        });
+        assert!(ok.is_ok(), "r{i}: {sample} = {}", self.metric(i, sample));
+    }
+
     fn admin(&self, i: usize, path: &str) -> String {
         http_get(&self.relays[i], ADMIN, path)
     }
@@ -788,24 +811,17 @@ fn etcd_down_member_then_all_then_back_drops_no_flow_and_a_restart_uses_the_cach
 
     // One member down: changes still reach every relay.
     f.kill_member(0);
-    f.put(
-        "all/routes/one-down",
-        r#"{"prefix":"10.201.0.0/24","via":"direct"}"#,
+    f.route_everywhere(
+        "one-down",
+        "10.201.0.0/24",
+        5,
+        "change with one member down",
     );
-    for i in 0..RELAYS {
-        wait_until(
-            Duration::from_secs(5),
-            "change with one member down",
-            || f.admin(i, "/routes").contains("10.201.0.0/24"),
-        )
-        .unwrap_or_else(|e| panic!("r{i}: {e}"));
-    }
     // All down: relays keep forwarding with what they run.
     f.kill_member(1);
     f.kill_member(2);
-    std::thread::sleep(Duration::from_secs(2));
     for i in 0..RELAYS {
-        assert_eq!(f.metric(i, "splitway_fleet_connected"), 0.0, "r{i} noticed");
+        f.wait_metric(i, "splitway_fleet_connected", 0.0);
     }
     // A relay restarted during the outage starts from its cache.
     f.kill_relay(3);
@@ -828,17 +844,8 @@ fn etcd_down_member_then_all_then_back_drops_no_flow_and_a_restart_uses_the_cach
         f.etcdctl(&["endpoint", "health"]).is_ok()
     })
     .unwrap();
-    f.put(
-        "all/routes/back",
-        r#"{"prefix":"10.202.0.0/24","via":"direct"}"#,
-    );
-    for i in 0..RELAYS {
-        wait_until(Duration::from_secs(10), "resync", || {
-            f.admin(i, "/routes").contains("10.202.0.0/24")
-        })
-        .unwrap_or_else(|e| panic!("r{i}: {e}"));
-    }
-    assert_eq!(f.metric(3, "splitway_fleet_from_cache"), 0.0);
+    f.route_everywhere("back", "10.202.0.0/24", 10, "resync");
+    f.wait_metric(3, "splitway_fleet_from_cache", 0.0);
     // The outage was logged, rate-limited: a handful of lines, not one per retry.
     let warned = f.log(0).matches("etcd unavailable").count();
     assert!(
@@ -958,16 +965,7 @@ fn invalid_values_are_refused_with_the_key_named_and_the_state_kept() {
     .unwrap();
     f.del("node/r2/routes/ghost");
     // Fixed: the next good change applies everywhere again.
-    f.put(
-        "all/routes/after",
-        r#"{"prefix":"10.203.0.0/24","via":"direct"}"#,
-    );
-    for i in 0..RELAYS {
-        wait_until(Duration::from_secs(5), "applied after the fix", || {
-            f.admin(i, "/routes").contains("10.203.0.0/24")
-        })
-        .unwrap_or_else(|e| panic!("r{i}: {e}"));
-    }
+    f.route_everywhere("after", "10.203.0.0/24", 5, "applied after the fix");
     f.flow(3).expect("flow after");
 }
 
@@ -977,16 +975,7 @@ fn relays_log_in_to_etcd_with_a_role_that_only_writes_presence() {
     f.start_all();
     f.serve();
     f.flow(1).expect("the fleet's routes, read as user relay");
-    f.put(
-        "all/routes/auth",
-        r#"{"prefix":"10.204.0.0/24","via":"direct"}"#,
-    );
-    for i in 0..RELAYS {
-        wait_until(Duration::from_secs(5), "change seen with auth on", || {
-            f.admin(i, "/routes").contains("10.204.0.0/24")
-        })
-        .unwrap_or_else(|e| panic!("r{i}: {e}"));
-    }
+    f.route_everywhere("auth", "10.204.0.0/24", 5, "change seen with auth on");
     // The relays' role cannot change the fleet, only report in it.
     let relay_user = f
         .hub
@@ -1118,16 +1107,7 @@ fn relays_reach_etcd_over_tls_with_client_certificates() {
     f.start_all();
     f.serve();
     f.flow(1).expect("the fleet's routes, read over TLS");
-    f.put(
-        "all/routes/tls",
-        r#"{"prefix":"10.205.0.0/24","via":"direct"}"#,
-    );
-    for i in 0..RELAYS {
-        wait_until(Duration::from_secs(5), "change seen over TLS", || {
-            f.admin(i, "/routes").contains("10.205.0.0/24")
-        })
-        .unwrap_or_else(|e| panic!("r{i}: {e}"));
-    }
+    f.route_everywhere("tls", "10.205.0.0/24", 5, "change seen over TLS");
     assert_eq!(f.metric(0, "splitway_fleet_connected"), 1.0);
     // Without a client certificate etcd refuses the relay: it runs its cache.
     f.kill_relay(2);

@@ -638,14 +638,24 @@ impl Overlay {
 
     /// Set the relay's `RLIMIT_NOFILE` (soft and hard) with `prlimit`.
     pub fn set_relay_nofile(&self, role: &str, n: u64) {
+        self.prlimit_nofile(role, &format!("{n}:{n}"));
+    }
+
+    /// Set only the relay's soft `RLIMIT_NOFILE` (up to its hard limit and
+    /// back needs no privilege).
+    pub fn set_relay_nofile_soft(&self, role: &str, n: u64) {
+        self.prlimit_nofile(role, &format!("{n}:"));
+    }
+
+    fn prlimit_nofile(&self, role: &str, limits: &str) {
         let pid = self.relay_pid(role).expect("relay running");
         let st = std::process::Command::new("prlimit")
             .arg("--pid")
             .arg(pid.to_string())
-            .arg(format!("--nofile={n}:{n}"))
+            .arg(format!("--nofile={limits}"))
             .status()
             .expect("run prlimit");
-        assert!(st.success(), "prlimit failed");
+        assert!(st.success(), "prlimit --nofile={limits} failed");
     }
 
     /// The namespace of `role` ("client", "ingress", "egress", "server").
@@ -762,19 +772,6 @@ impl Overlay {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Set only the relay's soft `RLIMIT_NOFILE` (up to its hard limit and
-    /// back needs no privilege).
-    pub fn set_relay_nofile_soft(&self, role: &str, n: u64) {
-        let pid = self.relay_pid(role).expect("relay running");
-        let st = std::process::Command::new("prlimit")
-            .arg("--pid")
-            .arg(pid.to_string())
-            .arg(format!("--nofile={n}:"))
-            .status()
-            .expect("run prlimit");
-        assert!(st.success(), "prlimit failed");
     }
 
     /// The relay's `RLIMIT_NOFILE` hard limit, from `/proc/PID/limits`.
