@@ -28,7 +28,7 @@ use crate::leg::{self, DEFAULT_HOP_LIMIT};
 use crate::metrics::LegKind;
 use crate::ratelimit::RateLimit;
 use crate::resources::Resources;
-use crate::state::{ActiveGuard, FlowEntry, Shared, Snapshot};
+use crate::state::{ActiveGuard, EarlyHop, FlowEntry, Shared, Snapshot};
 use crate::sys::sockopt;
 
 static CONNECT_FAIL_LOG: RateLimit = RateLimit::new(5);
@@ -382,19 +382,34 @@ async fn set_up_client(
     let start = Instant::now();
     // A route with modules takes a framed per-flow leg (not a lane).
     let chain = crate::modules::route_chain(&snap, &dst);
+    let early = if kind == "transparent" && snap.cfg.features.early_syn {
+        claim_early(&shared, &down, peer, dst).await
+    } else {
+        None
+    };
+    let early = match early {
+        // The stream opened at the client's SYN.
+        Some(EarlyHop::Stream(h)) => {
+            shared
+                .lanes
+                .m
+                .early_streams
+                .with_label_values(&["claimed"])
+                .inc();
+            crate::lane::run_stream(&shared, &snap, down, h, start).await;
+            return None;
+        }
+        Some(EarlyHop::Socket(up, kind)) => Some((up, kind)),
+        None => None,
+    };
     // A flow to a `legs = "mux"` peer goes as a stream on a warm lane.
-    let down = if chain.is_some() {
+    let down = if chain.is_some() || early.is_some() {
         down
     } else {
         match crate::lane::carry(&shared, &snap, down, dst, DEFAULT_HOP_LIMIT, start).await {
             Ok(()) => return None,
             Err(down) => down,
         }
-    };
-    let early = if kind == "transparent" && snap.cfg.features.early_syn {
-        claim_early(&shared, &down, peer, dst).await
-    } else {
-        None
     };
     let hop = match early {
         Some(up) => Ok(up),
@@ -602,17 +617,17 @@ impl Drop for WaitingLeg<'_> {
     }
 }
 
-/// The leg the early-SYN tap started for this client's SYN, if any: the
-/// 4-tuple and the SYN's sequence number (saved by the listener) must both
-/// match, so a leg left over from an earlier connection on the same ports
-/// is never taken. Without one, a mark is left so a late report of this
-/// SYN starts nothing.
+/// The next hop (leg or stream) the early-SYN tap started for this client's
+/// SYN, if any: the 4-tuple and the SYN's sequence number (saved by the
+/// listener) must both match, so a hop left over from an earlier
+/// connection on the same ports is never taken. Without one, a mark is left
+/// so a late report of this SYN starts nothing.
 async fn claim_early(
     shared: &Shared,
     down: &TcpStream,
     peer: SocketAddr,
     dst: SocketAddr,
-) -> Option<(TcpStream, LegKind)> {
+) -> Option<EarlyHop> {
     let m = &shared.metrics;
     let Ok(isn) = sockopt::saved_syn_isn(down) else {
         m.early_syn.with_label_values(&["miss"]).inc();
@@ -639,11 +654,14 @@ async fn claim_early(
     }
 }
 
-/// Start the next hop for a SYN the tap saw (see `syn_tap`): a leg to the
-/// routed peer, or, for a `direct` route (a one-relay Miniproxy path), the
-/// connection to the server itself, so the server's handshake overlaps the
-/// client's. Bounded by the pending map; past a bound the connection falls
-/// back to connecting after accept.
+/// Start the next hop for a SYN the tap saw (see `syn_tap`): a stream on a
+/// lane when the routed peer is a `legs = "mux"` peer with a ready lane
+/// that has room (its OPEN goes out now, so the far relay connects to the
+/// server during the client's handshake), else a leg to the routed peer,
+/// or, for a `direct` route (a one-relay Miniproxy path), the connection to
+/// the server itself, so the server's handshake overlaps the client's.
+/// Bounded by the pending map; past a bound the connection falls back to
+/// connecting (or opening its stream) after accept.
 pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     let snap = shared.snapshot();
     // A draining relay resets new clients: no leg for them.
@@ -660,12 +678,9 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
         .unwrap_or_default();
     // The primary, or the first backup if the primary is marked down.
     let hop = shared.pools.health.first_hop(route).clone();
-    // Flows to a mux peer take a stream on a warm lane: no leg to start.
-    if let NextHop::Peer(name) = &hop {
-        if shared.lanes.is_mux(name) {
-            return;
-        }
-    }
+    // Flows to a mux peer take a stream on a warm lane (a module route
+    // takes a framed per-flow leg, as after accept).
+    let mux = matches!(&hop, NextHop::Peer(name) if chain.is_empty() && shared.lanes.is_mux(name));
     let m = &shared.metrics;
     let (tx, rx) = tokio::sync::oneshot::channel();
     match shared.pending.try_insert(tuple, rx, leg::now_ms()) {
@@ -684,13 +699,23 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     if hop != route.via {
         failover::record(m, &route.via, &hop, tuple.dst, "peer_down");
     }
+    if let (true, NextHop::Peer(name)) = (mux, &hop) {
+        // No lane with room: a per-flow leg, as the flow would take after
+        // accept (counted as a lane fallback).
+        if let Some(h) = shared.lanes.open(name, tuple.dst, DEFAULT_HOP_LIMIT) {
+            let lm = &shared.lanes.m;
+            lm.early_streams.with_label_values(&["started"]).inc();
+            let _ = tx.send(Ok(EarlyHop::Stream(h)));
+            return;
+        }
+    }
     let sh = shared.clone();
     tokio::spawn(async move {
         let up = match hop {
             NextHop::Peer(name) => {
                 open_leg(&sh, &snap, &name, tuple.dst, DEFAULT_HOP_LIMIT, &chain)
                     .await
-                    .map(|s| (s, LegKind::PeerOut))
+                    .map(|s| EarlyHop::Socket(s, LegKind::PeerOut))
                     .map_err(|e| std::io::Error::other(e.reason()))
             }
             NextHop::Direct => dial::connect(
@@ -700,7 +725,7 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
                 snap.connect_timeout(),
             )
             .await
-            .map(|s| (s, LegKind::Server)),
+            .map(|s| EarlyHop::Socket(s, LegKind::Server)),
         };
         // If the entry expired meanwhile, the receiver is gone and the
         // connection is closed here.
@@ -708,10 +733,17 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
     });
 }
 
-/// Tear down early legs whose client never completed its handshake.
+/// Tear down early legs and streams whose client never completed its
+/// handshake.
 pub fn expire_early(shared: &Shared) {
-    for _ in shared.pending.expire(leg::now_ms()) {
-        // Dropping the receiver closes the leg (now, or when it connects).
+    for (_, mut rx) in shared.pending.expire(leg::now_ms()) {
+        // Dropping the receiver closes the leg (now, or when it connects);
+        // a stream is reset (ABORT: the far relay resets its server side).
+        if let Ok(Ok(EarlyHop::Stream(h))) = rx.try_recv() {
+            let lm = &shared.lanes.m;
+            lm.early_streams.with_label_values(&["expired"]).inc();
+            drop(h);
+        }
         shared
             .metrics
             .early_syn

@@ -88,13 +88,21 @@ impl FlowEntry {
     }
 }
 
-/// Early-SYN legs waiting for their client's accept. `None` is a tombstone:
-/// the client was accepted before its SYN reached the tap, so a late SYN
-/// report must not start a leg nobody will claim.
+/// What the early-SYN tap started for a client's SYN.
+pub enum EarlyHop {
+    /// A relay leg (pooled or fresh), or the server itself for a `direct`
+    /// route.
+    Socket(TcpStream, crate::metrics::LegKind),
+    /// A stream on a warm lane to a `legs = "mux"` peer: its OPEN went out
+    /// at SYN time, so the far relay connects onward during the client's
+    /// handshake. Dropped unclaimed, the stream is reset.
+    Stream(crate::lane::conn::StreamHandle),
+}
+
 /// The early-SYN pending map: each entry waits for the next hop the tap
-/// started (a relay leg, or the server itself for a `direct` route).
-pub type EarlyLegs =
-    Pending<tokio::sync::oneshot::Receiver<std::io::Result<(TcpStream, crate::metrics::LegKind)>>>;
+/// started. A client accepted before its SYN reached the tap leaves a mark
+/// instead, so a late SYN report starts nothing nobody will claim.
+pub type EarlyLegs = Pending<tokio::sync::oneshot::Receiver<std::io::Result<EarlyHop>>>;
 
 /// State shared by all tasks of one relay.
 pub struct Shared {

@@ -172,6 +172,90 @@ fn socks5_flows_ride_lanes() {
     assert_eq!(o.metric("ingress", FALLBACK), 0.0);
 }
 
+/// Early SYN for lanes: a client's SYN (seen by the tap) opens its stream at
+/// once, so the egress connects to the server while the client is still in
+/// its handshake, and the accepted client takes that stream. Here a bare SYN
+/// (the handshake never completes) makes the egress connect to the server;
+/// unclaimed, the stream is reset within the early-SYN timeout (the server
+/// sees the reset) and counted. Real clients then claim their early
+/// streams. Before, a stream was opened only after the client's accept: a
+/// bare SYN reached no server.
+#[test]
+fn a_clients_syn_opens_its_stream_before_the_handshake_completes() {
+    let mut o = Overlay::new();
+    o.start_relays("splice", "", "");
+    let cfg = ingress_mux(1, "")
+        .replace(
+            "[[explicit]]",
+            "[[transparent]]\nport = 15001\nprefixes = [\"10.10.3.0/24\"]\n[[explicit]]",
+        )
+        .replace("early_syn = false", "early_syn = true")
+        .replace("[admin]", "[limits]\nearly_syn_timeout_ms = 1000\n[admin]");
+    o.start_relay("ingress", &cfg);
+    o.wait_metric("ingress", READY, |v| v >= 1.0);
+    let early = |r: &str| {
+        o.metric(
+            "ingress",
+            &format!("splitway_lane_early_streams_total{{result=\"{r}\"}}"),
+        )
+    };
+    let dst = server_addr(false, 7000);
+    let l = o.listen(dst);
+    l.set_nonblocking(true).unwrap();
+    raw_syn(&o, "10.10.1.2:41235".parse().unwrap(), dst, 0x2345_6789);
+    let mut stray = None;
+    let ok = wait_until(Duration::from_secs(10), "server connection", || {
+        stray = l.accept().ok().map(|(s, _)| s);
+        stray.is_some()
+    });
+    assert!(
+        ok.is_ok(),
+        "a bare SYN made no connection to the server (early streams started: {})",
+        early("started")
+    );
+    let stray = stray.unwrap();
+    stray.set_nonblocking(false).unwrap();
+    let (n, end, _) = read_until_end(stray, Duration::from_secs(10));
+    assert_eq!(n, 0, "no byte on the unclaimed stream");
+    assert!(
+        matches!(end, End::Reset),
+        "unclaimed stream is reset, not closed"
+    );
+    o.wait_metric(
+        "ingress",
+        "splitway_lane_early_streams_total{result=\"expired\"}",
+        |v| v == 1.0,
+    );
+    assert_eq!(early("started"), 1.0);
+    // Real clients: the tap may report a SYN after its client was accepted
+    // (then the stream opens after accept), so allow up to 20 flows for
+    // one to claim the stream its SYN opened.
+    l.set_nonblocking(false).unwrap();
+    let (rx, _h) = serve_duplex(l, 20, 1000, 3);
+    let mut flows = 0;
+    while flows < 20 {
+        let s = o.connect(dst).expect("connect");
+        let (_, n, got) = client_duplex(s, 1000, 5).expect("transfer");
+        assert_eq!((n, got), (1000, clients_expect(1000, 3)));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("server side");
+        flows += 1;
+        if early("claimed") >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        early("claimed") >= 1.0,
+        "no client claimed its early stream in {flows} flows"
+    );
+    assert!(o.metric("ingress", "splitway_early_syn_total{result=\"hit\"}") >= 1.0);
+    // Every flow rode the lane: the stray's stream and one per flow.
+    assert_eq!(o.metric("ingress", OPENED), flows as f64 + 1.0);
+    assert_eq!(o.metric("ingress", FALLBACK), 0.0);
+    o.wait_metric("ingress", "splitway_connections_active", |v| v == 0.0);
+    o.wait_metric("egress", "splitway_connections_active", |v| v == 0.0);
+}
+
 fn front() -> SocketAddr {
     "10.10.1.1:8080".parse().unwrap()
 }

@@ -34,6 +34,9 @@ pub struct LaneMetrics {
     pub stream_bytes: Histogram,
     /// Sum of paced lanes' pacing rates, bytes/s, by role.
     pub pacing: IntGaugeVec,
+    /// Streams opened at a client's SYN (early SYN), by result: `started`,
+    /// `claimed` (its client was accepted), `expired` (never claimed: reset).
+    pub early_streams: IntCounterVec,
 }
 
 impl LaneMetrics {
@@ -114,6 +117,17 @@ impl LaneMetrics {
                 "Sum of the pacing rates of paced lanes (lane_pacing), bytes/s",
                 &["role"],
             ),
+            early_streams: {
+                let v = cv(
+                    "splitway_lane_early_streams_total",
+                    "Streams opened at a client's SYN (early SYN), by result",
+                    &["result"],
+                );
+                for r in ["started", "claimed", "expired"] {
+                    v.with_label_values(&[r]);
+                }
+                v
+            },
         }
     }
 }

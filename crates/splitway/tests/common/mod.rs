@@ -785,3 +785,45 @@ impl Overlay {
             .expect("Max open files")
     }
 }
+
+/// Send one bare SYN from the client host, `src` -> `dst`, with initial
+/// sequence number `isn` (a raw socket: no client socket exists, so the
+/// client host answers the SYN-ACK with a RST and the handshake never ends).
+pub fn raw_syn(o: &Overlay, src: SocketAddr, dst: SocketAddr, isn: u32) {
+    let (SocketAddr::V4(s4), SocketAddr::V4(d4)) = (src, dst) else {
+        panic!("IPv4 only");
+    };
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&s4.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&d4.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&isn.to_be_bytes());
+    tcp[12] = 5 << 4; // header length: 5 words, no options
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    // Checksum over the pseudo-header and the segment.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for w in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&s4.ip().octets());
+    add(&d4.ip().octets());
+    add(&[0, 6, 0, 20]);
+    add(&tcp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    o.netns("client")
+        .run_in(move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::TCP),
+            )?;
+            s.send_to(&tcp, &SocketAddr::V4(d4).into()).map(|_| ())
+        })
+        .unwrap()
+        .unwrap();
+}
