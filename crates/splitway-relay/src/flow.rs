@@ -570,10 +570,16 @@ async fn set_up_relay_leg(
     } else {
         None
     };
-    match next_hop(&shared, &snap, dst, header.hop_limit, true, &[]).await {
+    // A module leg whose next hop is another relay passes through: the
+    // next leg announces the same chain and the frames cross untouched, so
+    // the chain runs end to end between the first and the last relay.
+    let ids = chain.as_ref().map(|c| c.ids()).unwrap_or_default();
+    match next_hop(&shared, &snap, dst, header.hop_limit, true, &ids).await {
         Ok((up, up_kind)) => {
             m.setup_seconds.observe(start.elapsed().as_secs_f64());
-            let plan = chain.map(|spec| crate::modules::ModulePlan::new(&snap, &leg, spec, false));
+            let plan = chain
+                .filter(|_| up_kind != LegKind::PeerOut)
+                .map(|spec| crate::modules::ModulePlan::new(&snap, &leg, spec, false));
             let entry = FlowEntry::new("relay", peer, dst, leg, up);
             let legs = Legs {
                 down: LegKind::PeerIn,

@@ -17,8 +17,13 @@ const TRANSIT_ADMIN: &str = "127.0.0.1:9901";
 /// Ingress routes to the transit (egress host, port 5566); the transit
 /// routes to the egress relay (port 5565), which connects to the server.
 fn chain() -> Overlay {
+    chain_with("")
+}
+
+/// [`chain`] with `ingress_extra` (routes, sections) in the ingress config.
+fn chain_with(ingress_extra: &str) -> Overlay {
     let mut o = Overlay::new();
-    o.start_relays("splice", "", "");
+    o.start_relays("splice", ingress_extra, "");
     let transit = format!(
         r#"
 [node]
@@ -63,6 +68,58 @@ fn three_relay_chain_carries_bytes_intact_through_the_transit() {
     });
     assert!(transit.is_ok(), "all three flows crossed the transit relay");
     o.wait_metric("egress", closed, |v| v == 3.0);
+}
+
+#[test]
+fn a_module_chain_runs_end_to_end_through_the_transit() {
+    const MB: usize = 1 << 20;
+    let o = chain_with(
+        r#"[modules]
+dedup_store_mib = 64
+[[route]]
+prefix = "10.10.3.2/32"
+ports = 7104
+via = "egress"
+modules = ["dedup", "compress"]
+"#,
+    );
+    // Both flows get the same reply: the second crosses as references.
+    let (rx, _h) = serve_duplex(o.listen(server_addr(false, 7104)), 2, 3 * MB, 21);
+    for i in 0..2 {
+        let s = o.connect(server_addr(false, 7104)).unwrap();
+        let (sent, n, got) = client_duplex(s, MB, 30 + i).unwrap();
+        let srv = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!((srv.received, srv.received_sha), (MB, sent), "request {i}");
+        assert_eq!((n, got), (3 * MB, srv.sent_sha), "reply {i}");
+    }
+    // The chain ran at the ingress and the egress, not at the transit.
+    let flows = "splitway_module_flows_total{chain=\"dedup+compress\",outcome=\"closed\"}";
+    o.wait_metric("ingress", flows, |v| v == 2.0);
+    o.wait_metric("egress", flows, |v| v == 2.0);
+    let transit =
+        |sample: &str| metric_value(&http_get(&o.egress, TRANSIT_ADMIN, "/metrics"), sample);
+    assert_eq!(transit(flows), 0.0, "the transit passed the frames through");
+    let closed = "splitway_connections_completed_total{outcome=\"closed\"}";
+    let ok = splitway_netns::wait_until(Duration::from_secs(10), "transit counted", || {
+        transit(closed) == 2.0
+    });
+    assert!(
+        ok.is_ok(),
+        "both flows crossed the transit: {}",
+        transit(closed)
+    );
+    let bytes = |what: &str| {
+        o.metric(
+            "egress",
+            &format!("splitway_module_bytes_total{{chain=\"dedup+compress\",what=\"{what}\"}}"),
+        )
+    };
+    assert!(
+        bytes("wire_out") < 0.6 * bytes("plain_in"),
+        "the repeated reply was deduplicated end to end: {} of {}",
+        bytes("wire_out"),
+        bytes("plain_in")
+    );
 }
 
 #[test]
