@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,12 +226,25 @@ pub async fn run(
         // reset when the runtime drops its task (see `forward::Relay`);
         // linger 0 is set here too, so the reset holds however the process
         // ends.
+        // Counted here, as `aborted`: the flows' tasks are dropped with the
+        // runtime and never reach their own accounting (which, from now on,
+        // counts nothing, so a flow that ends on its own meanwhile is not
+        // counted twice).
+        shared.aborting.store(true, Ordering::SeqCst);
+        let log_each = shared.snapshot().cfg.node.log_connections;
         let cut = shared.with_flows(|flows| {
             for (_, e) in &flows {
                 crate::forward::reset_both(&e.down, &e.up);
+                if log_each {
+                    tracing::info!(
+                        peer = %e.peer, dst = %e.dst, outcome = "aborted",
+                        "connection closed"
+                    );
+                }
             }
             flows.len()
         });
+        shared.metrics.hot.completed[crate::forward::Outcome::Aborted.index()].inc_by(cut as u64);
         tracing::warn!(
             active = shared.active(),
             cut,

@@ -305,7 +305,15 @@ impl Split {
         m.active.dec();
         m.hot.bytes_up[self.legs.down as usize].inc_by(report.a_to_b);
         m.hot.bytes_down[self.legs.up as usize].inc_by(report.b_to_a);
-        m.hot.completed[report.outcome.index()].inc();
+        if !self.aborted() {
+            m.hot.completed[report.outcome.index()].inc();
+        }
+    }
+
+    /// Shutdown's grace period is over: the daemon counted this flow as
+    /// `aborted` when it cut it.
+    fn aborted(&self) -> bool {
+        self.shared.aborting.load(Ordering::SeqCst)
     }
 
     /// The engine's buffers or pipes; without them both sockets are reset.
@@ -329,6 +337,9 @@ impl Split {
         self.shared.resources.put(engine);
         m.hot.bytes_up[self.legs.down as usize].inc_by(report.a_to_b);
         m.hot.bytes_down[self.legs.up as usize].inc_by(report.b_to_a);
+        if self.aborted() {
+            return;
+        }
         m.hot.completed[report.outcome.index()].inc();
         if let Some(ttfb) = report.first_b_to_a {
             m.ttfb_seconds.observe(ttfb.as_secs_f64());

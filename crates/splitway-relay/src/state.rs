@@ -123,6 +123,9 @@ pub struct Shared {
     pub limit: Arc<Semaphore>,
     /// Draining: new connections are refused, open ones finish.
     pub draining: AtomicBool,
+    /// Shutdown's grace period is over: the flows still open are being cut,
+    /// and end as `aborted` (not `reset`: the relay chose to).
+    pub aborting: AtomicBool,
     pub started: SystemTime,
     flows: Mutex<HashMap<u64, Arc<FlowEntry>>>,
     next_flow: AtomicU64,
@@ -172,6 +175,7 @@ impl Shared {
             metrics,
             limit,
             draining: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
             started: SystemTime::now(),
             flows: Mutex::new(HashMap::new()),
             next_flow: AtomicU64::new(1),

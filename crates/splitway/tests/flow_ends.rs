@@ -175,11 +175,19 @@ fn idle_timeout_with_bytes_unsent_resets_both_ends() {
 
 /// Shutdown past its grace period: a download still running when the
 /// ingress gets SIGTERM with `shutdown_grace_secs = 1`. The client sees a
-/// reset, not an EOF; the server's next writes fail.
+/// reset, not an EOF; the server's next writes fail; the flow is logged as
+/// `aborted`.
 #[test]
 fn shutdown_past_grace_resets_both_ends_of_a_running_flow() {
     let mut o = Overlay::new();
     o.start_relays("copy", "[timeouts]\nshutdown_grace_secs = 1\n", "");
+    let logged = std::fs::read_to_string(o.dir.join("ingress.toml"))
+        .unwrap()
+        .replace(
+            "engine = \"copy\"",
+            "engine = \"copy\"\nlog_connections = true",
+        );
+    o.start_relay("ingress", &logged);
     let l = o.listen(server_addr(false, 7000));
     let server = thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
@@ -202,6 +210,12 @@ fn shutdown_past_grace_resets_both_ends_of_a_running_flow() {
     eprintln!("FIGURE drain cut: client read {n} more B then {end:?}; server {server_end:?}");
     assert_eq!(end, End::Reset, "client: a reset, not an EOF");
     assert_eq!(server_end, End::Reset, "server: its writes fail");
+    let log = o.log("ingress");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection closed") && l.contains("aborted")),
+        "the cut flow is counted as aborted:\n{log}"
+    );
 }
 
 /// An engine error mid-flow: the splice engine needs a pipe for a large
