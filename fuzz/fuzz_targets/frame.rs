@@ -77,6 +77,7 @@ fuzz_target!(|input: &[u8]| {
         max_streams: 8,
         quantum: 512,
         first_bytes: 256,
+        first_quantum: 128,
     };
     let mut settings = Vec::new();
     Frame::Settings(Settings {

@@ -58,6 +58,10 @@ pub struct LaneConfig {
     pub quantum: usize,
     /// Bytes of each stream's start that go through the new-flow queue.
     pub first_bytes: u64,
+    /// Bytes a new stream sends per turn in the new-flow queue: new streams
+    /// take turns of this size until each sent `first_bytes`, so in a burst
+    /// every new stream's first bytes go before any one's next.
+    pub first_quantum: usize,
 }
 
 impl Default for LaneConfig {
@@ -67,6 +71,7 @@ impl Default for LaneConfig {
             max_streams: 128,
             quantum: 16 * 1024,
             first_bytes: 16 * 1024,
+            first_quantum: 2 * 1024,
         }
     }
 }
@@ -636,7 +641,8 @@ impl Lane {
             return;
         }
         let budget = match class {
-            Class::New => first.saturating_sub(s.sent_total).max(1) as usize,
+            Class::New => (first.saturating_sub(s.sent_total).max(1) as usize)
+                .min(self.cfg.first_quantum.max(1)),
             Class::Old => {
                 s.deficit += quantum;
                 s.deficit
@@ -677,8 +683,15 @@ impl Lane {
         if s.done() {
             self.streams.remove(&id);
         } else if s.sendable() {
+            // Back in the new-flow queue while its first bytes are not all
+            // out (behind the other new streams), else to the old one.
             s.queued_in_scheduler = true;
-            self.sched.push(id, Class::Old);
+            let next = if class == Class::New && s.sent_total < first {
+                Class::New
+            } else {
+                Class::Old
+            };
+            self.sched.push(id, next);
         } else {
             s.deficit = 0;
         }

@@ -10,6 +10,7 @@ fn cfg() -> LaneConfig {
         max_streams: 4,
         quantum: 100,
         first_bytes: 50,
+        first_quantum: 50,
     }
 }
 
@@ -257,6 +258,60 @@ fn new_streams_first_bytes_go_before_a_bulk_streams_next_quantum() {
         [("OPEN".to_string(), small), ("DATA".to_string(), small)],
         "the new flow goes first: {f:?}"
     );
+}
+
+/// A burst of new streams (a hundred small replies at once): every new
+/// stream's first quantum goes out before any one's second, so their first
+/// bytes are not served in arrival order, whole reply after whole reply.
+#[test]
+fn a_burst_of_new_streams_takes_turns_at_their_first_bytes() {
+    let mut c = cfg();
+    c.first_quantum = 20;
+    let mut a = Lane::new(Role::Initiator, c);
+    let mut b = Lane::new(Role::Acceptor, c);
+    pump(&mut a, &mut b).unwrap();
+    pump(&mut b, &mut a).unwrap();
+    let ids: Vec<u32> = (0..3)
+        .map(|i| a.open(to(&format!("10.0.0.{}:80", i + 1))).unwrap())
+        .collect();
+    for &id in &ids {
+        a.send(id, &[7u8; 80]);
+    }
+    let mut out = Vec::new();
+    a.poll_transmit(&mut out, usize::MAX);
+    let mut data: Vec<(u32, usize)> = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((f, n))) = decode(&out[at..]) {
+        if let Frame::Data {
+            stream, payload, ..
+        } = f
+        {
+            data.push((stream, payload.len()));
+        }
+        at += n;
+    }
+    let (x, y, z) = (ids[0], ids[1], ids[2]);
+    // 50 first bytes each in turns of 20, 20, 10; then the rest by the
+    // old queue's round robin (30 each, within a quantum of 100).
+    assert_eq!(
+        data,
+        [
+            (x, 20),
+            (y, 20),
+            (z, 20),
+            (x, 20),
+            (y, 20),
+            (z, 20),
+            (x, 10),
+            (y, 10),
+            (z, 10),
+            (x, 30),
+            (y, 30),
+            (z, 30)
+        ],
+        "{data:?}"
+    );
+    b.recv(&out).unwrap();
 }
 
 #[test]
