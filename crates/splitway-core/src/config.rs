@@ -444,6 +444,29 @@ impl Default for Limits {
     }
 }
 
+/// Feature switches to change (admin API, fleet); absent ones stay as they
+/// are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturePatch {
+    pub early_syn: Option<bool>,
+    pub worker_pools: Option<bool>,
+    pub conn_pool: Option<bool>,
+    pub turbo_start: Option<bool>,
+    pub fast_open: Option<bool>,
+}
+
+impl FeaturePatch {
+    /// Set the switches this patch names.
+    pub fn apply(&self, f: &mut Features) {
+        f.early_syn = self.early_syn.unwrap_or(f.early_syn);
+        f.worker_pools = self.worker_pools.unwrap_or(f.worker_pools);
+        f.conn_pool = self.conn_pool.unwrap_or(f.conn_pool);
+        f.turbo_start = self.turbo_start.unwrap_or(f.turbo_start);
+        f.fast_open = self.fast_open.unwrap_or(f.fast_open);
+    }
+}
+
 /// `[features]`: KTCP's improvements, each switchable.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1143,6 +1166,28 @@ mod tests {
     use super::*;
 
     const KEY: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn a_feature_patch_sets_only_the_switches_it_names() {
+        let mut f = Features::default();
+        let before = (f.worker_pools, f.conn_pool, f.turbo_start, f.fast_open);
+        let p: FeaturePatch = serde_json::from_str(r#"{"early_syn": false}"#).unwrap();
+        p.apply(&mut f);
+        assert!(!f.early_syn);
+        assert_eq!(
+            (f.worker_pools, f.conn_pool, f.turbo_start, f.fast_open),
+            before
+        );
+        FeaturePatch {
+            early_syn: Some(true),
+            fast_open: Some(!before.3),
+            ..Default::default()
+        }
+        .apply(&mut f);
+        assert!(f.early_syn);
+        assert_eq!(f.fast_open, !before.3);
+        assert!(serde_json::from_str::<FeaturePatch>(r#"{"early_syns": true}"#).is_err());
+    }
 
     fn base() -> String {
         format!(

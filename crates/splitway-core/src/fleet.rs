@@ -18,7 +18,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AllowEntry, Auth, Config, ConfigError, KeyConf, Peer, RouteConf};
+use crate::config::{
+    AllowEntry, Auth, Config, ConfigError, FeaturePatch, KeyConf, Peer, RouteConf,
+};
 
 /// `[fleet]`: where the fleet's etcd is and how to reach it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -193,17 +195,6 @@ struct PeerValue {
     source: Option<IpAddr>,
 }
 
-/// Feature switches as stored in etcd; absent ones stay as they are.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FeatureValue {
-    early_syn: Option<bool>,
-    worker_pools: Option<bool>,
-    conn_pool: Option<bool>,
-    turbo_start: Option<bool>,
-    fast_open: Option<bool>,
-}
-
 /// Where each part of a rendered config came from, to name the etcd key
 /// when whole-config validation refuses it.
 #[derive(Default)]
@@ -285,7 +276,7 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 .map_err(|e| refuse(key, format!("not valid JSON for {what}: {e}")))
         };
         if rest == "features" {
-            let f: FeatureValue = serde_json::from_value(json("features")?)
+            let f: FeaturePatch = serde_json::from_value(json("features")?)
                 .map_err(|e| refuse(key, e.to_string()))?;
             features[scope] = Some(f);
         } else if let Some(name) = rest.strip_prefix("peers/") {
@@ -364,12 +355,7 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
         ));
     }
     for f in features.into_iter().flatten() {
-        let c = &mut cfg.features;
-        c.early_syn = f.early_syn.unwrap_or(c.early_syn);
-        c.worker_pools = f.worker_pools.unwrap_or(c.worker_pools);
-        c.conn_pool = f.conn_pool.unwrap_or(c.conn_pool);
-        c.turbo_start = f.turbo_start.unwrap_or(c.turbo_start);
-        c.fast_open = f.fast_open.unwrap_or(c.fast_open);
+        f.apply(&mut cfg.features);
     }
     if keys.is_empty() {
         return Err(refuse(

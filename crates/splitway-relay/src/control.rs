@@ -16,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use serde::Deserialize;
 use splitway_core::config::{Config, ConfigError, Peer, RouteConf};
 use splitway_core::ports::PortRange;
 use tokio::sync::{mpsc, oneshot};
@@ -152,16 +151,7 @@ fn same_key(key: &str) -> Option<&'static str> {
     None
 }
 
-/// Feature switches to change; absent ones stay.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeaturePatch {
-    pub early_syn: Option<bool>,
-    pub worker_pools: Option<bool>,
-    pub conn_pool: Option<bool>,
-    pub turbo_start: Option<bool>,
-    pub fast_open: Option<bool>,
-}
+pub use splitway_core::config::FeaturePatch;
 
 struct Job {
     change: Change,
@@ -312,12 +302,7 @@ fn edit(mut cfg: Config, change: Change) -> Result<(Config, String), ControlErro
             "pool watermarks changed"
         }
         Change::SetFeatures(p) => {
-            let f = &mut cfg.features;
-            f.worker_pools = p.worker_pools.unwrap_or(f.worker_pools);
-            f.early_syn = p.early_syn.unwrap_or(f.early_syn);
-            f.conn_pool = p.conn_pool.unwrap_or(f.conn_pool);
-            f.turbo_start = p.turbo_start.unwrap_or(f.turbo_start);
-            f.fast_open = p.fast_open.unwrap_or(f.fast_open);
+            p.apply(&mut cfg.features);
             cfg.validate().map_err(|e| from_config(e, same_key))?;
             "features changed for new connections"
         }
