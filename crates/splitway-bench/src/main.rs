@@ -72,6 +72,11 @@ struct Args {
     /// Extra `[node]` TOML lines for splitway (e.g. "buffer_bytes = 16384").
     #[arg(long, default_value = "")]
     splitway_node: String,
+    /// More `[node]` lines for the relays `splitway-copy-x` and
+    /// `splitway-splice-x` only (an experiment side by side with the
+    /// default engines), e.g. "quiet_blocked_input = true".
+    #[arg(long, default_value = "")]
+    splitway_node_x: String,
     /// Do not move into a private network namespace.
     #[arg(long)]
     no_netns: bool,
@@ -748,6 +753,7 @@ fn main() -> anyhow::Result<()> {
         dir: dir.clone(),
         splitway: splitway.clone(),
         splitway_node: args.splitway_node.replace("\\n", "\n"),
+        splitway_node_x: args.splitway_node_x.replace("\\n", "\n"),
     };
     let kinds: Vec<Kind> = if args.only.is_empty() {
         relays::ALL.to_vec()

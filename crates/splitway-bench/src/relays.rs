@@ -29,10 +29,20 @@ pub enum Kind {
     SplitwaySplice2w,
     /// The BPF sockmap experiment (`crate::sockmap`), not a splitway engine.
     Sockmap,
+    /// The engines with `--splitway-node-x` added to `[node]`: an
+    /// experiment measured side by side with the default in one run.
+    SplitwayCopyX,
+    SplitwaySpliceX,
 }
 
 /// Run only when named with `--only`.
-pub const EXTRA: [Kind; 3] = [Kind::SplitwayCopy2w, Kind::SplitwaySplice2w, Kind::Sockmap];
+pub const EXTRA: [Kind; 5] = [
+    Kind::SplitwayCopy2w,
+    Kind::SplitwaySplice2w,
+    Kind::Sockmap,
+    Kind::SplitwayCopyX,
+    Kind::SplitwaySpliceX,
+];
 
 pub const ALL: [Kind; 8] = [
     Kind::Socat,
@@ -59,6 +69,8 @@ impl Kind {
             Kind::SplitwayCopy2w => "splitway copy, 2 workers (CPUs 0,1)",
             Kind::SplitwaySplice2w => "splitway splice, 2 workers (CPUs 0,1)",
             Kind::Sockmap => "BPF sockmap (experiment)",
+            Kind::SplitwayCopyX => "splitway copy + --splitway-node-x",
+            Kind::SplitwaySpliceX => "splitway splice + --splitway-node-x",
         }
     }
     pub fn key(&self) -> &'static str {
@@ -74,6 +86,8 @@ impl Kind {
             Kind::SplitwayCopy2w => "splitway-copy-2w",
             Kind::SplitwaySplice2w => "splitway-splice-2w",
             Kind::Sockmap => "sockmap",
+            Kind::SplitwayCopyX => "splitway-copy-x",
+            Kind::SplitwaySpliceX => "splitway-splice-x",
         }
     }
     pub fn from_key(k: &str) -> Option<Kind> {
@@ -90,6 +104,8 @@ pub struct Setup {
     pub splitway: PathBuf,
     /// Extra `[node]` lines for splitway (e.g. buffer sizes).
     pub splitway_node: String,
+    /// More `[node]` lines for the `-x` relays only.
+    pub splitway_node_x: String,
 }
 
 pub struct Running {
@@ -268,9 +284,14 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
         | Kind::SplitwaySplice
         | Kind::SplitwaySpliceNoPools
         | Kind::SplitwayCopy2w
-        | Kind::SplitwaySplice2w => {
+        | Kind::SplitwaySplice2w
+        | Kind::SplitwayCopyX
+        | Kind::SplitwaySpliceX => {
             let two = matches!(kind, Kind::SplitwayCopy2w | Kind::SplitwaySplice2w);
-            let engine = if matches!(kind, Kind::SplitwayCopy | Kind::SplitwayCopy2w) {
+            let engine = if matches!(
+                kind,
+                Kind::SplitwayCopy | Kind::SplitwayCopy2w | Kind::SplitwayCopyX
+            ) {
                 "copy"
             } else {
                 "splice"
@@ -286,7 +307,11 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
                      [features]\nearly_syn = false\nconn_pool = false\nturbo_start = false\n\
                      fast_open = false\nworker_pools = {pools}\n\n\
                      [limits]\nmax_connections = 100000\n",
-                    extra = s.splitway_node,
+                    extra = if matches!(kind, Kind::SplitwayCopyX | Kind::SplitwaySpliceX) {
+                        format!("{}\n{}", s.splitway_node, s.splitway_node_x)
+                    } else {
+                        s.splitway_node.clone()
+                    },
                     ip = t.ip()
                 ),
             )?;

@@ -90,6 +90,12 @@ pub struct Node {
     pub buffer_bytes: usize,
     #[serde(default = "d_pipe_bytes")]
     pub pipe_bytes: usize,
+    /// `splice` engine (issue 16): while a direction waits for its
+    /// destination to take what is in the pipe, raise the source's
+    /// `SO_RCVLOWAT` to half its receive buffer, so data arriving meanwhile
+    /// does not wake the relay for nothing. Both engines; on by default.
+    #[serde(default = "d_true")]
+    pub quiet_blocked_input: bool,
     #[serde(default)]
     pub log_format: LogFormat,
     /// Log one line per connection when it ends.

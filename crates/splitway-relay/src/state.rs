@@ -153,6 +153,7 @@ impl Shared {
             .map(|a| (a.max_skew_ms, a.replay_capacity))
             .unwrap_or((30_000, 1_000_000));
         let limit = Arc::new(Semaphore::new(cfg.limits.max_connections));
+        crate::forward::splice::set_quiet_blocked_input(cfg.node.quiet_blocked_input);
         metrics
             .engine
             .with_label_values(&[cfg.node.engine.as_str()])
@@ -201,6 +202,7 @@ impl Shared {
         self.pools.sync(&cfg);
         self.lanes.sync(&cfg);
         self.resources.set_enabled(cfg.features.worker_pools);
+        crate::forward::splice::set_quiet_blocked_input(cfg.node.quiet_blocked_input);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(cfg));
     }
 

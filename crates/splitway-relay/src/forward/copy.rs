@@ -8,14 +8,20 @@
 //!
 //! A direction is a small state machine polled by [`super::relay`] (no
 //! async fn: its state is two integers, so an idle connection stays small).
+//!
+//! `node.quiet_blocked_input` applies here as in the splice engine: while
+//! a burst waits for write space, the source's `SO_RCVLOWAT` is raised
+//! ([`super::splice::quiet`]) and set back to 1 before the next read.
 
 use std::io;
 use std::task::{ready, Context, Poll};
 
 use tokio::net::TcpStream;
 
+use super::splice::{quiet, quiet_blocked_input};
 use super::{Fail, Loan, Pump, Stock};
 use crate::sys;
+use crate::sys::sockopt;
 
 /// One direction of the copy engine.
 pub struct CopyPump<'a, S> {
@@ -27,6 +33,8 @@ pub struct CopyPump<'a, S> {
     /// The first read is still to be tried at once (see
     /// [`super::first_burst`]).
     first: bool,
+    /// The source's `SO_RCVLOWAT` is raised (`node.quiet_blocked_input`).
+    quiet: bool,
 }
 
 impl<'a, S: Stock<Vec<u8>>> CopyPump<'a, S> {
@@ -38,6 +46,7 @@ impl<'a, S: Stock<Vec<u8>>> CopyPump<'a, S> {
             off: 0,
             n: 0,
             first,
+            quiet: false,
         }
     }
 }
@@ -62,10 +71,16 @@ impl<S: Stock<Vec<u8>>> Pump for CopyPump<'_, S> {
                             *moved += m as u64;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if !self.quiet && quiet_blocked_input() {
+                                self.quiet = quiet(src);
+                            }
                             ready!(dst.poll_write_ready(cx)).map_err(|_| Fail::Dst)?;
                         }
                         Err(_) => return Poll::Ready(Err(Fail::Dst)),
                     }
+                }
+                if std::mem::take(&mut self.quiet) && sockopt::set_rcvlowat(src, 1).is_err() {
+                    return Poll::Ready(Err(Fail::Src));
                 }
                 // A short read drained the socket: the burst is over.
                 if self.n < buf.len() {

@@ -324,3 +324,144 @@ pub fn reset_both(a: &TcpStream, b: &TcpStream) {
     let _ = sockopt::set_linger_zero(a);
     let _ = sockopt::set_linger_zero(b);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use splitway_core::flow::Timeouts;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::{sleep, timeout, Instant};
+
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::resources::Resources;
+    use crate::sys::pipe::Pipe;
+    use crate::sys::sockopt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        (c, s)
+    }
+
+    fn rcvlowat(s: &TcpStream) -> i32 {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket for the borrow; writes one int.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt SO_RCVLOWAT");
+        v
+    }
+
+    fn byte(i: usize) -> u8 {
+        (i.wrapping_mul(31) ^ (i >> 13)) as u8
+    }
+
+    /// `node.quiet_blocked_input`, both engines: while the destination is
+    /// full the source's SO_RCVLOWAT is raised (and not past half its
+    /// receive buffer), and it is set back before the next read: a small
+    /// tail sent after the bulk (below the raised mark, no FIN behind it)
+    /// still goes through, byte for byte, and the flow closes cleanly.
+    #[tokio::test]
+    async fn quiet_blocked_input_raises_the_mark_while_blocked_and_loses_no_tail() {
+        splice::set_quiet_blocked_input(true);
+        quiet_case(EngineState::Splice {
+            a_to_b: Some(Pipe::new(64 << 10).expect("pipe")),
+            b_to_a: Some(Pipe::new(64 << 10).expect("pipe")),
+            stock: None,
+        })
+        .await;
+        quiet_case(EngineState::Copy {
+            a_to_b: Some(vec![0; 64 << 10]),
+            b_to_a: Some(vec![0; 64 << 10]),
+            stock: None,
+        })
+        .await;
+    }
+
+    async fn quiet_case(mut engine: EngineState<Resources>) {
+        const BULK: usize = 64 << 20;
+        const TAIL: usize = 100;
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let t = Timeouts {
+            idle: Duration::from_secs(60),
+            half_close: Duration::from_secs(60),
+        };
+        let flow = relay(&a, &b, t, &mut engine, Instant::now());
+        let (tail_sent_tx, tail_sent_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let send = async {
+            let data: Vec<u8> = (0..BULK).map(byte).collect();
+            client.write_all(&data).await.expect("bulk");
+            // Let the relay drain the bulk and wait for more, then a tail
+            // smaller than any raised mark.
+            sleep(Duration::from_millis(300)).await;
+            let tail: Vec<u8> = (BULK..BULK + TAIL).map(byte).collect();
+            client.write_all(&tail).await.expect("tail");
+            let _ = tail_sent_tx.send(());
+            let _ = done_rx.await;
+            client.shutdown().await.expect("FIN");
+        };
+        let recv = async {
+            // The server does not read: the relay's destination fills and
+            // the direction waits for write space with the mark raised.
+            let mut raised = 0;
+            for _ in 0..1000 {
+                raised = rcvlowat(&a);
+                if raised > 1 {
+                    break;
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+            let buf = sockopt::rcvbuf(&a).expect("rcvbuf");
+            let mut got = vec![0u8; BULK + TAIL];
+            let mut n = 0;
+            let r = timeout(Duration::from_secs(20), async {
+                while n < got.len() {
+                    let m = server.read(&mut got[n..]).await.expect("read");
+                    assert!(m > 0, "EOF after {n} bytes");
+                    n += m;
+                }
+            })
+            .await;
+            // Fail here: a stalled flow would keep the other futures waiting.
+            assert!(r.is_ok(), "stalled after {n} of {} bytes", BULK + TAIL);
+            let _ = tail_sent_rx.await;
+            let after = rcvlowat(&a);
+            let _ = done_tx.send(());
+            let mut eof = [0u8; 1];
+            let end = server.read(&mut eof).await.expect("EOF");
+            server.shutdown().await.expect("FIN back");
+            (raised, buf, got, after, end)
+        };
+        let (report, (), (raised, buf, got, after, end)) = tokio::join!(flow, send, recv);
+        assert!(raised > 1, "SO_RCVLOWAT raised while blocked ({raised})");
+        assert!(
+            raised as usize <= buf / 2,
+            "mark {raised} within half the receive buffer {buf}"
+        );
+        assert!(
+            got.iter().enumerate().all(|(i, &v)| v == byte(i)),
+            "bytes in order"
+        );
+        assert_eq!(after, 1, "mark set back after the burst");
+        assert_eq!(end, 0, "FIN carried");
+        assert_eq!(report.a_to_b, (BULK + TAIL) as u64);
+        assert_eq!(report.outcome, Outcome::Closed);
+    }
+}

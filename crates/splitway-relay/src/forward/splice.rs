@@ -13,10 +13,19 @@
 //!
 //! A direction is a small state machine polled by [`super::relay`] (no
 //! async fn), so an idle connection stays small.
+//!
+//! `node.quiet_blocked_input` (issue 16): tokio registers each socket once,
+//! edge-triggered, for reading and writing, so data arriving on the source
+//! while the direction waits for its destination wakes the worker with no
+//! task to run. With the switch on, the source's `SO_RCVLOWAT` is raised to
+//! half its receive buffer while the direction waits for write space (the
+//! kernel still signals EOF, errors, memory pressure and an almost closed
+//! window) and set back to 1 before the next read.
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::Interest;
@@ -25,6 +34,32 @@ use tokio::net::TcpStream;
 use super::{Fail, Loan, Pump, Stock};
 use crate::sys;
 use crate::sys::pipe::Pipe;
+use crate::sys::sockopt;
+
+/// `node.quiet_blocked_input` (see the module doc), as the config says.
+static QUIET_BLOCKED_INPUT: AtomicBool = AtomicBool::new(true);
+
+/// Set from the config at start and on every reload.
+pub fn set_quiet_blocked_input(on: bool) {
+    QUIET_BLOCKED_INPUT.store(on, Ordering::Relaxed);
+}
+
+/// Whether `node.quiet_blocked_input` is on (both engines).
+pub(super) fn quiet_blocked_input() -> bool {
+    QUIET_BLOCKED_INPUT.load(Ordering::Relaxed)
+}
+
+/// Raise `src`'s `SO_RCVLOWAT` to half its receive buffer: above that the
+/// kernel would grow the buffer and clamp the window to the value (the
+/// first version of this experiment asked for the maximum and got a
+/// several-MB receive buffer). `true` if it was raised.
+pub(super) fn quiet(src: &TcpStream) -> bool {
+    let Ok(buf) = sockopt::rcvbuf(src) else {
+        return false;
+    };
+    let lowat = i32::try_from(buf / 2).unwrap_or(i32::MAX);
+    lowat > PROBE_BYTES as i32 && sockopt::set_rcvlowat(src, lowat).is_ok()
+}
 
 /// Bursts up to this size are copied, not spliced (HAProxy measured splice
 /// losing below about 4 KB): one `recv` and one `send`, no pipe.
@@ -101,6 +136,8 @@ pub struct SplicePump<'a, S> {
     /// The first read is still to be tried at once (see
     /// [`super::first_burst`]).
     first: bool,
+    /// The source's `SO_RCVLOWAT` is raised (`node.quiet_blocked_input`).
+    quiet: bool,
 }
 
 impl<'a, S: Stock<Pipe>> SplicePump<'a, S> {
@@ -112,6 +149,7 @@ impl<'a, S: Stock<Pipe>> SplicePump<'a, S> {
             step: Step::Read,
             streaming: false,
             first,
+            quiet: false,
         }
     }
 }
@@ -155,10 +193,16 @@ impl<S: Stock<Pipe>> Pump for SplicePump<'_, S> {
                                 *moved += m as u64;
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                if !self.quiet && quiet_blocked_input() {
+                                    self.quiet = quiet(src);
+                                }
                                 ready!(dst.poll_write_ready(cx)).map_err(|_| Fail::Dst)?;
                             }
                             Err(_) => return Poll::Ready(Err(Fail::Dst)),
                         }
+                    }
+                    if std::mem::take(&mut self.quiet) && sockopt::set_rcvlowat(src, 1).is_err() {
+                        return Poll::Ready(Err(Fail::Src));
                     }
                     let n = *n;
                     let full = n == pipe.capacity();

@@ -139,6 +139,21 @@ pub fn set_buffers(s: &impl AsFd, bytes: usize) -> io::Result<()> {
     r.set_recv_buffer_size(bytes)
 }
 
+/// `SO_RCVLOWAT`: the socket reads as readable (and wakes its waiters) only
+/// once this many bytes are queued, or at EOF, an error, memory pressure or
+/// an almost closed receive window. A value whose window would not fit the
+/// receive buffer grows the buffer (`tcp_set_rcvlowat`): callers keep it
+/// within [`rcvbuf`] / 2.
+pub fn set_rcvlowat(s: &impl AsFd, bytes: i32) -> io::Result<()> {
+    setsockopt_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+}
+
+/// The receive buffer the kernel has now (`SO_RCVBUF`: autotuned, already
+/// doubled for overhead).
+pub fn rcvbuf(s: &impl AsFd) -> io::Result<usize> {
+    SockRef::from(s).recv_buffer_size()
+}
+
 /// SO_LINGER with zero timeout: the next close sends a RST.
 pub fn set_linger_zero(s: &impl AsFd) -> io::Result<()> {
     SockRef::from(s).set_linger(Some(Duration::ZERO))
