@@ -9,7 +9,10 @@
 //! a real corpus (a tar of Debian's Python standard library); `dedup` with
 //! `compress` on random bytes. Columns: Gbit/s (bytes over wall time of
 //! the flow) and CPU s/GB (both relays' user + system time per GB through
-//! them), medians over rounds, rounds interleaved row by row.
+//! them), medians over rounds, rounds interleaved row by row; the ratios to
+//! the raw and the null row of the same content; for module rows the wire
+//! bytes per plain byte on the relay leg (the ingress's module counters,
+//! read from its `[metrics]` listener).
 //!
 //! Separate from `splitway-bench` (the relays compared with other relays)
 //! so the two evolve apart. Run: `scripts/bench-modules.sh` (release build).
@@ -143,6 +146,7 @@ fn relay_configs(
     listen: SocketAddr,
     leg: SocketAddr,
     sink: SocketAddr,
+    metrics: SocketAddr,
 ) -> (String, String) {
     let modules = if row.modules.is_empty() {
         String::new()
@@ -159,7 +163,8 @@ fn relay_configs(
     let ingress = format!(
         "[node]\nname = \"ingress\"\n\n[[explicit]]\nlisten = \"{listen}\"\ntarget = \"{sink}\"\n\n\
          [[peer]]\nname = \"egress\"\naddr = \"{leg}\"\n\n\
-         [[route]]\nprefix = \"{ip}/32\"\nvia = \"egress\"\n{modules}\n{common}",
+         [[route]]\nprefix = \"{ip}/32\"\nvia = \"egress\"\n{modules}\n\
+         [metrics]\nlisten = \"{metrics}\"\n\n{common}",
         ip = sink.ip()
     );
     let egress = format!(
@@ -184,8 +189,9 @@ impl Relays {
         listen: SocketAddr,
         leg: SocketAddr,
         sink: SocketAddr,
+        metrics: SocketAddr,
     ) -> Result<Relays> {
-        let (ing, egr) = relay_configs(row, listen, leg, sink);
+        let (ing, egr) = relay_configs(row, listen, leg, sink, metrics);
         let mut r = Relays {
             children: Vec::new(),
         };
@@ -266,6 +272,50 @@ impl Drop for Relays {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The ingress's module byte counters: (plain bytes in, wire bytes out),
+/// summed over chains; zeros when no module flow ran.
+fn module_bytes(metrics: SocketAddr) -> Result<(u64, u64)> {
+    let mut c = TcpStream::connect(metrics).context("connecting to the metrics listener")?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut text = String::new();
+    c.read_to_string(&mut text)?;
+    let (mut plain, mut wire) = (0u64, 0u64);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("splitway_module_bytes_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let v = value.parse::<f64>().unwrap_or(0.0) as u64;
+        if labels.contains("what=\"plain_in\"") {
+            plain += v;
+        } else if labels.contains("what=\"wire_out\"") {
+            wire += v;
+        }
+    }
+    Ok((plain, wire))
+}
+
+/// Wire bytes per plain byte of the flow that moved `total` plain bytes
+/// since `before` (its counters land when the flow ends: waited for, ≤ 3 s);
+/// `None` for a row without modules.
+fn wire_ratio(metrics: SocketAddr, before: (u64, u64), total: usize) -> Result<Option<f64>> {
+    let t0 = Instant::now();
+    loop {
+        let now = module_bytes(metrics)?;
+        let plain = now.0 - before.0.min(now.0);
+        if plain >= total as u64 {
+            return Ok(Some((now.1 - before.1.min(now.1)) as f64 / plain as f64));
+        }
+        if t0.elapsed() > Duration::from_secs(3) {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -365,8 +415,11 @@ struct Out {
     what: String,
     gbit_s: Vec<f64>,
     cpu_s_per_gb: Vec<f64>,
+    /// Wire bytes per plain byte on the relay leg (module rows).
+    wire_ratio: Vec<f64>,
     gbit_s_median: f64,
     cpu_s_per_gb_median: f64,
+    wire_ratio_median: Option<f64>,
     errors: Vec<String>,
 }
 
@@ -407,8 +460,10 @@ fn main() -> Result<()> {
             what: r.what.into(),
             gbit_s: vec![],
             cpu_s_per_gb: vec![],
+            wire_ratio: vec![],
             gbit_s_median: f64::NAN,
             cpu_s_per_gb_median: f64::NAN,
+            wire_ratio_median: None,
             errors: vec![],
         })
         .collect();
@@ -416,28 +471,44 @@ fn main() -> Result<()> {
         for (i, row) in rows.iter().enumerate() {
             let listen: SocketAddr = format!("127.0.0.1:{}", 27100 + i).parse()?;
             let leg: SocketAddr = format!("127.0.0.1:{}", 27200 + i).parse()?;
+            let metrics: SocketAddr = format!("127.0.0.1:{}", 27300 + i).parse()?;
             let rdir = dir.join(row.key);
             std::fs::create_dir_all(&rdir)?;
-            let res = Relays::start(&a, &rdir, row, listen, leg, sink_addr).and_then(|relays| {
-                let data = if row.corpus { &corpus } else { &random };
-                // warm up: one short flow (the leg, the chain's buffers)
-                flow(listen, &sink, data, 4 << 20)?;
-                let c0 = relays.cpu_secs();
-                let dt = flow(listen, &sink, data, total)?;
-                let cpu = relays.cpu_secs() - c0;
-                Ok((dt, cpu))
-            });
+            let res = Relays::start(&a, &rdir, row, listen, leg, sink_addr, metrics).and_then(
+                |relays| {
+                    let data = if row.corpus { &corpus } else { &random };
+                    // warm up: one short flow (the leg, the chain's buffers)
+                    flow(listen, &sink, data, 4 << 20)?;
+                    let m0 = if row.modules.is_empty() {
+                        None
+                    } else {
+                        // the warm-up's counters first
+                        wire_ratio(metrics, (0, 0), 4 << 20)?;
+                        Some(module_bytes(metrics)?)
+                    };
+                    let c0 = relays.cpu_secs();
+                    let dt = flow(listen, &sink, data, total)?;
+                    let cpu = relays.cpu_secs() - c0;
+                    let ratio = match m0 {
+                        Some(m0) => wire_ratio(metrics, m0, total)?,
+                        None => None,
+                    };
+                    Ok((dt, cpu, ratio))
+                },
+            );
             match res {
-                Ok((dt, cpu)) => {
+                Ok((dt, cpu, ratio)) => {
                     let gb = total as f64 / 1e9;
                     let g = gb * 8.0 / dt.as_secs_f64();
+                    let wire = ratio.map_or("-".to_string(), |r| format!("{r:.3}"));
                     eprintln!(
-                        "round {round} {:<24} {g:6.2} Gbit/s {:6.2} CPU s/GB",
+                        "round {round} {:<24} {g:6.2} Gbit/s {:6.2} CPU s/GB  wire/plain {wire}",
                         row.key,
                         cpu / gb
                     );
                     outs[i].gbit_s.push(g);
                     outs[i].cpu_s_per_gb.push(cpu / gb);
+                    outs[i].wire_ratio.extend(ratio);
                 }
                 Err(e) => {
                     eprintln!("round {round} {}: {e:#}", row.key);
@@ -447,11 +518,12 @@ fn main() -> Result<()> {
         }
     }
     let mut md = String::from(
-        "| row | Gbit/s | CPU s/GB (both relays) | vs raw, same content: Gbit/s | CPU |\n|---|---:|---:|---:|---:|\n",
+        "| row | Gbit/s | CPU s/GB (both relays) | vs raw, same content: Gbit/s | CPU | vs null: Gbit/s | wire / plain |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for o in &mut outs {
         o.gbit_s_median = median(&o.gbit_s);
         o.cpu_s_per_gb_median = median(&o.cpu_s_per_gb);
+        o.wire_ratio_median = (!o.wire_ratio.is_empty()).then(|| median(&o.wire_ratio));
     }
     for (o, r) in outs.iter().zip(&rows) {
         let raw = outs
@@ -466,8 +538,16 @@ fn main() -> Result<()> {
                 )
             })
             .unwrap_or((f64::NAN, f64::NAN));
+        let vn = outs
+            .iter()
+            .zip(&rows)
+            .find(|(_, x)| x.modules == r#"["null"]"# && x.corpus == r.corpus)
+            .map_or(f64::NAN, |(x, _)| o.gbit_s_median / x.gbit_s_median);
+        let wire = o
+            .wire_ratio_median
+            .map_or("-".to_string(), |r| format!("{r:.3}"));
         md += &format!(
-            "| {} | {:.2} | {:.2} | {:.2}× | {:.2}× |\n",
+            "| {} | {:.2} | {:.2} | {:.2}× | {:.2}× | {vn:.2}× | {wire} |\n",
             o.what, o.gbit_s_median, o.cpu_s_per_gb_median, vg, vc
         );
     }

@@ -7,10 +7,29 @@
 //! records in a row, so one odd sample does not restart the zstd frame.
 //!
 //! The encoder's own CPU is the other bound: the leg can look backlogged
-//! because the *far* relay is busy (a fast link, both relays CPU-bound). So
-//! a level is climbed only while the encoder spends under half its time
-//! encoding, and a saturated encoder (≥ 80 %) steps down and keeps below
-//! the level it left for [`CEILING_RECORDS`] records.
+//! because the *far* relay is busy, or because the leg is simply faster than
+//! the compressor (loopback, a LAN). So the level moves by an estimate of
+//! what each level would deliver, in plain bytes per second:
+//! `rate(L) = min(speed(L), D / ratio(L))`, with `D` the sink leg's delivery
+//! rate (`TCP_INFO`, wire bytes per second, meaningful while the leg is
+//! backlogged), `speed(L)` the encoder's measured input bytes per second of
+//! encoding time at level `L` and `ratio(L)` its measured wire bytes per
+//! input byte (raw: unbounded speed, ratio 1). A backlogged leg climbs
+//! only to a level whose estimate beats the current one (by [`GAIN`], or
+//! keeps the leg busy with [`HEADROOM`] to spare), and steps down at once
+//! when the level below would deliver more. Levels never measured are
+//! extrapolated from measured ones ([`REL_COST`], [`REL_RATIO`]); with
+//! nothing measured, the leg's state alone decides (ModNet's rule).
+//!
+//! A level the estimates rule out is still probed now and then (one record;
+//! its cost may have been measured on a busier machine, the content may
+//! have changed), after [`PROBE_GAP_START`] input bytes, the gap doubling
+//! after every probe that did not pay (up to [`PROBE_GAP_MAX`]): on a leg
+//! where compression never pays the probes cost a vanishing share.
+//!
+//! And a hard guard: a level is climbed only while the encoder spends under
+//! half its time encoding, and a saturated encoder (≥ 80 %) steps down and
+//! keeps below the level it left for [`CEILING_RECORDS`] records.
 
 use crate::state::LegSnapshot;
 
@@ -19,6 +38,29 @@ pub const CEILING_RECORDS: u32 = 2048;
 
 /// The ladder of levels; 0 means raw (no compression).
 pub const LADDER: [i32; 8] = [0, 1, 3, 5, 7, 9, 12, 15];
+
+/// zstd's CPU per input byte at each ladder level relative to level 1
+/// (typical text; priors for levels not measured yet). Raw: 0.
+pub const REL_COST: [f64; 8] = [0.0, 1.0, 1.6, 3.0, 4.0, 5.5, 14.0, 25.0];
+/// zstd's wire bytes per input byte at each ladder level relative to
+/// level 1 (the same kind of prior). Raw: 1 absolute, not relative.
+pub const REL_RATIO: [f64; 8] = [1.0, 1.0, 0.92, 0.88, 0.86, 0.84, 0.82, 0.80];
+
+/// A higher level must promise this much more throughput than the current
+/// one, unless it keeps the leg busy with [`HEADROOM`] to spare.
+pub const GAIN: f64 = 1.15;
+/// A level keeps the leg busy when its encoder is this much faster than the
+/// leg drains its output (in plain bytes per second).
+pub const HEADROOM: f64 = 1.5;
+/// Input bytes before a level the estimates rule out is probed again; the
+/// gap doubles after every probe that did not pay.
+pub const PROBE_GAP_START: u64 = 16 << 20;
+pub const PROBE_GAP_MAX: u64 = 1 << 30;
+/// A measured ratio at least this high says the content does not compress:
+/// other levels are assumed not to shrink it either.
+const INCOMPRESSIBLE: f64 = 0.97;
+/// Weight of a new measurement in the running cost and ratio of a level.
+const EWMA: f64 = 0.3;
 
 /// Limits of the adaptive level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +101,22 @@ impl AdaptConfig {
     }
 }
 
+/// What one level measured: nanoseconds of encoding per input byte and wire
+/// bytes per input byte, running averages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Measured {
+    ns_per_byte: f64,
+    ratio: f64,
+}
+
+/// What the estimates say about the next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Up,
+    Down,
+    Stay,
+}
+
 /// The adaptive level's state for one direction.
 #[derive(Debug, Clone)]
 pub struct Adapt {
@@ -69,6 +127,18 @@ pub struct Adapt {
     /// A level left because the encoder saturated, and records until it
     /// may be tried again.
     ceiling: Option<(i32, u32)>,
+    /// Per ladder rung, what it measured.
+    measured: [Option<Measured>; LADDER.len()],
+    /// Input bytes until a level the estimates rule out is probed, and the
+    /// next gap.
+    probe_left: u64,
+    probe_gap: u64,
+    /// The current level was reached by a probe.
+    probing: bool,
+}
+
+fn rung(level: i32) -> usize {
+    LADDER.iter().rposition(|&l| l <= level).unwrap_or(0)
 }
 
 impl Adapt {
@@ -80,12 +150,114 @@ impl Adapt {
             up: 0,
             down: 0,
             ceiling: None,
+            measured: [None; LADDER.len()],
+            probe_left: PROBE_GAP_START,
+            probe_gap: PROBE_GAP_START,
+            probing: false,
         }
     }
 
     /// The current level (0 = raw).
     pub fn level(&self) -> i32 {
         self.level
+    }
+
+    /// The input bytes before the next probe of a level the estimates rule
+    /// out, and the gap after it.
+    pub fn probe_gap(&self) -> (u64, u64) {
+        (self.probe_left, self.probe_gap)
+    }
+
+    /// Reports a record encoded at `level`: `input` bytes in, `output` bytes
+    /// out (a zstd record that did not shrink and went raw: `output ==
+    /// input`), `nanos` of encoding time (ignored for raw records).
+    pub fn recorded(&mut self, level: i32, input: usize, output: usize, nanos: u64) {
+        self.probe_left = self.probe_left.saturating_sub(input as u64);
+        if level <= 0 || input == 0 {
+            return;
+        }
+        let now = Measured {
+            ns_per_byte: nanos as f64 / input as f64,
+            ratio: (output as f64 / input as f64).min(1.0),
+        };
+        let m = &mut self.measured[rung(level)];
+        *m = Some(match *m {
+            None => now,
+            Some(old) => Measured {
+                ns_per_byte: old.ns_per_byte + EWMA * (now.ns_per_byte - old.ns_per_byte),
+                ratio: old.ratio + EWMA * (now.ratio - old.ratio),
+            },
+        });
+    }
+
+    /// Input bytes per second the encoder manages at `level`, measured or
+    /// extrapolated from the nearest measured level; `None` if nothing was
+    /// measured; raw: unbounded.
+    fn speed(&self, level: i32) -> Option<f64> {
+        let r = rung(level);
+        if r == 0 {
+            return Some(f64::INFINITY);
+        }
+        let (m, from) = self.nearest(r)?;
+        let ns = m.ns_per_byte * REL_COST[r] / REL_COST[from];
+        Some(if ns > 0.0 { 1e9 / ns } else { f64::INFINITY })
+    }
+
+    /// Wire bytes per input byte at `level`, measured or extrapolated.
+    fn ratio(&self, level: i32) -> Option<f64> {
+        let r = rung(level);
+        if r == 0 {
+            return Some(1.0);
+        }
+        let (m, from) = self.nearest(r)?;
+        if r == from || m.ratio >= INCOMPRESSIBLE {
+            return Some(m.ratio);
+        }
+        Some((m.ratio * REL_RATIO[r] / REL_RATIO[from]).min(1.0))
+    }
+
+    /// The measured rung nearest to `r` (below first on a tie).
+    fn nearest(&self, r: usize) -> Option<(Measured, usize)> {
+        (1..LADDER.len())
+            .filter_map(|i| self.measured[i].map(|m| (m, i)))
+            .min_by_key(|&(_, i)| (i.abs_diff(r), i > r))
+    }
+
+    /// Plain bytes per second `level` would deliver through a leg that
+    /// drains `wire_rate` bytes per second.
+    fn rate(&self, level: i32, wire_rate: f64) -> Option<f64> {
+        Some(self.speed(level)?.min(wire_rate / self.ratio(level)?.max(1e-6)))
+    }
+
+    /// On a backlogged leg draining `wire_rate` bytes per second: whether
+    /// the next level up would deliver more, or the one below.
+    fn verdict(&self, wire_rate: u64) -> Verdict {
+        if wire_rate == 0 {
+            // The leg's rate is unknown: ModNet's rule alone.
+            return Verdict::Up;
+        }
+        let d = wire_rate as f64;
+        let Some(cur) = self.rate(self.level, d) else {
+            return Verdict::Up;
+        };
+        let below = self.step(-1);
+        // A tie goes to the cheaper level.
+        if below < self.level && self.rate(below, d).is_some_and(|b| b >= cur) {
+            return Verdict::Down;
+        }
+        let next = self.step(1);
+        if next > self.level {
+            let (Some(speed), Some(ratio), Some(rate)) =
+                (self.speed(next), self.ratio(next), self.rate(next, d))
+            else {
+                return Verdict::Up;
+            };
+            let keeps_leg_busy = speed >= HEADROOM * d / ratio.max(1e-6);
+            if rate >= GAIN * cur || (keeps_leg_busy && ratio < self.ratio(self.level).unwrap_or(1.0)) {
+                return Verdict::Up;
+            }
+        }
+        Verdict::Stay
     }
 
     /// Looks at the leg before a record and returns the level to use.
@@ -109,12 +281,32 @@ impl Adapt {
             }
         } else if s.sink_backlogged() && s.encoder_has_room() {
             self.down = 0;
-            self.up += 1;
-            if self.up >= self.cfg.up_after {
-                self.up = 0;
-                let next = self.step(1);
-                if self.ceiling.is_none_or(|(c, _)| next < c) {
-                    self.level = next;
+            match self.verdict(s.sink.delivery_rate) {
+                Verdict::Up => {
+                    self.probe_paid();
+                    self.up += 1;
+                    if self.up >= self.cfg.up_after {
+                        self.up = 0;
+                        self.climb(false);
+                    }
+                }
+                Verdict::Down => {
+                    // Measured: the level below delivers more. A probe
+                    // that did not pay waits twice as long next time.
+                    self.up = 0;
+                    if self.probing {
+                        self.probe_gap = (self.probe_gap * 2).min(PROBE_GAP_MAX);
+                    }
+                    self.probing = false;
+                    self.probe_left = self.probe_gap;
+                    self.level = self.step(-1);
+                }
+                Verdict::Stay => {
+                    self.probe_paid();
+                    self.up = 0;
+                    if self.probe_left == 0 {
+                        self.climb(true);
+                    }
                 }
             }
         } else if s.sink_idle() {
@@ -122,6 +314,7 @@ impl Adapt {
             self.down += 1;
             if self.down >= self.cfg.down_after {
                 self.down = 0;
+                self.probing = false;
                 self.level = self.step(-1);
             }
         } else {
@@ -129,6 +322,30 @@ impl Adapt {
             self.down = 0;
         }
         self.level
+    }
+
+    /// The level a probe reached was not ruled out by its own measurement.
+    fn probe_paid(&mut self) {
+        if self.probing {
+            self.probing = false;
+            self.probe_gap = PROBE_GAP_START;
+            self.probe_left = self.probe_gap;
+        }
+    }
+
+    /// One step up, unless above the ceiling; `probe`: against the
+    /// estimates, to measure the level again.
+    fn climb(&mut self, probe: bool) {
+        let next = self.step(1);
+        if next <= self.level || self.ceiling.is_some_and(|(c, _)| next >= c) {
+            return;
+        }
+        self.level = next;
+        self.probing = probe;
+        if !probe {
+            self.probe_gap = PROBE_GAP_START;
+        }
+        self.probe_left = self.probe_gap;
     }
 
     fn step(&self, dir: i32) -> i32 {
@@ -230,6 +447,101 @@ mod tests {
             b.observe(&busy(600));
         }
         assert_eq!(b.level(), 1);
+    }
+
+    /// A backlogged leg draining `wire_rate` bytes/s.
+    fn leg_at(wire_rate: u64) -> LegSnapshot {
+        let mut s = backlogged();
+        s.sink.delivery_rate = wire_rate;
+        s
+    }
+
+    /// Content whose level-`l` encoding costs `ns1` ns/byte × REL_COST and
+    /// shrinks to `r1` × REL_RATIO: encodes `records` records of `size`
+    /// bytes through `a` on `leg`, returns the bytes encoded at each level.
+    fn run(
+        a: &mut Adapt,
+        leg: &LegSnapshot,
+        ns1: f64,
+        r1: f64,
+        records: usize,
+        size: usize,
+    ) -> std::collections::BTreeMap<i32, u64> {
+        let mut by_level = std::collections::BTreeMap::new();
+        for _ in 0..records {
+            let l = a.observe(leg);
+            *by_level.entry(l).or_insert(0) += size as u64;
+            if l == 0 {
+                a.recorded(0, size, size, 0);
+            } else {
+                let r = rung(l);
+                let rel = if r1 >= INCOMPRESSIBLE { 1.0 } else { REL_RATIO[r] };
+                let out = (size as f64 * r1 * rel) as usize;
+                let ns = (size as f64 * ns1 * REL_COST[r]) as u64;
+                a.recorded(l, size, out, ns);
+            }
+        }
+        by_level
+    }
+
+    #[test]
+    fn a_leg_faster_than_the_compressor_goes_raw_and_probes_ever_more_rarely() {
+        // loopback: the leg drains 800 MB/s, level 1 encodes 333 MB/s
+        let mut a = Adapt::new(AdaptConfig::default());
+        let by = run(&mut a, &leg_at(800_000_000), 3.0, 0.35, 32 << 10, 64 << 10);
+        let total: u64 = by.values().sum();
+        let compressed: u64 = by.iter().filter(|(l, _)| **l > 0).map(|(_, b)| b).sum();
+        assert_eq!(a.level(), 0);
+        assert!(
+            by.keys().all(|&l| l <= 1),
+            "never above level 1: {by:?}"
+        );
+        // 2 GiB: the start, then probes 16, 32, 64 ... MiB apart
+        assert!(
+            compressed * 1000 < total,
+            "{compressed} of {total} bytes compressed"
+        );
+        assert!(a.probe_gap().1 >= 256 << 20, "{:?}", a.probe_gap());
+    }
+
+    #[test]
+    fn a_slow_leg_climbs_to_the_maximum_level() {
+        // 20 Mbit/s: every level keeps it busy
+        let mut a = Adapt::new(AdaptConfig::default());
+        run(&mut a, &leg_at(2_500_000), 3.0, 0.35, 100, 64 << 10);
+        assert_eq!(a.level(), 9);
+    }
+
+    #[test]
+    fn a_leg_that_slows_down_gets_compression_back_at_once() {
+        let mut a = Adapt::new(AdaptConfig::default());
+        run(&mut a, &leg_at(800_000_000), 3.0, 0.35, 1000, 64 << 10);
+        assert_eq!(a.level(), 0);
+        assert!(a.probe_gap().0 > 0, "no probe due");
+        // the same content, the leg now at 20 Mbit/s: the estimate says
+        // level 1 pays; no waiting for the next probe
+        run(&mut a, &leg_at(2_500_000), 3.0, 0.35, 2, 64 << 10);
+        assert_eq!(a.level(), 1);
+    }
+
+    #[test]
+    fn a_compressor_slower_than_the_leg_but_faster_than_raw_stops_where_it_wins() {
+        // 100 MB/s leg: level 1 (333 MB/s, 0.35) delivers 285 MB/s; level 3
+        // would be CPU-bound at 208 MB/s: stays at 1
+        let mut a = Adapt::new(AdaptConfig::default());
+        let by = run(&mut a, &leg_at(100_000_000), 3.0, 0.35, 500, 64 << 10);
+        assert_eq!(a.level(), 1, "{by:?}");
+        assert!(by.get(&0).copied().unwrap_or(0) == 0, "{by:?}");
+    }
+
+    #[test]
+    fn incompressible_content_on_a_slow_leg_stays_raw_between_probes() {
+        let mut a = Adapt::new(AdaptConfig::default());
+        let by = run(&mut a, &leg_at(2_500_000), 3.0, 1.0, 256, 64 << 10);
+        assert_eq!(a.level(), 0);
+        assert!(by.keys().all(|&l| l <= 1), "{by:?}");
+        // 16 MiB: the start (two records) and no probe yet
+        assert!(by.get(&1).copied().unwrap_or(0) <= 3 * (64 << 10), "{by:?}");
     }
 
     #[test]

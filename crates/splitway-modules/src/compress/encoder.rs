@@ -2,6 +2,8 @@
 //! raw when zstd does not shrink the record (with a back-off, so incompressible
 //! streams cost almost no CPU).
 
+use std::time::Instant;
+
 use zstd::stream::raw::{CParameter, Encoder as ZEncoder, InBuffer, Operation, OutBuffer};
 
 use super::adapt::{Adapt, AdaptConfig};
@@ -78,12 +80,21 @@ impl CompressEncoder {
         if level <= 0 || self.raw_left > 0 {
             self.raw_left = self.raw_left.saturating_sub(data.len() as u64);
             self.raw(data, out);
-        } else if !self.zstd_record(data, level, out)? {
-            self.raw(data, out);
-            self.raw_left = self.backoff;
-            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            self.adapt.recorded(0, data.len(), data.len(), 0);
         } else {
-            self.backoff = BACKOFF_START;
+            // Wall time: on a shared CPU that is what the flow waits for.
+            let t0 = Instant::now();
+            let shrank = self.zstd_record(data, level, out)?;
+            let nanos = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if shrank {
+                self.backoff = BACKOFF_START;
+            } else {
+                self.raw(data, out);
+                self.raw_left = self.backoff;
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+            let sent = out.len() - start;
+            self.adapt.recorded(level, data.len(), sent, nanos);
         }
         self.stats.bytes_out += (out.len() - start) as u64;
         Ok(())
@@ -166,6 +177,11 @@ impl CompressEncoder {
         Ok(true)
     }
 
+    /// The next record goes raw unless the level changes on it.
+    fn sends_raw(&self) -> bool {
+        self.adapt.level() <= 0 || self.raw_left > 0
+    }
+
     fn ensure_room(&mut self) {
         if self.scratch.capacity() - self.scratch.len() < 4096 {
             self.scratch.reserve(64 << 10);
@@ -195,6 +211,18 @@ impl Encoder for CompressEncoder {
                 self.record(&held, state, out)?;
                 self.held = held;
                 self.held.clear();
+            }
+        }
+        if self.held.is_empty() && self.sends_raw() {
+            // Raw records need no size: each burst goes as it came, without
+            // a copy into `held` (a raw leg costs what `null` costs).
+            while !input.is_empty() {
+                let (now, rest) = input.split_at(input.len().min(RECORD_TARGET));
+                self.record(now, state, out)?;
+                input = rest;
+                if !self.sends_raw() {
+                    break;
+                }
             }
         }
         while input.len() >= RECORD_TARGET {
