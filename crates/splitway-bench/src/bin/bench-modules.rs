@@ -474,8 +474,8 @@ fn main() -> Result<()> {
             let metrics: SocketAddr = format!("127.0.0.1:{}", 27300 + i).parse()?;
             let rdir = dir.join(row.key);
             std::fs::create_dir_all(&rdir)?;
-            let res = Relays::start(&a, &rdir, row, listen, leg, sink_addr, metrics).and_then(
-                |relays| {
+            let res =
+                Relays::start(&a, &rdir, row, listen, leg, sink_addr, metrics).and_then(|relays| {
                     let data = if row.corpus { &corpus } else { &random };
                     // warm up: one short flow (the leg, the chain's buffers)
                     flow(listen, &sink, data, 4 << 20)?;
@@ -494,8 +494,7 @@ fn main() -> Result<()> {
                         None => None,
                     };
                     Ok((dt, cpu, ratio))
-                },
-            );
+                });
             match res {
                 Ok((dt, cpu, ratio)) => {
                     let gb = total as f64 / 1e9;

@@ -226,7 +226,10 @@ impl Adapt {
     /// Plain bytes per second `level` would deliver through a leg that
     /// drains `wire_rate` bytes per second.
     fn rate(&self, level: i32, wire_rate: f64) -> Option<f64> {
-        Some(self.speed(level)?.min(wire_rate / self.ratio(level)?.max(1e-6)))
+        Some(
+            self.speed(level)?
+                .min(wire_rate / self.ratio(level)?.max(1e-6)),
+        )
     }
 
     /// On a backlogged leg draining `wire_rate` bytes per second: whether
@@ -253,7 +256,9 @@ impl Adapt {
                 return Verdict::Up;
             };
             let keeps_leg_busy = speed >= HEADROOM * d / ratio.max(1e-6);
-            if rate >= GAIN * cur || (keeps_leg_busy && ratio < self.ratio(self.level).unwrap_or(1.0)) {
+            if rate >= GAIN * cur
+                || (keeps_leg_busy && ratio < self.ratio(self.level).unwrap_or(1.0))
+            {
                 return Verdict::Up;
             }
         }
@@ -475,7 +480,11 @@ mod tests {
                 a.recorded(0, size, size, 0);
             } else {
                 let r = rung(l);
-                let rel = if r1 >= INCOMPRESSIBLE { 1.0 } else { REL_RATIO[r] };
+                let rel = if r1 >= INCOMPRESSIBLE {
+                    1.0
+                } else {
+                    REL_RATIO[r]
+                };
                 let out = (size as f64 * r1 * rel) as usize;
                 let ns = (size as f64 * ns1 * REL_COST[r]) as u64;
                 a.recorded(l, size, out, ns);
@@ -492,10 +501,7 @@ mod tests {
         let total: u64 = by.values().sum();
         let compressed: u64 = by.iter().filter(|(l, _)| **l > 0).map(|(_, b)| b).sum();
         assert_eq!(a.level(), 0);
-        assert!(
-            by.keys().all(|&l| l <= 1),
-            "never above level 1: {by:?}"
-        );
+        assert!(by.keys().all(|&l| l <= 1), "never above level 1: {by:?}");
         // 2 GiB: the start, then probes 16, 32, 64 ... MiB apart
         assert!(
             compressed * 1000 < total,

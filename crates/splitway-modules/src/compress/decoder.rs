@@ -36,9 +36,9 @@ impl CompressDecoder {
     }
 
     /// Decodes whole records from `buf`; returns the bytes consumed. Stops
-    /// at an unfinished record or when the output budget is spent.
-    fn run(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Result<usize, ModuleError> {
-        let start = out.len();
+    /// at an unfinished record or when the output budget (counted from
+    /// `out[start..]`) is spent.
+    fn run(&mut self, buf: &[u8], out: &mut Vec<u8>, start: usize) -> Result<usize, ModuleError> {
         let mut pos = 0;
         while pos < buf.len() && out.len() - start < OUT_BUDGET {
             let rec = &buf[pos..];
@@ -155,6 +155,27 @@ fn check_declared(orig: u64, compressed: u64) -> Result<(), ModuleError> {
     Ok(())
 }
 
+impl CompressDecoder {
+    /// Bytes the first stashed record still lacks: its header's first, then
+    /// its payload's (0 with an unknown kind: `run` reports it).
+    fn missing(&self) -> usize {
+        let Some(&kind) = self.stash.first() else {
+            return 0;
+        };
+        let header = match kind {
+            RAW => RAW_HEADER,
+            ZSTD_NEW | ZSTD_CONT => ZSTD_HEADER,
+            _ => return 0,
+        };
+        match u32_at(&self.stash, 1) {
+            Some(len) if self.stash.len() >= header => {
+                (header + len as usize).saturating_sub(self.stash.len())
+            }
+            _ => header - self.stash.len().min(header),
+        }
+    }
+}
+
 impl Decoder for CompressDecoder {
     fn name(&self) -> &'static str {
         NAME
@@ -166,17 +187,32 @@ impl Decoder for CompressDecoder {
         out: &mut Vec<u8>,
         _ctl: &mut Vec<Vec<u8>>,
     ) -> Result<(), ModuleError> {
-        if self.stash.is_empty() {
-            let n = self.run(input, out)?;
-            self.stash.extend_from_slice(&input[n..]);
-        } else {
-            self.stash.extend_from_slice(input);
+        let start = out.len();
+        let mut input = input;
+        if !self.stash.is_empty() {
+            // Complete the stashed record with the few bytes it lacks; the
+            // rest of the input is decoded where it is, not copied (records
+            // span the leg's DATA frames, so this is the common case).
+            loop {
+                let need = self.missing().min(input.len());
+                if need == 0 {
+                    break;
+                }
+                self.stash.extend_from_slice(&input[..need]);
+                input = &input[need..];
+            }
             let stash = std::mem::take(&mut self.stash);
-            let n = self.run(&stash, out);
+            let n = self.run(&stash, out, start);
             self.stash = stash;
             let n = n?;
             self.stash.drain(..n);
+            if !self.stash.is_empty() {
+                self.stash.extend_from_slice(input);
+                return Ok(());
+            }
         }
+        let n = self.run(input, out, start)?;
+        self.stash.extend_from_slice(&input[n..]);
         Ok(())
     }
 

@@ -523,10 +523,9 @@ impl ModuleFlow<'_> {
                 return Ok(());
             }
             if self.dec.has_pending() {
-                st.out.clear();
-                self.dec.drain(&mut st.out)?;
-                st.to_plain.buf.extend_from_slice(&st.out.data);
-                mframes::put_controls(&mut st.to_leg.buf, &st.out.control, true);
+                decode_to_plain(&mut st.out, &mut st.to_plain, &mut st.to_leg, |out| {
+                    self.dec.drain(out)
+                })?;
                 continue;
             }
             let frame = match st.fdec.next_frame()? {
@@ -545,9 +544,9 @@ impl ModuleFlow<'_> {
                         return Err(Cut::Protocol("data_after_end"));
                     }
                     st.wire_in += payload.len() as u64;
-                    self.dec.decode(payload, &mut st.out)?;
-                    st.to_plain.buf.extend_from_slice(&st.out.data);
-                    mframes::put_controls(&mut st.to_leg.buf, &st.out.control, true);
+                    decode_to_plain(&mut st.out, &mut st.to_plain, &mut st.to_leg, |out| {
+                        self.dec.decode(payload, out)
+                    })?;
                 }
                 Frame::Module { flags, payload, .. } => match mframes::target(flags) {
                     ModuleTarget::Chain => return Err(Cut::Protocol("module_chain_again")),
@@ -585,6 +584,24 @@ impl ModuleFlow<'_> {
             }
         }
     }
+}
+
+/// Runs a decoder step whose output goes straight to the end of the plain
+/// socket's queue (no copy through `st.out`); its control messages go to
+/// the leg.
+fn decode_to_plain(
+    out: &mut Output,
+    to_plain: &mut Queue,
+    to_leg: &mut Queue,
+    step: impl FnOnce(&mut Output) -> Result<(), ModuleError>,
+) -> Result<(), Cut> {
+    out.clear();
+    std::mem::swap(&mut out.data, &mut to_plain.buf);
+    let r = step(out);
+    std::mem::swap(&mut out.data, &mut to_plain.buf);
+    r?;
+    mframes::put_controls(&mut to_leg.buf, &out.control, true);
+    Ok(())
 }
 
 /// How long a far relay may take to send a module leg's chain frame.
