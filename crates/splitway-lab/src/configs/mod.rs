@@ -39,6 +39,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux-bbr-paced", "splitway-mux with BBR on the lanes, paced together at the link's rate"),
     ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),
     ("splitway+modules", "splitway with the dedup and compress modules on the relay-to-relay legs"),
+    ("splitway+null", "splitway with the null module on the relay-to-relay legs (the user-space framed path alone)"),
 ];
 
 /// Known configuration names, for messages.

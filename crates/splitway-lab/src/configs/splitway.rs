@@ -75,6 +75,7 @@ pub fn modules_of(name: &str) -> &'static [&'static str] {
     match name {
         "splitway+compress" => &["compress"],
         "splitway+modules" => &["dedup", "compress"],
+        "splitway+null" => &["null"],
         _ => &[],
     }
 }
@@ -402,6 +403,7 @@ mod tests {
         for (name, want) in [
             ("splitway+modules", vec!["dedup", "compress"]),
             ("splitway+compress", vec!["compress"]),
+            ("splitway+null", vec!["null"]),
             ("splitway", vec![]),
         ] {
             let f = features_of(name).unwrap();
