@@ -93,8 +93,9 @@ pub struct Node {
     /// `splice` engine (issue 16): while a direction waits for its
     /// destination to take what is in the pipe, raise the source's
     /// `SO_RCVLOWAT` to half its receive buffer, so data arriving meanwhile
-    /// does not wake the relay for nothing. Both engines; on by default.
-    #[serde(default = "d_true")]
+    /// does not wake the relay for nothing. Both engines; off by default
+    /// (fewer wake-ups, no CPU gain measurable here: docs/performance.md).
+    #[serde(default)]
     pub quiet_blocked_input: bool,
     #[serde(default)]
     pub log_format: LogFormat,

@@ -378,7 +378,7 @@ mod tests {
     /// still goes through, byte for byte, and the flow closes cleanly.
     #[tokio::test]
     async fn quiet_blocked_input_raises_the_mark_while_blocked_and_loses_no_tail() {
-        splice::set_quiet_blocked_input(true);
+        splice::FORCE_QUIET.with(|f| f.set(true));
         quiet_case(EngineState::Splice {
             a_to_b: Some(Pipe::new(64 << 10).expect("pipe")),
             b_to_a: Some(Pipe::new(64 << 10).expect("pipe")),

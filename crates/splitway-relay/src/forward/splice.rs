@@ -37,15 +37,26 @@ use crate::sys::pipe::Pipe;
 use crate::sys::sockopt;
 
 /// `node.quiet_blocked_input` (see the module doc), as the config says.
-static QUIET_BLOCKED_INPUT: AtomicBool = AtomicBool::new(true);
+static QUIET_BLOCKED_INPUT: AtomicBool = AtomicBool::new(false);
 
 /// Set from the config at start and on every reload.
 pub fn set_quiet_blocked_input(on: bool) {
     QUIET_BLOCKED_INPUT.store(on, Ordering::Relaxed);
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests turn the switch on for their own thread only (the switch is
+    /// process-wide, and other tests install configs concurrently).
+    pub(super) static FORCE_QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Whether `node.quiet_blocked_input` is on (both engines).
 pub(super) fn quiet_blocked_input() -> bool {
+    #[cfg(test)]
+    if FORCE_QUIET.with(|f| f.get()) {
+        return true;
+    }
     QUIET_BLOCKED_INPUT.load(Ordering::Relaxed)
 }
 
