@@ -1,7 +1,6 @@
 //! `many`: many clients at once through one ingress.
 //!
-//! 100 downloads start together from 10 client addresses (10 each: one
-//! `curl --parallel` per address, a connection per download), end to
+//! 100 downloads start together from 10 client addresses (10 each), end to
 //! end, through splitway with a leg per flow, and through splitway with
 //! flows as streams on warm lanes (`splitway-mux`), in rotating rounds
 //! (`--configs` picks others). The ingress's pool of
@@ -76,31 +75,19 @@ fn round(
         chain.tb.flush_tcp_metrics();
     }
     let url = r.url(size);
-    // One curl per client address, its share of the downloads in parallel
-    // (a connection each, all opened at once).
     let mut children = Vec::new();
-    for (i, src) in sources.iter().enumerate() {
-        let share = n / sources.len() + usize::from(i < n % sources.len());
-        if share > 0 {
-            let c = curl::spawn_parallel(&chain.tb, &url, share, src, sess.timeout)?;
-            children.push((c, share));
-        }
+    for i in 0..n {
+        let src = &sources[i % sources.len()];
+        children.push(curl::spawn(&chain.tb, &url, Some(src), &[], sess.timeout)?);
     }
     let mut samples = Vec::new();
     let mut failures = Vec::new();
-    for (c, share) in children {
-        let results = match curl::finish_parallel(c, &url, share, size, sess.timeout) {
-            Ok(r) => r,
+    for c in children {
+        match curl::finish(c, &url, size, sess.timeout) {
+            Ok(s) => samples.push(s),
             Err(e) => {
                 crate::host::check_stop()?;
-                let why = format!("{e:#}");
-                (0..share).map(|_| Err(anyhow::anyhow!("{why}"))).collect()
-            }
-        };
-        for r in results {
-            match r {
-                Ok(s) => samples.push(s),
-                Err(e) => failures.push(format!("{e:#}")),
+                failures.push(format!("{e:#}"));
             }
         }
     }
