@@ -378,6 +378,12 @@ pub struct Modules {
     /// them (revocation).
     #[serde(default = "d_notsent_lowat")]
     pub notsent_lowat_bytes: u32,
+    /// Spliced pass-through records: bytes the chain passes unchanged
+    /// (`null`; `compress` while it sends raw) go plain socket → pipe → leg
+    /// with `splice(2)`, only the frame header through user space; the
+    /// receiver splices them on. Off: every byte through user space.
+    #[serde(default = "d_true")]
+    pub splice: bool,
 }
 
 impl Default for Modules {
@@ -387,6 +393,7 @@ impl Default for Modules {
             compress_min_level: 0,
             compress_max_level: d_compress_max_level(),
             notsent_lowat_bytes: d_notsent_lowat(),
+            splice: true,
         }
     }
 }

@@ -514,12 +514,101 @@ impl Decoder {
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
     }
+
+    /// How many bytes to read next so that the buffer ends exactly at the
+    /// end of a frame header: the rest of the header being read, or the
+    /// rest of the current frame plus the next header. 0 when a complete
+    /// frame waits to be taken. A receiver that reads this many bytes at a
+    /// time can move a DATA payload itself ([`Decoder::bare_head`]).
+    pub fn next_read(&self) -> usize {
+        let rest = &self.buf[self.pos..];
+        let Some(head) = rest.first_chunk::<HEADER_LEN>() else {
+            return HEADER_LEN - rest.len();
+        };
+        let end = HEADER_LEN + u16::from_be_bytes([head[2], head[3]]) as usize;
+        if rest.len() < end {
+            end - rest.len() + HEADER_LEN
+        } else {
+            0
+        }
+    }
+
+    /// When the buffer holds exactly one frame header and nothing more: that
+    /// header, checked (an error breaks the decoder as [`next_frame`] would).
+    /// [`Decoder::skip_head`] then drops it, and the caller moves its
+    /// payload past this decoder.
+    ///
+    /// [`next_frame`]: Decoder::next_frame
+    pub fn bare_head(&mut self) -> Result<Option<FrameHead>, FrameError> {
+        if let Some(e) = self.broken {
+            return Err(e);
+        }
+        let Some(head) = self.buf[self.pos..].first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        if self.buffered() != HEADER_LEN {
+            return Ok(None);
+        }
+        match FrameHead::parse(head) {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => {
+                self.broken = Some(e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the bare header [`Decoder::bare_head`] returned.
+    pub fn skip_head(&mut self) {
+        if self.buffered() == HEADER_LEN {
+            self.pos += HEADER_LEN;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn exact_reads_end_at_headers_so_a_payload_can_bypass_the_decoder() {
+        let mut wire = Vec::new();
+        let n = encode_data_head(&mut wire, LEG_STREAM, 1, 5);
+        assert_eq!(n, 5);
+        wire.extend_from_slice(b"hello");
+        assert!(Frame::End {
+            stream: LEG_STREAM,
+            total: 5
+        }
+        .encode(&mut wire));
+        let mut d = Decoder::new();
+        assert_eq!(d.next_read(), HEADER_LEN);
+        d.push(&wire[..3]);
+        assert_eq!(d.next_read(), HEADER_LEN - 3);
+        assert_eq!(d.bare_head(), Ok(None));
+        d.push(&wire[3..HEADER_LEN]);
+        let h = d.bare_head().expect("valid").expect("bare");
+        assert_eq!((h.kind, h.flags, h.len), (kind::DATA, 1, 5));
+        // Read through the decoder instead: payload plus the next header.
+        assert_eq!(d.next_read(), 5 + HEADER_LEN);
+        d.skip_head();
+        assert_eq!(d.buffered(), 0);
+        // The payload went elsewhere; the END follows.
+        d.push(&wire[HEADER_LEN + 5..HEADER_LEN + 5 + HEADER_LEN]);
+        assert_eq!(d.next_read(), 8 + HEADER_LEN);
+        d.push(&wire[HEADER_LEN + 5 + HEADER_LEN..]);
+        assert_eq!(d.next_read(), 0);
+        assert!(matches!(
+            d.next_frame(),
+            Ok(Some(Frame::End { total: 5, .. }))
+        ));
+        // A bad bare header breaks the decoder.
+        let mut d = Decoder::new();
+        d.push(&[0xee, 0, 0, 1, 0, 0, 0, 1]);
+        assert!(d.bare_head().is_err());
+        assert!(d.next_frame().is_err());
+    }
 
     fn enc(f: &Frame<'_>) -> Vec<u8> {
         let mut v = Vec::new();

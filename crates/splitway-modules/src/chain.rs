@@ -241,6 +241,20 @@ impl EncoderChain {
         Ok(())
     }
 
+    /// Every stage would pass the next bytes unchanged and holds nothing
+    /// ([`Encoder::passes_through`]): they may cross as a plain record,
+    /// past both chains.
+    pub fn passes_through(&self) -> bool {
+        !self.stages.is_empty() && self.stages.iter().all(|s| s.passes_through())
+    }
+
+    /// `n` bytes crossed as a plain record ([`EncoderChain::passes_through`]).
+    pub fn passed(&mut self, n: usize, state: &LegSnapshot) {
+        for s in &mut self.stages {
+            s.passed(n, state);
+        }
+    }
+
     /// No stage waits for anything from the far decoders (see
     /// [`Encoder::idle`]).
     pub fn idle(&self) -> bool {

@@ -72,6 +72,17 @@ pub trait Encoder: Send {
     fn keeps_unit_on_soft_flush(&self) -> bool {
         false
     }
+    /// Pass-through: the next bytes would leave this stage unchanged, and it
+    /// holds nothing. When every stage says so, the relay may send them as
+    /// plain records past both chains (spliced, never in user space) and
+    /// calls [`Encoder::passed`] instead of [`Encoder::encode`]. Default: no.
+    fn passes_through(&self) -> bool {
+        false
+    }
+    /// `n` bytes went past this stage unchanged (after
+    /// [`Encoder::passes_through`] said yes): account for them as if
+    /// encoded, with the leg state of that moment.
+    fn passed(&mut self, _n: usize, _state: &LegSnapshot) {}
 }
 
 /// One stage at the receiving relay: the inverse of an [`Encoder`].

@@ -30,6 +30,9 @@ impl Encoder for NullEncoder {
     fn control(&mut self, _msg: &[u8], _ctl: &mut Vec<Vec<u8>>) -> Result<(), ModuleError> {
         Err(ModuleError::BadControl { module: "null" })
     }
+    fn passes_through(&self) -> bool {
+        true
+    }
 }
 
 impl Decoder for NullDecoder {

@@ -243,4 +243,24 @@ impl Encoder for CompressEncoder {
     fn control(&mut self, _msg: &[u8], _ctl: &mut Vec<Vec<u8>>) -> Result<(), ModuleError> {
         Err(ModuleError::BadControl { module: "compress" })
     }
+
+    /// Raw is chosen for the next record and nothing is held: the bytes may
+    /// go as a plain record (the far decoder never sees them, as it never
+    /// sees a raw record's bytes through zstd).
+    fn passes_through(&self) -> bool {
+        self.held.is_empty() && self.sends_raw()
+    }
+
+    /// Accounted as a raw record of `n` bytes: the controller observes the
+    /// leg and counts the bytes toward its probes; the next zstd record
+    /// starts a new frame.
+    fn passed(&mut self, n: usize, state: &LegSnapshot) {
+        let _ = self.adapt.observe(state);
+        self.stats.bytes_in += n as u64;
+        self.stats.bytes_out += n as u64;
+        self.raw_left = self.raw_left.saturating_sub(n as u64);
+        self.frame_level = None;
+        self.stats.records_raw += 1;
+        self.adapt.recorded(0, n, n, 0);
+    }
 }

@@ -26,6 +26,17 @@
 //! once, and so does a short burst on an idle leg (a request, an
 //! interactive reply).
 //!
+//! Spliced pass-through ([`ModuleFlow::pipes`] set, `[modules] splice`):
+//! while every stage passes its next bytes unchanged and holds nothing
+//! (`null`; `compress` while its controller sends raw), the plain socket's
+//! bytes go plain socket → pipe with `splice(2)`, then a DATA header with
+//! [`mframes::DATA_PLAIN`] and the pipe's byte count, then pipe → leg: a
+//! plain record. The receiver reads the leg exactly up to each frame
+//! header; a plain record's payload goes leg → pipe → plain socket. Only
+//! headers pass through user space. A plain record is decided when it is
+//! read: once in the pipe it can no longer be re-encoded or dropped (the
+//! chain's state already counts it as sent raw).
+//!
 //! Ends: the plain socket's EOF becomes an END frame (with the DATA byte
 //! count); an END received (count checked, chain finished) becomes
 //! `shutdown(WR)` on the plain socket. A leg that ends without END, or any
@@ -35,19 +46,25 @@
 //! gets a FIN; the flow ends at the far FIN.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use splitway_core::frame::{self, Frame, FrameError, LEG_STREAM};
+use splitway_core::frame::{
+    self, Frame, FrameError, HEADER_LEN, LEG_STREAM, MAX_FRAME, MAX_PAYLOAD,
+};
 use splitway_modules::{
     DecoderChain, EncoderChain, Flush, LegSnapshot, ModuleError, Output, TcpSnapshot,
 };
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use super::frames::{self as mframes, ModuleTarget};
 use super::ModuleMetrics;
-use crate::forward::{FlowReport, FlowTimeouts, Outcome};
-use crate::sys::sockopt;
+use crate::forward::{FlowReport, FlowTimeouts, Loan, Outcome};
+use crate::resources::Resources;
+use crate::sys::pipe::Pipe;
+use crate::sys::{self, sockopt};
 
 /// Bytes read from the plain socket per read call.
 const READ_BYTES: usize = 64 << 10;
@@ -181,6 +198,9 @@ pub struct ModuleFlow<'a> {
     pub chain: String,
     /// Plain bytes read before the flow started (encoded first).
     pub early: Vec<u8>,
+    /// Where pipes for plain records come from; `None`: no splicing (every
+    /// byte through user space, plain records received are copied).
+    pub pipes: Option<&'a Resources>,
 }
 
 struct State {
@@ -212,6 +232,27 @@ struct State {
     wire_out: u64,
     wire_in: u64,
     plain_out: u64,
+    /// The plain record being sent: its header (sent from `tx_sent`) and
+    /// the payload bytes still in `tx_pipe`. Everything in `to_leg` goes
+    /// after it (a record starts only when `to_leg` is empty).
+    tx_pipe: Option<Pipe>,
+    tx_head: Vec<u8>,
+    tx_sent: usize,
+    tx_left: usize,
+    /// The plain record being received: payload bytes still on the leg, and
+    /// in `rx_pipe` for the plain socket (written once `to_plain` is empty).
+    rx_pipe: Option<Pipe>,
+    rx_left: usize,
+    rx_in_pipe: usize,
+    spliced_out: u64,
+    spliced_in: u64,
+}
+
+impl State {
+    /// A plain record is on its way to the leg.
+    fn tx_busy(&self) -> bool {
+        self.tx_sent < self.tx_head.len() || self.tx_left > 0
+    }
 }
 
 impl ModuleFlow<'_> {
@@ -242,6 +283,15 @@ impl ModuleFlow<'_> {
             wire_out: 0,
             wire_in: 0,
             plain_out: 0,
+            tx_pipe: None,
+            tx_head: Vec::with_capacity(HEADER_LEN),
+            tx_sent: 0,
+            tx_left: 0,
+            rx_pipe: None,
+            rx_left: 0,
+            rx_in_pipe: 0,
+            spliced_out: 0,
+            spliced_in: 0,
         };
         let r = self.drive(&mut st, t).await;
         let m = &self.metrics.bytes;
@@ -250,6 +300,10 @@ impl ModuleFlow<'_> {
         m.with_label_values(&[c, "wire_out"]).inc_by(st.wire_out);
         m.with_label_values(&[c, "wire_in"]).inc_by(st.wire_in);
         m.with_label_values(&[c, "plain_out"]).inc_by(st.plain_out);
+        m.with_label_values(&[c, "spliced_out"])
+            .inc_by(st.spliced_out);
+        m.with_label_values(&[c, "spliced_in"])
+            .inc_by(st.spliced_in);
         let (outcome, cut) = match r {
             Ok(o) => (o, None),
             Err(cut) => {
@@ -277,7 +331,7 @@ impl ModuleFlow<'_> {
     }
 
     async fn drive(&mut self, st: &mut State, t: FlowTimeouts) -> Result<Outcome, Cut> {
-        let mut rbuf = vec![0u8; READ_BYTES];
+        let mut rbuf = vec![0u8; READ_BYTES.max(MAX_FRAME + HEADER_LEN)];
         let mut last = Instant::now();
         if !self.early.is_empty() {
             let early = std::mem::take(&mut self.early);
@@ -288,12 +342,20 @@ impl ModuleFlow<'_> {
         let mut half_close_at: Option<Instant> = None;
         loop {
             self.pump_frames(st)?;
+            if self.pipes.is_some() && st.rx_left == 0 {
+                self.take_plain_head(st)?;
+            }
             if st.end_received && !st.dec_finished && !self.dec.waiting() && !self.dec.has_pending()
             {
                 self.dec.finish()?;
                 st.dec_finished = true;
             }
-            if st.dec_finished && !st.plain_shut && st.to_plain.pending() == 0 {
+            if st.dec_finished
+                && !st.plain_shut
+                && st.to_plain.pending() == 0
+                && st.rx_in_pipe == 0
+                && st.rx_left == 0
+            {
                 sockopt::shutdown_write(self.plain)?;
                 st.plain_shut = true;
             }
@@ -301,6 +363,7 @@ impl ModuleFlow<'_> {
                 && st.plain_shut
                 && !st.leg_fin
                 && st.to_leg.pending() == 0
+                && !st.tx_busy()
                 && self.enc.idle()
             {
                 sockopt::shutdown_write(self.leg)?;
@@ -314,13 +377,21 @@ impl ModuleFlow<'_> {
             }
             let idle_at = last + t.idle;
             let deadline = half_close_at.map_or(idle_at, |h| h.min(idle_at));
-            let want_plain_read = !st.plain_eof && st.to_leg.pending() < LEG_QUEUE;
+            // A chain passing bytes through waits for the leg to take all
+            // (the next read may then go spliced, which needs `to_leg` empty).
+            let leg_room = if self.splices_out() {
+                st.to_leg.pending() == 0
+            } else {
+                st.to_leg.pending() < LEG_QUEUE
+            };
+            let want_plain_read = !st.plain_eof && !st.tx_busy() && leg_room;
             let want_leg_read = !st.leg_eof
                 && st.to_plain.pending() < PLAIN_QUEUE
                 && st.fdec.buffered() < FRAME_QUEUE
-                && !self.dec.has_pending();
-            let want_leg_write = st.to_leg.pending() > 0;
-            let want_plain_write = st.to_plain.pending() > 0;
+                && !self.dec.has_pending()
+                && st.rx_in_pipe == 0;
+            let want_leg_write = st.to_leg.pending() > 0 || st.tx_busy();
+            let want_plain_write = st.to_plain.pending() > 0 || st.rx_in_pipe > 0;
             let flush_at = st.flush_at.filter(|_| st.unflushed);
             tokio::select! {
                 _ = sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() => {
@@ -328,12 +399,28 @@ impl ModuleFlow<'_> {
                 }
                 r = self.plain.readable(), if want_plain_read => {
                     r?;
-                    self.read_plain(st, &mut rbuf)?;
+                    if self.splices_out() && st.to_leg.pending() == 0 {
+                        self.splice_plain(st)?;
+                    } else {
+                        self.read_plain(st, &mut rbuf)?;
+                    }
                     last = Instant::now();
                 }
-                r = self.leg.readable(), if want_leg_read => {
+                r = self.leg.readable(), if want_leg_read && st.rx_left > 0 => {
                     r?;
-                    match self.leg.try_read(&mut rbuf) {
+                    self.splice_leg(st)?;
+                    last = Instant::now();
+                }
+                r = self.leg.readable(), if want_leg_read && st.rx_left == 0 => {
+                    r?;
+                    // Splicing: read exactly to the next frame header's end,
+                    // so a plain record's payload stays in the socket.
+                    let len = if self.pipes.is_some() {
+                        st.fdec.next_read().clamp(1, rbuf.len())
+                    } else {
+                        READ_BYTES
+                    };
+                    match self.leg.try_read(&mut rbuf[..len]) {
                         Ok(0) => {
                             st.leg_eof = true;
                             if !st.end_received {
@@ -344,7 +431,12 @@ impl ModuleFlow<'_> {
                                 }
                             }
                         }
-                        Ok(n) => st.fdec.push(&rbuf[..n]),
+                        Ok(n) => {
+                            st.fdec.push(&rbuf[..n]);
+                            if self.pipes.is_some() {
+                                self.take_plain_head(st)?;
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -352,14 +444,23 @@ impl ModuleFlow<'_> {
                 }
                 r = self.leg.writable(), if want_leg_write => {
                     r?;
-                    match self.leg.try_write(st.to_leg.bytes()) {
-                        Ok(n) => st.to_leg.advance(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
+                    if st.tx_busy() {
+                        self.send_record(st)?;
+                    } else {
+                        match self.leg.try_write(st.to_leg.bytes()) {
+                            Ok(n) => st.to_leg.advance(n),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     last = Instant::now();
                 }
-                r = self.plain.writable(), if want_plain_write => {
+                r = self.plain.writable(), if want_plain_write && st.to_plain.pending() == 0 => {
+                    r?;
+                    self.drain_record(st)?;
+                    last = Instant::now();
+                }
+                r = self.plain.writable(), if want_plain_write && st.to_plain.pending() > 0 => {
                     r?;
                     match self.plain.try_write(st.to_plain.bytes()) {
                         Ok(n) => {
@@ -389,20 +490,7 @@ impl ModuleFlow<'_> {
         let mut total = 0;
         loop {
             match self.plain.try_read(buf) {
-                Ok(0) => {
-                    st.plain_eof = true;
-                    self.encode(st, &[], true, &state)?;
-                    st.unflushed = false;
-                    st.flush_at = None;
-                    st.burst = 0;
-                    Frame::End {
-                        stream: LEG_STREAM,
-                        total: st.wire_out,
-                    }
-                    .encode(&mut st.to_leg.buf);
-                    st.end_sent = true;
-                    return Ok(());
-                }
+                Ok(0) => return self.plain_ended(st, &state),
                 Ok(n) => {
                     st.plain_in += n as u64;
                     st.last_read = Instant::now();
@@ -426,6 +514,202 @@ impl ModuleFlow<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The plain socket's EOF: flush every stage, then END.
+    fn plain_ended(&mut self, st: &mut State, state: &LegSnapshot) -> Result<(), Cut> {
+        st.plain_eof = true;
+        self.encode(st, &[], true, state)?;
+        st.unflushed = false;
+        st.flush_at = None;
+        st.burst = 0;
+        Frame::End {
+            stream: LEG_STREAM,
+            total: st.wire_out,
+        }
+        .encode(&mut st.to_leg.buf);
+        st.end_sent = true;
+        Ok(())
+    }
+
+    /// The next plain bytes may go as a spliced plain record.
+    fn splices_out(&self) -> bool {
+        self.pipes.is_some() && self.enc.passes_through()
+    }
+
+    /// Moves what the plain socket has (up to the budget) to the leg as
+    /// plain records, one pipe-full each, while the chain passes bytes
+    /// through and the leg takes them. `to_leg` is empty.
+    fn splice_plain(&mut self, st: &mut State) -> Result<(), Cut> {
+        let state = self.snapshot(st);
+        let from = self.plain.as_raw_fd();
+        let mut total = 0;
+        loop {
+            let r = {
+                let mut loan = Loan::new(&mut st.tx_pipe, self.pipes);
+                let pipe = loan.get()?;
+                let cap = pipe.capacity().min(MAX_PAYLOAD);
+                let r = self
+                    .plain
+                    .try_io(Interest::READABLE, || pipe.fill_from(from, cap));
+                if !matches!(r, Ok(n) if n > 0) {
+                    // Nothing went in: the pipe is empty.
+                    loan.end_burst();
+                }
+                r
+            };
+            match r {
+                Ok(0) => return self.plain_ended(st, &state),
+                Ok(n) => {
+                    st.plain_in += n as u64;
+                    st.last_read = Instant::now();
+                    st.burst += n as u64;
+                    st.soft_done = false;
+                    self.enc.passed(n, &state);
+                    st.wire_out += n as u64;
+                    st.spliced_out += n as u64;
+                    st.tx_head.clear();
+                    frame::encode_data_head(&mut st.tx_head, LEG_STREAM, mframes::DATA_PLAIN, n);
+                    st.tx_sent = 0;
+                    st.tx_left = n;
+                    self.send_record(st)?;
+                    total += n;
+                    if st.tx_busy() || total >= READ_BUDGET || !self.enc.passes_through() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if st.unflushed {
+                        self.flush_or_hold(st)?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends what is left of the plain record: its header (held back with
+    /// `MSG_MORE` so it leaves with the payload), then the pipe's bytes.
+    fn send_record(&mut self, st: &mut State) -> Result<(), Cut> {
+        let fd = self.leg.as_raw_fd();
+        while st.tx_sent < st.tx_head.len() {
+            let rest = &st.tx_head[st.tx_sent..];
+            match self
+                .leg
+                .try_io(Interest::WRITABLE, || sys::send_more(fd, rest))
+            {
+                Ok(n) => st.tx_sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        while st.tx_left > 0 {
+            let pipe = st
+                .tx_pipe
+                .as_ref()
+                .ok_or_else(|| io::Error::other("plain record without its pipe"))?;
+            let left = st.tx_left;
+            match self
+                .leg
+                .try_io(Interest::WRITABLE, || pipe.drain_to(fd, left))
+            {
+                Ok(0) => return Err(io::Error::other("pipe emptied early").into()),
+                Ok(n) => st.tx_left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Loan::new(&mut st.tx_pipe, self.pipes).end_burst();
+        Ok(())
+    }
+
+    /// After an exact read: if the decoder holds just a plain record's
+    /// header, its payload is taken past the decoders (spliced).
+    fn take_plain_head(&mut self, st: &mut State) -> Result<(), Cut> {
+        if self.dec.has_pending() {
+            // Decoded bytes still to come go first.
+            return Ok(());
+        }
+        let Some(h) = st.fdec.bare_head()? else {
+            return Ok(());
+        };
+        if h.kind != frame::kind::DATA || h.flags & mframes::DATA_PLAIN == 0 || h.len == 0 {
+            return Ok(());
+        }
+        if h.stream != LEG_STREAM {
+            return Err(Cut::Protocol("stream_unknown"));
+        }
+        if st.end_received {
+            return Err(Cut::Protocol("data_after_end"));
+        }
+        st.fdec.skip_head();
+        st.wire_in += h.len as u64;
+        st.rx_left = h.len;
+        Ok(())
+    }
+
+    /// Moves a plain record's payload leg → pipe (the pipe is empty), then
+    /// on to the plain socket if its queue is empty.
+    fn splice_leg(&mut self, st: &mut State) -> Result<(), Cut> {
+        let from = self.leg.as_raw_fd();
+        let r = {
+            let mut loan = Loan::new(&mut st.rx_pipe, self.pipes);
+            let pipe = loan.get()?;
+            let len = st.rx_left.min(pipe.capacity());
+            let r = self
+                .leg
+                .try_io(Interest::READABLE, || pipe.fill_from(from, len));
+            if !matches!(r, Ok(n) if n > 0) {
+                loan.end_burst();
+            }
+            r
+        };
+        match r {
+            Ok(0) => {
+                // The leg ended inside a frame: truncated.
+                st.leg_eof = true;
+                Err(Cut::NoEnd)
+            }
+            Ok(n) => {
+                st.rx_left -= n;
+                st.rx_in_pipe += n;
+                st.spliced_in += n as u64;
+                if st.to_plain.pending() == 0 {
+                    self.drain_record(st)?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the received plain record's bytes in the pipe to the plain
+    /// socket (everything queued before them is written).
+    fn drain_record(&mut self, st: &mut State) -> Result<(), Cut> {
+        let to = self.plain.as_raw_fd();
+        while st.rx_in_pipe > 0 {
+            let pipe = st
+                .rx_pipe
+                .as_ref()
+                .ok_or_else(|| io::Error::other("plain record without its pipe"))?;
+            let left = st.rx_in_pipe;
+            match self
+                .plain
+                .try_io(Interest::WRITABLE, || pipe.drain_to(to, left))
+            {
+                Ok(0) => return Err(io::Error::other("pipe emptied early").into()),
+                Ok(n) => {
+                    st.rx_in_pipe -= n;
+                    st.plain_out += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Loan::new(&mut st.rx_pipe, self.pipes).end_burst();
+        Ok(())
     }
 
     /// Flushes the unflushed tail now, or holds it a while ([`hold`]).
@@ -535,7 +819,9 @@ impl ModuleFlow<'_> {
             st.out.clear();
             match frame {
                 Frame::Data {
-                    stream, payload, ..
+                    stream,
+                    flags,
+                    payload,
                 } => {
                     if stream != LEG_STREAM {
                         return Err(Cut::Protocol("stream_unknown"));
@@ -544,6 +830,11 @@ impl ModuleFlow<'_> {
                         return Err(Cut::Protocol("data_after_end"));
                     }
                     st.wire_in += payload.len() as u64;
+                    if flags & mframes::DATA_PLAIN != 0 {
+                        // A plain record read with other frames: copied.
+                        st.to_plain.buf.extend_from_slice(payload);
+                        continue;
+                    }
                     decode_to_plain(&mut st.out, &mut st.to_plain, &mut st.to_leg, |out| {
                         self.dec.decode(payload, out)
                     })?;

@@ -14,6 +14,10 @@ pub const FLAG_STAGE: u8 = 0x80;
 /// against the direction); clear: for the receiver's decoder.
 pub const FLAG_TO_ENCODER: u8 = 0x40;
 const STAGE_MASK: u8 = 0x3f;
+/// DATA flags bit 0: a plain record. Its payload is the direction's plain
+/// bytes, past both chains (the sender's chain passed them unchanged and
+/// held nothing); the receiver writes them as they are (spliced).
+pub const DATA_PLAIN: u8 = 0x01;
 
 /// Appends the chain announcement (module ids in encoding order).
 pub fn put_chain(out: &mut Vec<u8>, ids: &[u8]) {

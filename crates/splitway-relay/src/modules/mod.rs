@@ -6,8 +6,9 @@
 //! A route with `modules` makes the ingress open a framed (v2) per-flow leg
 //! whose first frame names the chain ([`frames`]); the relay at the other
 //! end of that leg runs the inverse chain on the same flow. Both directions
-//! are encoded by the relay that sends them. Module legs carry payload
-//! through user space (they are not zero copy) and use `TCP_NOTSENT_LOWAT`.
+//! are encoded by the relay that sends them. Module legs use
+//! `TCP_NOTSENT_LOWAT`; bytes a chain transforms pass through user space,
+//! bytes it passes unchanged cross as spliced plain records (`engine`).
 
 pub mod engine;
 pub mod frames;
@@ -105,6 +106,7 @@ impl ModulePlan {
             metrics: &shared.modules.metrics,
             chain: label.clone(),
             early: self.early,
+            pipes: self.conf.splice.then_some(&*shared.resources),
         };
         let (mut report, cut) = flow.run(t).await;
         if let Some(cut) = cut {

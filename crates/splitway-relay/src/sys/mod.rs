@@ -34,6 +34,26 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// `send(2)` with `MSG_MORE`: the bytes wait for what follows (a frame
+/// header for the payload spliced after it), so they do not leave as a
+/// segment of their own.
+pub fn send_more(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes for the call.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_MORE,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Read from a tokio socket, and when the read came back short (a TCP
 /// receive queue is then empty) clear the socket's read readiness at once,
 /// as an EAGAIN would: saves the extra `recv` that only returns EAGAIN.
