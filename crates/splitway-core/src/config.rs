@@ -252,6 +252,13 @@ pub struct Peer {
     /// order of bytes is the lane scheduler's.
     #[serde(default)]
     pub lane_pacing: bool,
+    /// On the relay that accepts this peer's lanes: bound the receive
+    /// windows of the server connections its streams open to a shared
+    /// budget (2 × the rate the lanes forward × the server's minimum RTT,
+    /// split among the streams moving bytes), so those connections do not
+    /// fill the server link's queue (`splitway_core::mux::window`).
+    #[serde(default)]
+    pub bound_server_windows: bool,
 }
 
 impl Peer {
@@ -1456,6 +1463,10 @@ via = "egress"
         let c2 = Config::parse(&with("legs = \"mux\"\nlane_pacing = true")).unwrap();
         assert!(c2.peers[0].lane_pacing);
         assert!(err_of(&with("lane_pacing = 1")).contains("lane_pacing"));
+        assert!(!c.peers[0].bound_server_windows, "off by default");
+        let c3 = Config::parse(&with("legs = \"mux\"\nbound_server_windows = true")).unwrap();
+        assert!(c3.peers[0].bound_server_windows);
+        assert!(err_of(&with("bound_server_windows = \"yes\"")).contains("bound_server_windows"));
         assert_eq!(c.peers[0].legs, LegMode::Mux);
         assert_eq!(c.peers[0].lanes, 3);
         assert_eq!(c.peers[0].congestion.as_deref(), Some("bbr"));

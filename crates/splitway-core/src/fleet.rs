@@ -336,6 +336,7 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 lane_max_streams: d.lane_max_streams,
                 congestion: d.congestion,
                 lane_pacing: d.lane_pacing,
+                bound_server_windows: d.bound_server_windows,
             }
         })
         .collect();
@@ -415,6 +416,7 @@ fn defaults() -> Peer {
             lane_max_streams: 128,
             congestion: None,
             lane_pacing: false,
+            bound_server_windows: false,
         })
 }
 

@@ -537,3 +537,71 @@ fn hostile_frames_reset_their_stream_and_broken_framing_the_lane() {
     });
     assert!(ok.is_ok());
 }
+
+/// `bound_server_windows` on the egress's entry for the ingress: the
+/// server connection of a lane stream advertises at most its share of the
+/// peer's budget (2 × the rate the lanes forward × the server's minimum
+/// RTT, counted as 5 ms at least; one moving stream at 8 Mbit/s: 2 ×
+/// 1 MB/s × 5 ms = 10 kB), so many such connections cannot fill the server
+/// link's queue. Without it the egress's window follows the kernel's
+/// autotuning: 64 KiB from the first segments, more later.
+#[test]
+fn the_egress_bounds_its_server_connections_receive_windows() {
+    const LEN: usize = 8 << 20;
+    let mut o = Overlay::new();
+    let egress_peer = r#"
+[[peer]]
+name = "ingress"
+addr = "10.10.2.1:5565"
+legs = "mux"
+bandwidth_mbit = 8
+bound_server_windows = true
+"#;
+    o.start_relays("splice", "", egress_peer);
+    o.start_relay("ingress", &ingress_mux(1, ""));
+    o.wait_metric("ingress", READY, |v| v >= 1.0);
+    let l = o.listen(server_addr(false, 7000));
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut req = [0u8; 3];
+        s.read_exact(&mut req).expect("request");
+        let chunk = vec![7u8; 16 * 1024];
+        let mut windows = Vec::new();
+        let mut sent = 0;
+        while sent < LEN {
+            s.write_all(&chunk).expect("send");
+            sent += chunk.len();
+            // Past the first MiB the SYN's window is long used up.
+            if sent > 1 << 20 {
+                let info = splitway_relay::sys::sockopt::tcp_info(&s).expect("TCP_INFO");
+                windows.push(info.snd_wnd);
+            }
+        }
+        s.shutdown(Shutdown::Write).expect("FIN");
+        windows
+    });
+    let mut c = o.connect(front()).expect("connect");
+    c.write_all(b"go!").expect("request");
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("reply: {e}"),
+        }
+    }
+    assert_eq!(got, LEN, "reply length");
+    let mut windows = server.join().expect("server thread");
+    windows.sort_unstable();
+    assert!(!windows.is_empty());
+    let p90 = windows[windows.len() * 9 / 10];
+    // 10 kB, rounded up to the window scale's unit and a segment.
+    assert!(
+        p90 <= 16 * 1024,
+        "the egress advertised up to {} bytes (p90 {p90}, median {}) to its server",
+        windows[windows.len() - 1],
+        windows[windows.len() / 2]
+    );
+}

@@ -25,6 +25,7 @@
 pub mod pace;
 pub mod sched;
 pub mod stream;
+pub mod window;
 
 use std::collections::{HashMap, VecDeque};
 

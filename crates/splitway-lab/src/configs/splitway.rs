@@ -28,6 +28,9 @@ pub struct Features {
     pub lanes_bbr: bool,
     /// The lanes paced together at the link's rate (`[[peer]] lane_pacing`).
     pub lanes_paced: bool,
+    /// The egress bounds its server connections' receive windows
+    /// (`[[peer]] bound_server_windows`).
+    pub lanes_server_window: bool,
 }
 
 /// The feature set of each splitway configuration (the paper's ablation:
@@ -39,6 +42,10 @@ pub fn features_of(name: &str) -> Option<Features> {
         "splitway"
     };
     if let Some(cc) = name.strip_prefix("splitway-mux") {
+        let (cc, win) = match cc.strip_suffix("-win") {
+            Some(cc) => (cc, true),
+            None => (cc, false),
+        };
         if !matches!(cc, "" | "-bbr" | "-paced" | "-bbr-paced") {
             return None;
         }
@@ -46,6 +53,7 @@ pub fn features_of(name: &str) -> Option<Features> {
             lanes: true,
             lanes_bbr: cc.starts_with("-bbr"),
             lanes_paced: cc.ends_with("-paced"),
+            lanes_server_window: win,
             ..features_of("splitway")?
         });
     }
@@ -102,7 +110,12 @@ fn legs_toml(f: &Features) -> String {
         } else {
             ""
         };
-        format!("legs = \"mux\"\nlanes = 2\nstream_window_kib = 4096\n{cc}{paced}")
+        let win = if f.lanes_server_window {
+            "bound_server_windows = true\n"
+        } else {
+            ""
+        };
+        format!("legs = \"mux\"\nlanes = 2\nstream_window_kib = 4096\n{cc}{paced}{win}")
     } else {
         String::new()
     }
@@ -390,7 +403,14 @@ mod tests {
         }
         assert!(features_of("splitway-muxx").is_none());
         let both = features_of("splitway-mux-bbr-paced").unwrap();
-        assert!(both.lanes_bbr && both.lanes_paced);
+        assert!(both.lanes_bbr && both.lanes_paced && !both.lanes_server_window);
+        let win = features_of("splitway-mux-paced-win").unwrap();
+        assert!(win.lanes_paced && win.lanes_server_window && !win.lanes_bbr);
+        for text in relay_configs(&topo, secret, "splitway-mux-paced-win", &win, 1) {
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(c.peers.iter().all(|p| p.bound_server_windows), "{text}");
+        }
+        assert!(features_of("splitway-mux-win-paced").is_none());
         let plain = features_of("splitway").unwrap();
         let text = relay_configs(&topo, secret, "splitway", &plain, 0).join("\n");
         assert!(!text.contains("legs ="), "per-flow legs stay the default");

@@ -82,7 +82,13 @@ async fn stream(
     m.setup_seconds.observe(start.elapsed().as_secs_f64());
     m.active.inc();
     let idle = snap.flow_timeouts().idle;
-    let r = pump(up, h, start, idle).await;
+    let window = snap
+        .cfg
+        .peers
+        .iter()
+        .find(|p| p.addr.ip() == peer.ip())
+        .and_then(|p| shared.lanes.server_windows.stream(p, dst.ip()));
+    let r = pump(up, h, start, idle, window).await;
     m.active.dec();
     m.hot.bytes_up[LegKind::PeerIn as usize].inc_by(r.down);
     m.hot.bytes_down[LegKind::Server as usize].inc_by(r.up);

@@ -12,6 +12,8 @@
 //!   `splitway_core::mux` driven by a task), and a flow's stream handle.
 //! - [`pump`]: forwarding between a flow's socket and its stream.
 //! - [`pace`]: a peer's lanes paced together at its bandwidth (opt-in).
+//! - [`server_window`]: the accepting end's server connections' receive
+//!   windows bounded by what the lanes forward (opt-in).
 //! - [`metrics`]: lane and stream metrics.
 
 pub mod conn;
@@ -20,6 +22,7 @@ pub mod metrics;
 pub mod pace;
 pub mod peers;
 pub mod pump;
+pub mod server_window;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,7 +101,7 @@ pub async fn run_stream(
     let m = &shared.metrics;
     m.setup_seconds.observe(start.elapsed().as_secs_f64());
     m.active.inc();
-    let r = pump(down, h, start, snap.flow_timeouts().idle).await;
+    let r = pump(down, h, start, snap.flow_timeouts().idle, None).await;
     m.active.dec();
     m.hot.bytes_up[LegKind::Client as usize].inc_by(r.up);
     m.hot.bytes_down[LegKind::PeerOut as usize].inc_by(r.down);

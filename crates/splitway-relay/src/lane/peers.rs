@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::conn::{LaneConn, StreamHandle, NOTSENT_LOWAT};
 use super::pace::{AcceptedPacing, PaceGroup};
+use super::server_window::ServerWindows;
 use super::{lane_config, LaneMetrics};
 use crate::dial::{self, Profile};
 use crate::leg;
@@ -72,6 +73,8 @@ pub struct Lanes {
     stop: watch::Receiver<bool>,
     /// Pacing groups of lanes accepted from peers.
     pub accepted_pacing: AcceptedPacing,
+    /// Server-window budgets of streams on lanes accepted from peers.
+    pub server_windows: Arc<ServerWindows>,
 }
 
 impl Lanes {
@@ -81,6 +84,7 @@ impl Lanes {
             m,
             stop: stop.clone(),
             accepted_pacing: AcceptedPacing::default(),
+            server_windows: Arc::default(),
         }
     }
 

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::conn::{Delivery, StreamHandle, SEND_BUFFER};
+use super::server_window::StreamWindow;
 use crate::sys::sockopt;
 
 /// How one flow on a stream ended.
@@ -52,12 +53,14 @@ enum Stop {
 
 /// Forward until the flow ends; resets the socket and the stream unless
 /// both directions ended cleanly. `idle`: no byte either way for this long
-/// resets both.
+/// resets both. `window`: the socket is a server connection whose receive
+/// window is bounded (`server_window`), set around each read.
 pub async fn pump(
     mut sock: TcpStream,
     mut h: StreamHandle,
     since: Instant,
     idle: Duration,
+    mut window: Option<StreamWindow>,
 ) -> PumpReport {
     let Some(mut rx) = h.take_rx() else {
         h.reset(AbortCode::Reset);
@@ -84,7 +87,14 @@ pub async fn pump(
                 return Err(Stop::Reset);
             }
             let room = h.room_now().max(1);
-            match rd.read(&mut buf[..room]).await {
+            if let Some(w) = window.as_mut() {
+                w.before_read(rd.as_ref());
+            }
+            let got = rd.read(&mut buf[..room]).await;
+            if let (Some(w), Ok(n)) = (window.as_mut(), &got) {
+                w.after_read(rd.as_ref(), *n);
+            }
+            match got {
                 Ok(0) => {
                     h.finish();
                     return Ok(());

@@ -191,6 +191,19 @@ pub fn set_notsent_lowat(s: &impl AsFd, bytes: u32) -> io::Result<()> {
     )
 }
 
+/// TCP_WINDOW_CLAMP: the largest receive window this socket advertises
+/// from now on (a window already advertised is not taken back). The
+/// kernel's receive-buffer autotuning raises it when it grows the buffer,
+/// so a caller that bounds the window sets it again after reads.
+pub fn set_window_clamp(s: &impl AsFd, bytes: u32) -> io::Result<()> {
+    setsockopt_int(
+        s.as_fd(),
+        libc::SOL_TCP,
+        libc::TCP_WINDOW_CLAMP,
+        bytes.min(i32::MAX as u32) as libc::c_int,
+    )
+}
+
 /// SO_MAX_PACING_RATE: the most bytes per second this socket sends (TCP
 /// paces itself, without the fq qdisc); `u32::MAX` lifts the cap.
 pub fn set_max_pacing_rate(s: &impl AsFd, bytes_per_sec: u32) -> io::Result<()> {
@@ -244,6 +257,8 @@ pub struct TcpInfo {
     pub state: u8,
     pub rtt_us: u32,
     pub rttvar_us: u32,
+    /// tcpi_min_rtt: the smallest RTT seen (windowed by the kernel), µs.
+    pub min_rtt_us: u32,
     pub snd_cwnd: u32,
     pub snd_mss: u32,
     pub rcv_space: u32,
@@ -253,6 +268,8 @@ pub struct TcpInfo {
     pub delivery_rate_bps: u64,
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// tcpi_snd_wnd: the receive window the peer advertised last.
+    pub snd_wnd: u32,
 }
 
 /// Read TCP_INFO from a socket.
@@ -282,6 +299,7 @@ pub fn tcp_info(s: &impl AsFd) -> io::Result<TcpInfo> {
         snd_mss: u32_at(16),
         rtt_us: u32_at(68),
         rttvar_us: u32_at(72),
+        min_rtt_us: u32_at(148),
         snd_cwnd: u32_at(80),
         rcv_space: u32_at(96),
         retrans_total: u32_at(100),
@@ -290,6 +308,7 @@ pub fn tcp_info(s: &impl AsFd) -> io::Result<TcpInfo> {
         notsent_bytes: u32_at(144),
         // tcpi_delivery_rate is in bytes per second.
         delivery_rate_bps: u64_at(160).saturating_mul(8),
+        snd_wnd: u32_at(228),
     })
 }
 

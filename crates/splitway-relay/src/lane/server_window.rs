@@ -1,0 +1,199 @@
+//! The accepting relay's bound on the receive windows of the server
+//! connections its lane streams open (`[[peer]] bound_server_windows`; the
+//! arithmetic is `splitway_core::mux::window`).
+//!
+//! Each stream's server socket gets `TCP_WINDOW_CLAMP` = its share of the
+//! peer's budget (2 × the rate the lanes forward to that peer × the server
+//! path's minimum RTT), split among the peer's streams that are moving
+//! bytes (from their first byte read until the server's FIN). The clamp
+//! is set before every read (the window update a read sends uses it) and
+//! again after (the kernel's receive-buffer autotuning raises the clamp
+//! when it grows the buffer, during the read).
+//!
+//! The RTT is the smallest `tcpi_min_rtt` seen toward the server's
+//! address in the last [`RTT_KEEP`]: a connection opened while the queue
+//! is long measures the queue in its handshake, and a budget that grows
+//! with the queue does not bound it.
+//!
+//! Not bounded: the window of the connection's SYN (up to 64 KiB, sent
+//! before any read; a clamp set before `connect` small enough to lower it
+//! would also fix the window scale for the connection's life, from the
+//! clamp, and cap a later lone stream at 64 KiB per round trip).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use splitway_core::config::Peer;
+use splitway_core::mux::pace::peer_rate;
+use splitway_core::mux::window::server_window;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::sys::sockopt;
+
+/// How long a server address's smallest RTT is trusted before a new
+/// sample replaces it (routes change).
+pub const RTT_KEEP: Duration = Duration::from_secs(10);
+/// How often a stream reads its socket's `tcpi_min_rtt` again.
+const RTT_EVERY: Duration = Duration::from_millis(100);
+/// Server addresses remembered at most (beyond: forgotten all at once).
+const MAX_ADDRS: usize = 4096;
+
+/// The relay's bounded server windows: a budget per peer, the smallest
+/// RTT per server address.
+#[derive(Default)]
+pub struct ServerWindows {
+    groups: Mutex<HashMap<String, Arc<WindowGroup>>>,
+    rtts: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// One peer's budget and the streams sharing it.
+pub struct WindowGroup {
+    /// Bytes/s the lanes forward to the peer.
+    rate: u64,
+    moving: AtomicUsize,
+}
+
+impl WindowGroup {
+    /// Streams moving bytes now.
+    pub fn moving(&self) -> usize {
+        self.moving.load(Ordering::Relaxed)
+    }
+}
+
+impl ServerWindows {
+    /// The window bound for one stream of a lane from `peer` to a server
+    /// at `dst`, if the peer asks for it. The rate is what the lanes
+    /// forward: the paced rate with `lane_pacing`, else the peer's
+    /// configured `bandwidth_mbit`.
+    pub fn stream(self: &Arc<Self>, peer: &Peer, dst: IpAddr) -> Option<StreamWindow> {
+        if !peer.bound_server_windows {
+            return None;
+        }
+        let rate = if peer.lane_pacing {
+            peer_rate(peer.bandwidth_mbit)
+        } else {
+            let r = peer.bandwidth_mbit * 125_000.0;
+            if r.is_finite() && r >= 1.0 {
+                r as u64
+            } else {
+                1
+            }
+        };
+        let group = {
+            let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            let e = g.entry(peer.name.clone()).or_insert_with(|| {
+                Arc::new(WindowGroup {
+                    rate,
+                    moving: AtomicUsize::new(0),
+                })
+            });
+            if e.rate != rate {
+                *e = Arc::new(WindowGroup {
+                    rate,
+                    moving: AtomicUsize::new(0),
+                });
+            }
+            e.clone()
+        };
+        Some(StreamWindow {
+            all: self.clone(),
+            group,
+            dst,
+            rtt_us: 0,
+            rtt_at: None,
+            moving: false,
+        })
+    }
+
+    /// The smallest RTT toward `dst` with `sample` (0: none) taken in.
+    fn min_rtt(&self, dst: IpAddr, sample: u32) -> u32 {
+        let now = Instant::now();
+        let mut m = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_ADDRS && !m.contains_key(&dst) {
+            m.clear();
+        }
+        let e = m.entry(dst).or_insert((sample, now));
+        if sample != 0 && (e.0 == 0 || sample <= e.0 || now - e.1 > RTT_KEEP) {
+            *e = (sample, now);
+        }
+        e.0
+    }
+}
+
+/// One stream's server connection under its peer's budget.
+pub struct StreamWindow {
+    all: Arc<ServerWindows>,
+    group: Arc<WindowGroup>,
+    dst: IpAddr,
+    rtt_us: u32,
+    rtt_at: Option<Instant>,
+    moving: bool,
+}
+
+impl StreamWindow {
+    /// The clamp this stream's socket gets now (bytes).
+    pub fn window(&self) -> u32 {
+        server_window(self.group.rate, self.rtt_us, self.group.moving().max(1))
+    }
+
+    /// Before a read of the server socket `s`: refresh the RTT now and
+    /// then, set the clamp.
+    pub fn before_read(&mut self, s: &TcpStream) {
+        if self.rtt_at.is_none_or(|t| t.elapsed() >= RTT_EVERY) {
+            let sample = sockopt::tcp_info(s).map(|i| i.min_rtt_us).unwrap_or(0);
+            self.rtt_us = self.all.min_rtt(self.dst, sample);
+            self.rtt_at = Some(Instant::now());
+        }
+        let _ = sockopt::set_window_clamp(s, self.window());
+    }
+
+    /// After a read of `n` bytes (0: the server's FIN): the stream moves
+    /// from its first byte until the FIN; the clamp is set again.
+    pub fn after_read(&mut self, s: &TcpStream, n: usize) {
+        if n == 0 {
+            self.stop();
+            return;
+        }
+        if !self.moving {
+            self.moving = true;
+            self.group.moving.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = sockopt::set_window_clamp(s, self.window());
+    }
+
+    fn stop(&mut self) {
+        if self.moving {
+            self.moving = false;
+            self.group.moving.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for StreamWindow {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_smallest_recent_rtt_wins() {
+        let w = ServerWindows::default();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        assert_eq!(w.min_rtt(a, 0), 0);
+        assert_eq!(w.min_rtt(a, 30_000), 30_000);
+        assert_eq!(w.min_rtt(a, 26_000), 26_000);
+        // A handshake that waited in the queue does not raise it.
+        assert_eq!(w.min_rtt(a, 126_000), 26_000);
+        assert_eq!(w.min_rtt(a, 0), 26_000);
+        let b: IpAddr = [10, 0, 0, 2].into();
+        assert_eq!(w.min_rtt(b, 5_000), 5_000);
+    }
+}
