@@ -200,8 +200,8 @@ mod tests {
             return;
         }
         let tag = format!("unit{}-", std::process::id());
-        let cpu =
-            HostCpu::create(&tag, &["client".into(), "server".into()]).expect("groups created");
+        let cpu = HostCpu::create(&tag, &["client".into(), "server".into()])
+            .expect("groups created");
         assert!(cpu.describe().starts_with("one cgroup per host"));
         let dir = cpu.dir.clone();
         let cgroup_of = |host: &str| {
@@ -215,10 +215,7 @@ mod tests {
             cgroup_of("server").lines().any(|l| l.ends_with(&want)),
             "not in {want}"
         );
-        assert!(
-            !cgroup_of("l1").contains(PREFIX),
-            "a router's process was moved"
-        );
+        assert!(!cgroup_of("l1").contains(PREFIX), "a router's process was moved");
         drop(cpu);
         assert!(!dir.exists(), "{} left behind", dir.display());
     }

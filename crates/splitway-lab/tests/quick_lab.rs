@@ -360,10 +360,7 @@ fn quick_lab_produces_sane_results() {
         if let Ok(d) = std::fs::read_dir(base) {
             for e in d.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                assert!(
-                    !name.starts_with("swlab-"),
-                    "cgroup {base}/{name} left behind"
-                );
+                assert!(!name.starts_with("swlab-"), "cgroup {base}/{name} left behind");
             }
         }
     }
