@@ -12,8 +12,7 @@
 //! Modules, one job each: [`topology`] (chains, addressing, bounds),
 //! [`host`] (lock, signals, congestion control, tools), [`session`] (one
 //! lab's shared state, chains built and checked), [`testbed`] (namespaces),
-//! [`emulation`] (delay lines), [`host_cpu`] (a CPU share per host),
-//! [`measure`] (emulation check), [`nginx`]
+//! [`emulation`] (delay lines), [`measure`] (emulation check), [`nginx`]
 //! and [`curl`] (workload), [`configs`] (what is compared), [`runner`]
 //! (interleaved runs, progress), [`content`] (corpus files for the
 //! `modules` scenario), [`scenarios`] (what a run measures),
@@ -24,7 +23,6 @@ pub mod content;
 pub mod curl;
 pub mod emulation;
 pub mod host;
-pub mod host_cpu;
 pub mod measure;
 pub mod nginx;
 pub mod report;
@@ -131,12 +129,6 @@ pub struct LabArgs {
     /// (plain veth links; only for developing the lab)
     #[arg(long, value_enum, default_value = "delayline")]
     pub emulation: emulation::Kind,
-
-    /// How the emulated hosts share the CPU: cgroup (one CPU cgroup per host,
-    /// equal weights, as if each were its own machine) or none (per process:
-    /// a host running many processes, e.g. 100 curl clients, gets more)
-    #[arg(long, value_enum, default_value = "cgroup")]
-    pub host_cpu: host_cpu::Mode,
 
     /// Keep each host's cached per-destination TCP metrics between runs
     /// (by default they are flushed, so every run starts like a fresh host)

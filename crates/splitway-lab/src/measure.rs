@@ -49,8 +49,6 @@ pub struct EmulationCheck {
     pub throughput_mbit_configured: f64,
     /// Loss and jitter measured on every impaired link, each direction.
     pub impairments: Vec<Impairment>,
-    /// How the emulated hosts shared the lab's CPUs (`--host-cpu`).
-    pub host_cpu: String,
     pub warnings: Vec<String>,
 }
 
@@ -290,7 +288,6 @@ pub fn check(
         throughput_mbit: mbit,
         throughput_mbit_configured: l.mbit,
         impairments: Vec::new(),
-        host_cpu: tb.cpu_note().to_string(),
         warnings,
     })
 }

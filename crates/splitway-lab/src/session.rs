@@ -53,7 +53,6 @@ pub struct Session {
     pub splitway_bin: PathBuf,
     pub cc: String,
     pub emulation: emulation::Kind,
-    pub host_cpu: crate::host_cpu::Mode,
     pub quick: bool,
     pub keep_tcp_metrics: bool,
     pub timeout: Duration,
@@ -104,7 +103,6 @@ impl Session {
             splitway_bin,
             cc: args.cc.clone(),
             emulation: args.emulation,
-            host_cpu: args.host_cpu,
             quick: args.quick,
             keep_tcp_metrics: args.keep_tcp_metrics,
             timeout: Duration::from_secs(args.timeout),
@@ -177,7 +175,7 @@ impl Session {
             self.cc,
             self.emulation.as_str()
         );
-        let tb = Testbed::build(&tag, topo, &self.cc, self.host_cpu)
+        let tb = Testbed::build(&tag, topo, &self.cc)
             .with_context(|| format!("building the namespaces of chain {label:?}"))?;
         let emu = Emulation::start(&tb, topo, self.emulation)?;
         crate::host::check_stop()?;

@@ -14,7 +14,6 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 use splitway_netns::{ChildGuard, Netns};
 
-use crate::host_cpu::{self, HostCpu};
 use crate::topology::{plan, Topology};
 
 /// Prefix of every namespace the lab creates (the lab lock makes it unique).
@@ -25,24 +24,18 @@ pub struct Testbed {
     /// Node names in chain order: client, l1, host 1, l2, …, server.
     names: Vec<String>,
     nodes: Vec<Netns>,
-    /// The hosts' CPU groups (dropped after the namespaces, whose
-    /// processes are gone by then), and what the report says about them.
-    cpu: Option<HostCpu>,
-    cpu_note: String,
 }
 
 /// Delete namespaces an earlier (killed) lab left behind. Call once, before
 /// building the first testbed of a lab.
 pub fn sweep() {
     splitway_netns::sweep(PREFIX);
-    host_cpu::sweep();
 }
 
 impl Testbed {
     /// Build the chain of `topo` as namespaces `swlab-<tag><node>`. `cc` is
-    /// the congestion control set in every namespace; `cpu` says whether
-    /// each host gets its own CPU share ([`host_cpu`]).
-    pub fn build(tag: &str, topo: &Topology, cc: &str, cpu: host_cpu::Mode) -> Result<Testbed> {
+    /// the congestion control set in every namespace.
+    pub fn build(tag: &str, topo: &Topology, cc: &str) -> Result<Testbed> {
         let plan = topo.plan();
         let hosts = topo.hosts();
         let names: Vec<String> = (0..plan.nodes())
@@ -61,29 +54,7 @@ impl Testbed {
                     .with_context(|| format!("creating namespace {tag}{name}"))?,
             );
         }
-        let (cpu, cpu_note) = match cpu {
-            host_cpu::Mode::None => (
-                None,
-                "shared by every process (--host-cpu none)".to_string(),
-            ),
-            host_cpu::Mode::Cgroup => match HostCpu::create(tag, &hosts) {
-                Ok(c) => {
-                    let note = c.describe().to_string();
-                    (Some(c), note)
-                }
-                Err(why) => {
-                    eprintln!("lab: hosts share the CPU per process: {why}");
-                    (None, format!("shared by every process ({why})"))
-                }
-            },
-        };
-        let tb = Testbed {
-            plan,
-            names,
-            nodes,
-            cpu,
-            cpu_note,
-        };
+        let tb = Testbed { plan, names, nodes };
         for seg in 0..plan.segments() {
             let (l, r) = (seg, seg + 1);
             let la = format!("{}/24", plan.addr(l, seg));
@@ -118,11 +89,6 @@ impl Testbed {
 
     pub fn plan(&self) -> &plan::Plan {
         &self.plan
-    }
-
-    /// How the hosts share the CPU (for the report).
-    pub fn cpu_note(&self) -> &str {
-        &self.cpu_note
     }
 
     /// The namespace of node `node` (a host name or `l1`, `l2`, …).
@@ -197,7 +163,6 @@ impl Testbed {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        self.enter_host(&mut cmd, node);
         ChildGuard::spawn(&mut cmd).with_context(|| format!("starting {program} in {node}"))
     }
 
@@ -205,14 +170,6 @@ impl Testbed {
     pub fn command(&self, node: &str, program: &str) -> Command {
         let mut c = self.ns(node).command(program);
         c.process_group(0);
-        self.enter_host(&mut c, node);
         c
-    }
-
-    /// Put `cmd`'s process in `node`'s CPU group, if it is a host's.
-    fn enter_host(&self, cmd: &mut Command, node: &str) {
-        if let Some(c) = &self.cpu {
-            c.enter(cmd, node);
-        }
     }
 }

@@ -315,11 +315,6 @@ fn quick_lab_produces_sane_results() {
         assert!((m - c).abs() < 3.0, "link RTT measured {m} vs {c}");
     }
     assert!(emu["throughput_mbit"].as_f64().unwrap() > 20.0);
-    let host_cpu = emu["host_cpu"].as_str().expect("host_cpu reported");
-    assert!(
-        host_cpu.starts_with("one cgroup per host") || host_cpu.starts_with("shared"),
-        "{host_cpu}"
-    );
 
     let sum: f64 = RTTS.iter().sum();
     let results = json["results"].as_array().unwrap();
@@ -356,14 +351,6 @@ fn quick_lab_produces_sane_results() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&ns.stdout).contains("swlab-"));
-    for base in ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
-        if let Ok(d) = std::fs::read_dir(base) {
-            for e in d.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                assert!(!name.starts_with("swlab-"), "cgroup {base}/{name} left behind");
-            }
-        }
-    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -43,7 +43,6 @@ pub fn emulation(e: &EmulationCheck, title: &str) -> String {
         e.throughput_mbit_configured,
         100.0 * e.throughput_mbit / e.throughput_mbit_configured
     );
-    let _ = writeln!(s, "  hosts' CPU: {}", e.host_cpu);
     for i in &e.impairments {
         let _ = writeln!(
             s,
