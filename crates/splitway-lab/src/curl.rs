@@ -59,6 +59,25 @@ pub fn spawn(
     extra: &[&str],
     timeout: Duration,
 ) -> Result<std::process::Child> {
+    prepare(tb, source, extra, timeout)?.go(url)
+}
+
+/// A curl process that has started (exec, libraries, its set-up) and waits
+/// for its URL on stdin (`-K -`, a config read to its end before any
+/// transfer). Many downloads prepared first and then released with
+/// [`Ready::go`] start within a few milliseconds of each other, however
+/// long a hundred process start-ups take on the lab's cores.
+pub struct Ready {
+    child: std::process::Child,
+}
+
+/// Start curl in the client namespace, waiting for [`Ready::go`].
+pub fn prepare(
+    tb: &Testbed,
+    source: Option<&str>,
+    extra: &[&str],
+    timeout: Duration,
+) -> Result<Ready> {
     let mut cmd = tb.command("client", "curl");
     cmd.args([
         "-s",
@@ -69,16 +88,37 @@ pub fn spawn(
         &format!("{}", timeout.as_secs().max(1)),
         "-w",
         FORMAT,
+        "-K",
+        "-",
     ]);
     if let Some(a) = source {
         cmd.args(["--interface", a]);
     }
     cmd.args(extra);
-    cmd.arg(url)
-        .stdin(std::process::Stdio::null())
+    cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    cmd.spawn().context("running curl")
+    let child = cmd.spawn().context("running curl")?;
+    Ok(Ready { child })
+}
+
+impl Ready {
+    /// Give curl its URL: the download starts now.
+    pub fn go(mut self, url: &str) -> Result<std::process::Child> {
+        use std::io::Write;
+        let mut stdin = self.child.stdin.take().context("curl's stdin")?;
+        let line = format!(
+            "url = \"{}\"\n",
+            url.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        if let Err(e) = stdin.write_all(line.as_bytes()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return Err(e).context("giving curl its URL");
+        }
+        drop(stdin);
+        Ok(self.child)
+    }
 }
 
 /// Wait for a download started by [`spawn`] and read its times.

@@ -75,11 +75,24 @@ fn round(
         chain.tb.flush_tcp_metrics();
     }
     let url = r.url(size);
-    let mut children = Vec::new();
+    // Every client process is started first and then given its URL, so the
+    // downloads start together (not one process start-up after another).
+    let t0 = Instant::now();
+    let mut ready = Vec::new();
     for i in 0..n {
         let src = &sources[i % sources.len()];
-        children.push(curl::spawn(&chain.tb, &url, Some(src), &[], sess.timeout)?);
+        ready.push(curl::prepare(&chain.tb, Some(src), &[], sess.timeout)?);
     }
+    let t1 = Instant::now();
+    let mut children = Vec::new();
+    for r in ready {
+        children.push(r.go(&url)?);
+    }
+    eprintln!(
+        "  {n} clients started in {:.0} ms, released within {:.1} ms",
+        (t1 - t0).as_secs_f64() * 1e3,
+        t1.elapsed().as_secs_f64() * 1e3
+    );
     let mut samples = Vec::new();
     let mut failures = Vec::new();
     for c in children {
