@@ -8,7 +8,11 @@
 //! 2. The incremental `Decoder`, fed the same bytes cut at points the input
 //!    chooses, yields the same frames and the same first error as decoding
 //!    the whole input frame by frame.
-//! 3. A lane end of either role, given a valid SETTINGS and then the input,
+//! 3. Fed by exact reads (`Decoder::next_read` bytes at a time, as the
+//!    module engine reads a leg that carries spliced plain records), with
+//!    `bare_head` asked after every read, the decoder yields the same frames
+//!    and the same first error; a bare header it returns is the next frame's.
+//! 4. A lane end of either role, given a valid SETTINGS and then the input,
 //!    never panics, keeps at most its stream limit, and everything it sends
 //!    back decodes as valid frames (it echoes data to drive its scheduler).
 #![no_main]
@@ -71,7 +75,42 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(got_err, err, "incremental decoder reports another error");
     assert!(d.buffered() <= data.len());
 
-    // 3. The stream layer.
+    // 3. Exact reads, as a splicing receiver does them.
+    let mut d = Decoder::new();
+    let mut got = Vec::new();
+    let mut got_err = None;
+    let mut at = 0;
+    'exact: while at < data.len() {
+        let n = d.next_read().clamp(1, data.len() - at);
+        d.push(&data[at..at + n]);
+        at += n;
+        match d.bare_head() {
+            Ok(Some(h)) => assert_eq!(d.buffered(), frame::HEADER_LEN, "{h:?}"),
+            Ok(None) => {}
+            Err(e) => {
+                got_err = Some(e);
+                break 'exact;
+            }
+        }
+        loop {
+            match d.next_frame() {
+                Ok(Some(f)) => {
+                    let mut v = Vec::new();
+                    assert!(f.encode(&mut v));
+                    got.push(v);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    got_err = Some(e);
+                    break 'exact;
+                }
+            }
+        }
+    }
+    assert_eq!(got, frames, "exact reads: decoder disagrees");
+    assert_eq!(got_err, err, "exact reads: another error");
+
+    // 4. The stream layer.
     let cfg = LaneConfig {
         initial_window: 4096,
         max_streams: 8,

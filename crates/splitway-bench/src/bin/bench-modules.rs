@@ -4,7 +4,9 @@
 //! encoder) on one CPU, the egress (the decoder), load generator and sink
 //! on the other; one flow of `--mib` MiB
 //! uploads through them per sample. Rows: the zero-copy raw leg (no
-//! modules), the `null` module (the framed leg through user space), and
+//! modules), the `null` module (framed leg; with `[modules] splice` its
+//! payload crosses as spliced plain records, the `-copy` rows turn that off
+//! and move every byte through user space), and
 //! `compress` adaptive, fixed level 1 and fixed high, on random bytes and on
 //! a real corpus (a tar of Debian's Python standard library); `dedup` with
 //! `compress` on random bytes. Columns: Gbit/s (bytes over wall time of
@@ -71,6 +73,9 @@ struct Row {
     modules: &'static str,
     levels: (i32, i32),
     corpus: bool,
+    /// `[modules] splice`: bytes the chain passes unchanged cross as
+    /// spliced plain records (off: every byte through user space).
+    splice: bool,
 }
 
 const ROWS: &[Row] = &[
@@ -80,6 +85,7 @@ const ROWS: &[Row] = &[
         modules: "",
         levels: (0, 9),
         corpus: false,
+        splice: true,
     },
     Row {
         key: "null-random",
@@ -87,6 +93,7 @@ const ROWS: &[Row] = &[
         modules: r#"["null"]"#,
         levels: (0, 9),
         corpus: false,
+        splice: true,
     },
     Row {
         key: "adaptive-random",
@@ -94,6 +101,7 @@ const ROWS: &[Row] = &[
         modules: r#"["compress"]"#,
         levels: (0, 9),
         corpus: false,
+        splice: true,
     },
     Row {
         key: "dedup-compress-random",
@@ -101,6 +109,7 @@ const ROWS: &[Row] = &[
         modules: r#"["dedup", "compress"]"#,
         levels: (0, 9),
         corpus: false,
+        splice: true,
     },
     Row {
         key: "raw-corpus",
@@ -108,6 +117,7 @@ const ROWS: &[Row] = &[
         modules: "",
         levels: (0, 9),
         corpus: true,
+        splice: true,
     },
     Row {
         key: "null-corpus",
@@ -115,6 +125,7 @@ const ROWS: &[Row] = &[
         modules: r#"["null"]"#,
         levels: (0, 9),
         corpus: true,
+        splice: true,
     },
     Row {
         key: "adaptive-corpus",
@@ -122,6 +133,7 @@ const ROWS: &[Row] = &[
         modules: r#"["compress"]"#,
         levels: (0, 9),
         corpus: true,
+        splice: true,
     },
     Row {
         key: "fixed1-corpus",
@@ -129,6 +141,7 @@ const ROWS: &[Row] = &[
         modules: r#"["compress"]"#,
         levels: (1, 1),
         corpus: true,
+        splice: true,
     },
     Row {
         key: "fixed9-corpus",
@@ -136,6 +149,31 @@ const ROWS: &[Row] = &[
         modules: r#"["compress"]"#,
         levels: (9, 9),
         corpus: true,
+        splice: true,
+    },
+    Row {
+        key: "null-copy-random",
+        what: "null module, splice off (every byte in user space), random",
+        modules: r#"["null"]"#,
+        levels: (0, 9),
+        corpus: false,
+        splice: false,
+    },
+    Row {
+        key: "null-copy-corpus",
+        what: "null module, splice off, corpus",
+        modules: r#"["null"]"#,
+        levels: (0, 9),
+        corpus: true,
+        splice: false,
+    },
+    Row {
+        key: "adaptive-copy-corpus",
+        what: "compress adaptive (0..9), splice off, corpus",
+        modules: r#"["compress"]"#,
+        levels: (0, 9),
+        corpus: true,
+        splice: false,
     },
 ];
 
@@ -156,9 +194,9 @@ fn relay_configs(
     let common = format!(
         "[auth]\nkeys = [{{ id = 1, secret = \"{SECRET}\" }}]\n\n\
          [features]\nearly_syn = false\nconn_pool = false\nturbo_start = false\nfast_open = false\nworker_pools = true\n\n\
-         [modules]\ncompress_min_level = {}\ncompress_max_level = {}\n\n\
+         [modules]\ncompress_min_level = {}\ncompress_max_level = {}\nsplice = {}\n\n\
          [limits]\nmax_connections = 1000\n",
-        row.levels.0, row.levels.1
+        row.levels.0, row.levels.1, row.splice
     );
     let ingress = format!(
         "[node]\nname = \"ingress\"\n\n[[explicit]]\nlisten = \"{listen}\"\ntarget = \"{sink}\"\n\n\
@@ -540,7 +578,7 @@ fn main() -> Result<()> {
         let vn = outs
             .iter()
             .zip(&rows)
-            .find(|(_, x)| x.modules == r#"["null"]"# && x.corpus == r.corpus)
+            .find(|(_, x)| x.modules == r#"["null"]"# && x.corpus == r.corpus && x.splice)
             .map_or(f64::NAN, |(x, _)| o.gbit_s_median / x.gbit_s_median);
         let wire = o
             .wire_ratio_median
