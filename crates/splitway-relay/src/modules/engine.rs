@@ -406,39 +406,17 @@ impl ModuleFlow<'_> {
                     }
                     last = Instant::now();
                 }
-                r = self.leg.readable(), if want_leg_read && st.rx_left > 0 => {
+                r = self.leg.readable(), if want_leg_read => {
                     r?;
-                    self.splice_leg(st)?;
-                    last = Instant::now();
-                }
-                r = self.leg.readable(), if want_leg_read && st.rx_left == 0 => {
-                    r?;
-                    // Splicing: read exactly to the next frame header's end,
-                    // so a plain record's payload stays in the socket.
-                    let len = if self.pipes.is_some() {
-                        st.fdec.next_read().clamp(1, rbuf.len())
+                    if self.pipes.is_some() {
+                        self.read_leg_exact(st, &mut rbuf)?;
                     } else {
-                        READ_BYTES
-                    };
-                    match self.leg.try_read(&mut rbuf[..len]) {
-                        Ok(0) => {
-                            st.leg_eof = true;
-                            if !st.end_received {
-                                // Frames still buffered may hold the END.
-                                self.pump_frames(st)?;
-                                if !st.end_received {
-                                    return Err(Cut::NoEnd);
-                                }
-                            }
+                        match self.leg.try_read(&mut rbuf[..READ_BYTES]) {
+                            Ok(0) => self.leg_ended(st)?,
+                            Ok(n) => st.fdec.push(&rbuf[..n]),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e.into()),
                         }
-                        Ok(n) => {
-                            st.fdec.push(&rbuf[..n]);
-                            if self.pipes.is_some() {
-                                self.take_plain_head(st)?;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
                     }
                     last = Instant::now();
                 }
@@ -621,6 +599,56 @@ impl ModuleFlow<'_> {
             }
         }
         Loan::new(&mut st.tx_pipe, self.pipes).end_burst();
+        Ok(())
+    }
+
+    /// The leg's EOF: fine after END (frames still buffered may hold it).
+    fn leg_ended(&mut self, st: &mut State) -> Result<(), Cut> {
+        st.leg_eof = true;
+        if !st.end_received {
+            self.pump_frames(st)?;
+            if !st.end_received {
+                return Err(Cut::NoEnd);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the leg exactly up to each frame header's end, splicing plain
+    /// records' payloads on, until the socket is empty, a frame waits for
+    /// the decoders, the plain socket is full, or the budget is spent.
+    fn read_leg_exact(&mut self, st: &mut State, rbuf: &mut [u8]) -> Result<(), Cut> {
+        let mut moved = 0;
+        while moved < READ_BUDGET {
+            if st.rx_left > 0 {
+                if st.rx_in_pipe > 0 {
+                    return Ok(());
+                }
+                let before = st.rx_left;
+                self.splice_leg(st)?;
+                let n = before - st.rx_left;
+                if n == 0 || st.rx_in_pipe > 0 {
+                    return Ok(());
+                }
+                moved += n;
+                continue;
+            }
+            let want = st.fdec.next_read();
+            if want == 0 {
+                return Ok(());
+            }
+            let len = want.min(rbuf.len());
+            match self.leg.try_read(&mut rbuf[..len]) {
+                Ok(0) => return self.leg_ended(st),
+                Ok(n) => {
+                    st.fdec.push(&rbuf[..n]);
+                    moved += n;
+                    self.take_plain_head(st)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
