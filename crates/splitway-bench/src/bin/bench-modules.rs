@@ -76,6 +76,8 @@ struct Row {
     /// `[modules] splice`: bytes the chain passes unchanged cross as
     /// spliced plain records (off: every byte through user space).
     splice: bool,
+    /// `[modules] notsent_lowat_bytes`, when not the default (128 KiB).
+    lowat: Option<u32>,
 }
 
 const ROWS: &[Row] = &[
@@ -86,6 +88,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: false,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "null-random",
@@ -94,6 +97,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: false,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "adaptive-random",
@@ -102,6 +106,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: false,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "dedup-compress-random",
@@ -110,6 +115,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: false,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "raw-corpus",
@@ -118,6 +124,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: true,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "null-corpus",
@@ -126,6 +133,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: true,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "adaptive-corpus",
@@ -134,6 +142,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: true,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "fixed1-corpus",
@@ -142,6 +151,7 @@ const ROWS: &[Row] = &[
         levels: (1, 1),
         corpus: true,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "fixed9-corpus",
@@ -150,6 +160,7 @@ const ROWS: &[Row] = &[
         levels: (9, 9),
         corpus: true,
         splice: true,
+        lowat: None,
     },
     Row {
         key: "null-copy-random",
@@ -158,6 +169,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: false,
         splice: false,
+        lowat: None,
     },
     Row {
         key: "null-copy-corpus",
@@ -166,6 +178,7 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: true,
         splice: false,
+        lowat: None,
     },
     Row {
         key: "adaptive-copy-corpus",
@@ -174,6 +187,25 @@ const ROWS: &[Row] = &[
         levels: (0, 9),
         corpus: true,
         splice: false,
+        lowat: None,
+    },
+    Row {
+        key: "null-lowat64m-corpus",
+        what: "null module, spliced, notsent_lowat 64 MiB (revocation off), corpus",
+        modules: r#"["null"]"#,
+        levels: (0, 9),
+        corpus: true,
+        splice: true,
+        lowat: Some(64 << 20),
+    },
+    Row {
+        key: "null-copy-lowat64m-corpus",
+        what: "null module, splice off, notsent_lowat 64 MiB, corpus",
+        modules: r#"["null"]"#,
+        levels: (0, 9),
+        corpus: true,
+        splice: false,
+        lowat: Some(64 << 20),
     },
 ];
 
@@ -194,9 +226,13 @@ fn relay_configs(
     let common = format!(
         "[auth]\nkeys = [{{ id = 1, secret = \"{SECRET}\" }}]\n\n\
          [features]\nearly_syn = false\nconn_pool = false\nturbo_start = false\nfast_open = false\nworker_pools = true\n\n\
-         [modules]\ncompress_min_level = {}\ncompress_max_level = {}\nsplice = {}\n\n\
+         [modules]\ncompress_min_level = {}\ncompress_max_level = {}\nsplice = {}\n{}\n\
          [limits]\nmax_connections = 1000\n",
-        row.levels.0, row.levels.1, row.splice
+        row.levels.0,
+        row.levels.1,
+        row.splice,
+        row.lowat
+            .map_or(String::new(), |b| format!("notsent_lowat_bytes = {b}\n"))
     );
     let ingress = format!(
         "[node]\nname = \"ingress\"\n\n[[explicit]]\nlisten = \"{listen}\"\ntarget = \"{sink}\"\n\n\

@@ -201,6 +201,9 @@ pub struct ModuleFlow<'a> {
     /// Where pipes for plain records come from; `None`: no splicing (every
     /// byte through user space, plain records received are copied).
     pub pipes: Option<&'a Resources>,
+    /// The leg's `TCP_NOTSENT_LOWAT` while the chain transforms bytes; it is
+    /// lifted while plain records are spliced (nothing there to revoke).
+    pub notsent_lowat: u32,
 }
 
 struct State {
@@ -246,6 +249,8 @@ struct State {
     rx_in_pipe: usize,
     spliced_out: u64,
     spliced_in: u64,
+    /// The leg's unsent queue is unbounded (plain records are spliced).
+    lowat_lifted: bool,
 }
 
 impl State {
@@ -292,6 +297,7 @@ impl ModuleFlow<'_> {
             rx_in_pipe: 0,
             spliced_out: 0,
             spliced_in: 0,
+            lowat_lifted: false,
         };
         let r = self.drive(&mut st, t).await;
         let m = &self.metrics.bytes;
@@ -400,8 +406,10 @@ impl ModuleFlow<'_> {
                 r = self.plain.readable(), if want_plain_read => {
                     r?;
                     if self.splices_out() && st.to_leg.pending() == 0 {
+                        self.lift_lowat(st, true);
                         self.splice_plain(st)?;
                     } else {
+                        self.lift_lowat(st, false);
                         self.read_plain(st, &mut rbuf)?;
                     }
                     last = Instant::now();
@@ -508,6 +516,18 @@ impl ModuleFlow<'_> {
         .encode(&mut st.to_leg.buf);
         st.end_sent = true;
         Ok(())
+    }
+
+    /// Lifts the leg's `TCP_NOTSENT_LOWAT` while plain records are spliced
+    /// (once spliced they can not be revoked, and a short unsent queue
+    /// only costs wake-ups and small writes: measured, docs/performance.md),
+    /// and puts it back before bytes are encoded again.
+    fn lift_lowat(&self, st: &mut State, lift: bool) {
+        if st.lowat_lifted != lift {
+            let bytes = if lift { u32::MAX } else { self.notsent_lowat };
+            let _ = sockopt::set_notsent_lowat(self.leg, bytes);
+            st.lowat_lifted = lift;
+        }
     }
 
     /// The next plain bytes may go as a spliced plain record.

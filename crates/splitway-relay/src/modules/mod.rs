@@ -107,6 +107,7 @@ impl ModulePlan {
             chain: label.clone(),
             early: self.early,
             pipes: self.conf.splice.then_some(&*shared.resources),
+            notsent_lowat: self.conf.notsent_lowat_bytes,
         };
         let (mut report, cut) = flow.run(t).await;
         if let Some(cut) = cut {
