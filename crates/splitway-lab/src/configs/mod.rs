@@ -38,7 +38,6 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux-paced", "splitway-mux with the lanes paced together at the link's rate (lane_pacing)"),
     ("splitway-mux-bbr-paced", "splitway-mux with BBR on the lanes, paced together at the link's rate"),
     ("splitway-mux-paced-win", "splitway-mux-paced, the egress bounding its server connections' receive windows (bound_server_windows)"),
-    ("splitway-mux-bbr-paced-win", "splitway-mux-bbr-paced, the egress bounding its server connections' receive windows"),
     ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),
     ("splitway+modules", "splitway with the dedup and compress modules on the relay-to-relay legs"),
     ("splitway+null", "splitway with the null module on the relay-to-relay legs (the user-space framed path alone)"),

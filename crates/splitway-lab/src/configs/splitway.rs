@@ -411,6 +411,16 @@ mod tests {
             assert!(c.peers.iter().all(|p| p.bound_server_windows), "{text}");
         }
         assert!(features_of("splitway-mux-win-paced").is_none());
+        // Every catalogued lanes name makes relay configs that load (the
+        // node name, host + configuration, fits its 32 characters).
+        let chain = Topology::default();
+        for (name, _) in crate::configs::CATALOGUE {
+            if let Some(f) = features_of(name).filter(|f| f.lanes) {
+                for text in relay_configs(&chain, secret, name, &f, 1) {
+                    Config::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+                }
+            }
+        }
         let plain = features_of("splitway").unwrap();
         let text = relay_configs(&topo, secret, "splitway", &plain, 0).join("\n");
         assert!(!text.contains("legs ="), "per-flow legs stay the default");
