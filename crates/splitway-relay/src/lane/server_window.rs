@@ -7,8 +7,11 @@
 //! path's minimum RTT), split among the peer's streams that are moving
 //! bytes (from their first byte read until the server's FIN). The clamp
 //! is set before every read (the window update a read sends uses it) and
-//! again after (the kernel's receive-buffer autotuning raises the clamp
-//! when it grows the buffer, during the read).
+//! again after. The kernel's receive-buffer autotuning raises the clamp
+//! whenever it grows the buffer, inside a read, and a window advertised
+//! meanwhile is not taken back; so the buffer is locked at the first read
+//! (`SO_RCVBUFFORCE` at twice the lone stream's budget, 128 KiB at least),
+//! which stops autotuning for that socket.
 //!
 //! The RTT is the smallest `tcpi_min_rtt` seen toward the server's
 //! address in the last [`RTT_KEEP`]: a connection opened while the queue
@@ -41,6 +44,9 @@ pub const RTT_KEEP: Duration = Duration::from_secs(10);
 const RTT_EVERY: Duration = Duration::from_millis(100);
 /// Server addresses remembered at most (beyond: forgotten all at once).
 const MAX_ADDRS: usize = 4096;
+/// The locked receive buffer's least size (`SO_RCVBUF`'s value; the
+/// kernel doubles it).
+const MIN_RCVBUF: usize = 128 * 1024;
 
 /// The relay's bounded server windows: a budget per peer, the smallest
 /// RTT per server address.
@@ -143,10 +149,17 @@ impl StreamWindow {
     /// Before a read of the server socket `s`: refresh the RTT now and
     /// then, set the clamp.
     pub fn before_read(&mut self, s: &TcpStream) {
+        let first = self.rtt_at.is_none();
         if self.rtt_at.is_none_or(|t| t.elapsed() >= RTT_EVERY) {
             let sample = sockopt::tcp_info(s).map(|i| i.min_rtt_us).unwrap_or(0);
             self.rtt_us = self.all.min_rtt(self.dst, sample);
             self.rtt_at = Some(Instant::now());
+        }
+        if first {
+            // A fixed buffer twice the lone stream's budget: autotuning
+            // would grow it and raise the clamp with it, between our calls.
+            let lone = server_window(self.group.rate, self.rtt_us, 1) as usize;
+            let _ = sockopt::set_rcvbuf_force(s, (2 * lone).max(MIN_RCVBUF));
         }
         let _ = sockopt::set_window_clamp(s, self.window());
     }

@@ -352,6 +352,18 @@ pub fn set_buffers_force(s: &impl AsFd, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// The receive buffer alone, above `net.core.rmem_max` where allowed
+/// (`SO_RCVBUFFORCE`, CAP_NET_ADMIN; else `SO_RCVBUF`). Either locks it:
+/// the kernel's autotuning no longer grows it (nor raises
+/// `TCP_WINDOW_CLAMP` with it).
+pub fn set_rcvbuf_force(s: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    if setsockopt_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_err() {
+        setsockopt_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, v)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
