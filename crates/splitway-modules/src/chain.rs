@@ -248,6 +248,12 @@ impl EncoderChain {
         !self.stages.is_empty() && self.stages.iter().all(|s| s.passes_through())
     }
 
+    /// Every stage passes every byte unchanged, always
+    /// ([`Encoder::always_passes`]).
+    pub fn always_passes(&self) -> bool {
+        !self.stages.is_empty() && self.stages.iter().all(|s| s.always_passes())
+    }
+
     /// `n` bytes crossed as a plain record ([`EncoderChain::passes_through`]).
     pub fn passed(&mut self, n: usize, state: &LegSnapshot) {
         for s in &mut self.stages {

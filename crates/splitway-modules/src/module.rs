@@ -83,6 +83,11 @@ pub trait Encoder: Send {
     /// [`Encoder::passes_through`] said yes): account for them as if
     /// encoded, with the leg state of that moment.
     fn passed(&mut self, _n: usize, _state: &LegSnapshot) {}
+    /// Passes every byte unchanged, always (`null`): the relay may then
+    /// lift the leg's low-water mark, as no byte will ever be re-encoded.
+    fn always_passes(&self) -> bool {
+        false
+    }
 }
 
 /// One stage at the receiving relay: the inverse of an [`Encoder`].

@@ -33,6 +33,9 @@ impl Encoder for NullEncoder {
     fn passes_through(&self) -> bool {
         true
     }
+    fn always_passes(&self) -> bool {
+        true
+    }
 }
 
 impl Decoder for NullDecoder {
