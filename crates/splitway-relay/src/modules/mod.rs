@@ -98,6 +98,9 @@ impl ModulePlan {
                 };
             }
         };
+        // Only chains that never transform splice: compress spliced while
+        // raw crossed slow legs worse (docs/performance.md).
+        let splice = self.conf.splice && enc.always_passes();
         let flow = engine::ModuleFlow {
             plain,
             leg,
@@ -106,7 +109,7 @@ impl ModulePlan {
             metrics: &shared.modules.metrics,
             chain: label.clone(),
             early: self.early,
-            pipes: self.conf.splice.then_some(&*shared.resources),
+            pipes: splice.then_some(&*shared.resources),
             notsent_lowat: self.conf.notsent_lowat_bytes,
         };
         let (mut report, cut) = flow.run(t).await;
