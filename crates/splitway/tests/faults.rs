@@ -726,9 +726,12 @@ fn idle_connections(engine: &str) {
     let per_conn = if engine == "splice" { 6 } else { 2 };
     let n = 10_000
         .min((hard as usize).saturating_sub(600) / per_conn)
-        .min((hard as usize).saturating_sub(300) / 2);
+        .min((fd_budget_total() as usize).saturating_sub(200) / 2);
     eprintln!("FIGURE idle {engine}: RLIMIT_NOFILE hard {hard}: holding {n} connections");
     assert!(n >= 3000, "fd limit {hard} too low for a meaningful figure");
+    // This process holds both ends of every connection: take that many fds
+    // of the shared budget, so no parallel test runs out of them.
+    let _fds = fd_budget(2 * n as u64 + 200);
     let o = Overlay::with_relays(engine);
     pool_full(&o);
     let base = [o.relay_stat("ingress"), o.relay_stat("egress")];
@@ -1008,6 +1011,8 @@ fn syn_flood_from_one_and_many_sources_keeps_early_syn_bounds() {
         )
     };
     let flood_dst = server_addr(false, 7001);
+    // 700 SYN_SENT sockets held in this process (see `fd_budget`).
+    let _fds = fd_budget(800);
     let (started0, bound0) = (es("started"), es("fallback_bound"));
 
     // One source, 300 SYNs: at most 8 early legs.

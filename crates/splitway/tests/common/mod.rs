@@ -685,6 +685,51 @@ pub fn raise_nofile(n: u64) -> u64 {
     cur.rlim_max
 }
 
+/// File descriptors this test process may hold beyond the few hundred any
+/// test uses without asking: the hard `RLIMIT_NOFILE` less a reserve.
+/// Tests run as parallel threads of one process and share one fd table, so
+/// a test that holds thousands of sockets (idle connections, SYN floods)
+/// first takes its share with [`fd_budget`]; two such tests then never
+/// overrun the limit together, whatever order the harness runs them in.
+const FD_RESERVE: u64 = 1_500;
+
+static FD_BUDGET: std::sync::Mutex<Option<u64>> = std::sync::Mutex::new(None);
+static FD_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// The whole budget [`fd_budget`] hands out (hard limit less the reserve).
+pub fn fd_budget_total() -> u64 {
+    raise_nofile(1 << 20).saturating_sub(FD_RESERVE)
+}
+
+/// Holds `n` fds of the process budget until dropped.
+pub struct FdShare(u64);
+
+impl Drop for FdShare {
+    fn drop(&mut self) {
+        let mut free = FD_BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = free.as_mut() {
+            *f += self.0;
+        }
+        FD_FREED.notify_all();
+    }
+}
+
+/// Wait until `n` fds of the process budget are free and take them (a
+/// request above the whole budget is cut to it).
+pub fn fd_budget(n: u64) -> FdShare {
+    let total = fd_budget_total();
+    let n = n.min(total);
+    let mut free = FD_BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let f = free.get_or_insert(total);
+        if *f >= n {
+            *f -= n;
+            return FdShare(n);
+        }
+        free = FD_FREED.wait(free).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
 /// How a stream ended for the side that watched it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
