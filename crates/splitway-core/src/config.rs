@@ -440,6 +440,11 @@ impl Default for Timeouts {
     }
 }
 
+/// The largest `limits.server_initial_window_segments`: above it the
+/// window no longer cuts a server's first flight (10 segments) and the key
+/// would only hide a typo.
+pub const MAX_INITIAL_WINDOW_SEGMENTS: u32 = 64;
+
 /// `[limits]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,6 +457,12 @@ pub struct Limits {
     pub early_syn_pending_per_source: usize,
     #[serde(default = "d_early_timeout_ms")]
     pub early_syn_timeout_ms: u64,
+    /// The initial receive window, in segments, of the connections this
+    /// relay opens to destinations (servers): their first flight is cut to
+    /// it, so many answers at once interleave on the server's link. None:
+    /// the kernel's default.
+    #[serde(default)]
+    pub server_initial_window_segments: Option<u32>,
 }
 
 impl Default for Limits {
@@ -461,6 +472,7 @@ impl Default for Limits {
             early_syn_pending_total: d_early_total(),
             early_syn_pending_per_source: d_early_per_source(),
             early_syn_timeout_ms: d_early_timeout_ms(),
+            server_initial_window_segments: None,
         }
     }
 }
@@ -986,6 +998,14 @@ impl Config {
                 "limits.early_syn_timeout_ms",
                 "must be positive",
             ));
+        }
+        if let Some(n) = l.server_initial_window_segments {
+            if !(1..=MAX_INITIAL_WINDOW_SEGMENTS).contains(&n) {
+                return Err(ConfigError::invalid(
+                    "limits.server_initial_window_segments",
+                    format!("must be 1 to {MAX_INITIAL_WINDOW_SEGMENTS} (segments)"),
+                ));
+            }
         }
         let f = &self.firewall;
         if f.tproxy_mark == 0 || f.own_mark == 0 || f.tproxy_mark == f.own_mark {
@@ -1539,6 +1559,25 @@ via = "egress"
         );
         assert!(err_of(&(base() + "\n[limits]\nmax_connections = 0\n"))
             .contains("limits.max_connections"));
+    }
+
+    #[test]
+    fn server_initial_window_is_checked() {
+        let with = |v: &str| base() + "\n[limits]\nserver_initial_window_segments = " + v + "\n";
+        let c = Config::parse(&with("2")).unwrap();
+        assert_eq!(c.limits.server_initial_window_segments, Some(2));
+        assert_eq!(
+            Config::parse(&base())
+                .unwrap()
+                .limits
+                .server_initial_window_segments,
+            None
+        );
+        for bad in ["0", "65"] {
+            let e = err_of(&with(bad));
+            assert!(e.contains("limits.server_initial_window_segments"), "{e}");
+        }
+        assert!(err_of(&with("-1")).contains("server_initial_window_segments"));
     }
 
     #[test]

@@ -123,6 +123,10 @@ pub async fn run(
         }
         listeners.push((l, Kind::Relay));
     }
+    if cfg.limits.server_initial_window_segments.is_some() {
+        crate::sys::initial_window::ensure()
+            .context("limits.server_initial_window_segments: the kernel program")?;
+    }
     // `nft` and `ip` block: off the runtime's workers.
     let firewall = if cfg.transparent.is_empty() {
         None

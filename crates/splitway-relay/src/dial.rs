@@ -15,7 +15,11 @@ use crate::sys::sockopt;
 /// Which socket profile an outbound connection gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
-    Internet,
+    /// To a destination; `initial_window`: the receive window, in
+    /// segments, its SYN and handshake offer
+    /// (`limits.server_initial_window_segments`; the kernel program of
+    /// [`crate::sys::initial_window`] must be loaded).
+    Internet { initial_window: Option<u32> },
     /// Between relays; `fast_open`: TCP Fast Open, so the header written
     /// right after connect rides in the SYN once a cookie is cached.
     RelayLeg {
@@ -36,7 +40,12 @@ pub async fn connect(
     let sock = sockopt::tcp_socket(&addr)?;
     sockopt::set_mark(&sock, own_mark)?;
     match profile {
-        Profile::Internet => profile::internet(&sock)?,
+        Profile::Internet { initial_window } => {
+            profile::internet(&sock)?;
+            if let Some(n) = initial_window {
+                crate::sys::initial_window::tag(&sock, n)?;
+            }
+        }
         Profile::RelayLeg {
             turbo,
             fast_open,

@@ -205,7 +205,9 @@ async fn open_hop(
             dial::connect(
                 dst,
                 snap.cfg.firewall.own_mark,
-                Profile::Internet,
+                Profile::Internet {
+                    initial_window: snap.cfg.limits.server_initial_window_segments,
+                },
                 snap.connect_timeout(),
             )
             .await
@@ -738,7 +740,9 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
             NextHop::Direct => dial::connect(
                 tuple.dst,
                 snap.cfg.firewall.own_mark,
-                Profile::Internet,
+                Profile::Internet {
+                    initial_window: snap.cfg.limits.server_initial_window_segments,
+                },
                 snap.connect_timeout(),
             )
             .await

@@ -605,3 +605,87 @@ bound_server_windows = true
         windows[windows.len() / 2]
     );
 }
+
+/// A writer that reads the socket's `tcpi_snd_wnd` after every write: the
+/// largest window the relay (the receiver) offered while the answer left.
+struct WindowWatch<'a> {
+    s: &'a TcpStream,
+    max: u32,
+}
+
+impl Write for WindowWatch<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&mut &*self.s).write(buf)?;
+        if let Ok(i) = splitway_relay::sys::sockopt::tcp_info(self.s) {
+            self.max = self.max.max(i.snd_wnd);
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One 4 MiB answer sent at once through the overlay: (the window the
+/// server saw before its first byte, the largest later), after checking
+/// the client got every byte (SHA-256).
+fn first_flight_window(o: &Overlay) -> (u32, u32) {
+    const LEN: usize = 4 << 20;
+    let l = o.listen(server_addr(false, 7000));
+    let server = thread::spawn(move || {
+        let (s, _) = l.accept().expect("accept");
+        let mut req = [0u8; 3];
+        (&s).read_exact(&mut req).expect("request");
+        // The relay has sent its handshake ACK and the request: the window
+        // they carry is what the answer's first flight may fill.
+        let first = splitway_relay::sys::sockopt::tcp_info(&s)
+            .expect("TCP_INFO")
+            .snd_wnd;
+        let mut w = WindowWatch { s: &s, max: 0 };
+        let sha = send_stream(&mut w, LEN, 17).expect("answer");
+        s.shutdown(Shutdown::Write).expect("FIN");
+        (first, w.max, sha)
+    });
+    let mut c = o.connect(front()).expect("connect");
+    c.write_all(b"go!").expect("request");
+    let (got, sha) = recv_stream(&mut c).expect("answer");
+    let (first, max, want) = server.join().expect("server thread");
+    assert_eq!(got, LEN, "answer length");
+    assert_eq!(sha, want, "answer bytes");
+    (first, max)
+}
+
+const SMALL_WINDOW: &str = "[limits]\nserver_initial_window_segments = 2\n";
+
+/// `limits.server_initial_window_segments` on the egress: a server that
+/// answers at once may send only that many segments in its first flight
+/// (2 × 1448 bytes, in the window scale's unit), and the window grows back
+/// past 64 KiB (the scale is kept) so the answer still arrives whole. With
+/// a leg per flow and with lanes; without the key, the kernel's default
+/// (64 KiB). Fails on the code before the key (the first window is 64 KiB).
+#[test]
+fn the_egress_offers_servers_a_small_initial_window_when_asked() {
+    for lanes in [false, true] {
+        let mut o = Overlay::new();
+        o.start_relays("splice", "", SMALL_WINDOW);
+        if lanes {
+            o.start_relay("ingress", &ingress_mux(1, ""));
+            o.wait_metric("ingress", READY, |v| v >= 1.0);
+        }
+        let (first, max) = first_flight_window(&o);
+        assert!(
+            first <= 4096,
+            "lanes {lanes}: the server's first flight may fill {first} bytes"
+        );
+        assert!(
+            max > 65_535,
+            "lanes {lanes}: the window never grew past 64 KiB (largest {max}): scale lost"
+        );
+    }
+    let o = Overlay::with_relays("splice");
+    let (first, _) = first_flight_window(&o);
+    assert!(
+        first >= 32 * 1024,
+        "without the key the first window is the kernel's default, got {first}"
+    );
+}

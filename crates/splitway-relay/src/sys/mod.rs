@@ -4,7 +4,10 @@
 //!   buffers, linger-0 resets, TCP_INFO, Fast Open).
 //! - [`pipe`]: pipes and `splice(2)` for the zero-copy engine.
 //! - [`netlink`]: the early-SYN tap's NFQUEUE socket (its receive timeout).
+//! - [`initial_window`]: a small initial receive window for the relay's
+//!   server connections (a `sock_ops` BPF program).
 
+pub mod initial_window;
 pub mod netlink;
 pub mod pipe;
 pub mod sockopt;
