@@ -31,11 +31,21 @@ pub struct Features {
     /// The egress bounds its server connections' receive windows
     /// (`[[peer]] bound_server_windows`).
     pub lanes_server_window: bool,
+    /// The egress's server connections start with a 2-segment receive
+    /// window (`[limits] server_initial_window_segments`; names ending in
+    /// `-rwnd2`).
+    pub server_rwnd2: bool,
 }
 
 /// The feature set of each splitway configuration (the paper's ablation:
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
+    if let Some(base) = name.strip_suffix("-rwnd2") {
+        return Some(Features {
+            server_rwnd2: true,
+            ..features_of(base)?
+        });
+    }
     let name = if modules_of(name).is_empty() {
         name
     } else {
@@ -230,9 +240,14 @@ pub fn relay_configs(
             } else {
                 String::new()
             };
+            let limits = if i == relays && f.server_rwnd2 {
+                "[limits]\nserver_initial_window_segments = 2\n\n"
+            } else {
+                ""
+            };
             let _ = write!(
                 c,
-                "[[route]]\nprefix = \"{server}/32\"\nvia = \"{via}\"\n{modules}\n{}\n{}",
+                "[[route]]\nprefix = \"{server}/32\"\nvia = \"{via}\"\n{modules}\n{}\n{}{limits}",
                 features_toml(f),
                 firewall_toml(n, i)
             );
@@ -411,6 +426,26 @@ mod tests {
             assert!(c.peers.iter().all(|p| p.bound_server_windows), "{text}");
         }
         assert!(features_of("splitway-mux-win-paced").is_none());
+        // -rwnd2: the egress alone gets the small initial server window.
+        for name in ["splitway-rwnd2", "splitway-mux-paced-rwnd2"] {
+            let f = features_of(name).unwrap();
+            let base = features_of(name.trim_end_matches("-rwnd2")).unwrap();
+            assert_eq!(
+                Features {
+                    server_rwnd2: false,
+                    ..f
+                },
+                base,
+                "{name}"
+            );
+            let c = relay_configs(&topo, secret, name, &f, 1);
+            let parsed: Vec<Config> = c
+                .iter()
+                .map(|t| Config::parse(t).unwrap_or_else(|e| panic!("{name}: {e}\n{t}")))
+                .collect();
+            assert_eq!(parsed[0].limits.server_initial_window_segments, None);
+            assert_eq!(parsed[1].limits.server_initial_window_segments, Some(2));
+        }
         // Every catalogued lanes name makes relay configs that load (the
         // node name, host + configuration, fits its 32 characters).
         let chain = Topology::default();
