@@ -252,7 +252,6 @@ fn program(map: RawFd) -> Vec<Insn> {
     const LD_IMM64: u8 = 0x18;
     const EXIT: u8 = 0x95;
     const PSEUDO_MAP_FD: u8 = 1;
-    let map = map as i32;
     vec![
         insn(MOV64_X, 6, 1, 0, 0),
         insn(LDX_W, 2, 6, 0, 0),
