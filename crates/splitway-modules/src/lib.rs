@@ -27,4 +27,4 @@ mod varint;
 pub use chain::{ChainSpec, DecoderChain, EncoderChain, Flush, ModuleKind, Stores};
 pub use error::ModuleError;
 pub use module::{Control, Decoder, Encoder, Output};
-pub use state::{LegSnapshot, TcpSnapshot};
+pub use state::{BusyMeter, LegSnapshot, TcpSnapshot};

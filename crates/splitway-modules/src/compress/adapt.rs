@@ -28,8 +28,10 @@
 //! where compression never pays the probes cost a vanishing share.
 //!
 //! And a hard guard: a level is climbed only while the encoder spends under
-//! half its time encoding, and a saturated encoder (≥ 80 %) steps down and
-//! keeps below the level it left for [`CEILING_RECORDS`] records.
+//! half its time encoding or the estimates say it outpaces the leg, and a
+//! saturated encoder (≥ 80 %) that the estimates call the bottleneck steps
+//! down, one level per busy window, and keeps below the level it left for
+//! [`CEILING_RECORDS`] records or until a later window finds it with room.
 
 use crate::state::LegSnapshot;
 
@@ -135,6 +137,8 @@ pub struct Adapt {
     probe_gap: u64,
     /// The current level was reached by a probe.
     probing: bool,
+    /// The busy window whose reading made the last saturation step.
+    saturated_at: Option<u32>,
 }
 
 fn rung(level: i32) -> usize {
@@ -154,6 +158,7 @@ impl Adapt {
             probe_left: PROBE_GAP_START,
             probe_gap: PROBE_GAP_START,
             probing: false,
+            saturated_at: None,
         }
     }
 
@@ -203,13 +208,22 @@ impl Adapt {
         Some(if ns > 0.0 { 1e9 / ns } else { f64::INFINITY })
     }
 
-    /// Wire bytes per input byte at `level`, measured or extrapolated.
+    /// Wire bytes per input byte at `level`, measured or extrapolated: from
+    /// the current level's measurement when there is one (the content now:
+    /// a corpus's records differ by more than adjacent levels do, so ratios
+    /// measured at other levels on other records do not order the levels),
+    /// else from the nearest measured level.
     fn ratio(&self, level: i32) -> Option<f64> {
         let r = rung(level);
         if r == 0 {
             return Some(1.0);
         }
-        let (m, from) = self.nearest(r)?;
+        let cur = rung(self.level);
+        let anchor = match self.measured[cur] {
+            Some(m) if cur > 0 => Some((m, cur)),
+            _ => self.nearest(r),
+        };
+        let (m, from) = anchor?;
         if r == from || m.ratio >= INCOMPRESSIBLE {
             return Some(m.ratio);
         }
@@ -230,6 +244,23 @@ impl Adapt {
             self.speed(level)?
                 .min(wire_rate / self.ratio(level)?.max(1e-6)),
         )
+    }
+
+    /// Whether the encoder at the current level, by the estimates, takes
+    /// longer than a leg draining `wire_rate` bytes per second needs for
+    /// this level's output; unknown rates or speeds count as bound, raw
+    /// never is.
+    fn encoder_bound(&self, wire_rate: u64) -> bool {
+        if self.level <= 0 {
+            return false;
+        }
+        if wire_rate == 0 {
+            return true;
+        }
+        match (self.speed(self.level), self.ratio(self.level)) {
+            (Some(speed), Some(ratio)) => speed < wire_rate as f64 / ratio.max(1e-6),
+            _ => true,
+        }
     }
 
     /// On a backlogged leg draining `wire_rate` bytes per second: whether
@@ -272,19 +303,37 @@ impl Adapt {
         }
         if let Some((_, left)) = &mut self.ceiling {
             *left = left.saturating_sub(1);
-            if *left == 0 {
+            // Also lifted once a later busy window finds the encoder with
+            // room (the CPU came back): on a slow leg 2048 records are the
+            // rest of the transfer, so one busy moment of the host capped
+            // the level for good (the estimates still decide each step up).
+            let later = self.saturated_at != Some(s.encoder_busy_window);
+            if *left == 0 || (later && s.encoder_busy_permille > 0 && s.encoder_has_room()) {
                 self.ceiling = None;
             }
         }
-        if s.encoder_saturated() && self.level > self.cfg.min_level {
+        // A busy encoder is a bottleneck only if it is slower than the leg
+        // drains this level's output: on a slow leg whose window keeps
+        // growing (slow start into a deep bottleneck queue) the encoder is
+        // busy because the kernel takes everything, while the link, not the
+        // encoder, sets the pace (slow-long, 2026-12-04: 85-98 % busy at
+        // level 5-9 encoding 10-15 MB/s for a leg draining 2.7 MB/s).
+        let encoder_bound = self.encoder_bound(s.sink.delivery_rate);
+        if s.encoder_saturated() && encoder_bound && self.level > self.cfg.min_level {
+            // One step per busy window: the share read after a step still
+            // describes the level above for a while (it is measured over
+            // tens of records), and stepping again on it ran a saturated
+            // level 9 down to raw and capped it there (slow-long,
+            // 2026-12-04). A new window at the lower level says whether
+            // another step is needed.
             self.up = 0;
-            self.down += 1;
-            if self.down >= self.cfg.down_after {
-                self.down = 0;
+            self.down = 0;
+            if self.saturated_at != Some(s.encoder_busy_window) {
+                self.saturated_at = Some(s.encoder_busy_window);
                 self.ceiling = Some((self.level, CEILING_RECORDS));
                 self.level = self.step(-1);
             }
-        } else if s.sink_backlogged() && s.encoder_has_room() {
+        } else if s.sink_backlogged() && (s.encoder_has_room() || !encoder_bound) {
             self.down = 0;
             match self.verdict(s.sink.delivery_rate) {
                 Verdict::Up => {
@@ -404,8 +453,17 @@ mod tests {
             start_level: 9,
             ..AdaptConfig::default()
         });
+        let drained = LegSnapshot {
+            sink: TcpSnapshot {
+                cwnd_bytes: 100_000,
+                unacked_bytes: 10_000,
+                delivery_rate: 2_500_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         for _ in 0..100 {
-            a.observe(&LegSnapshot::default());
+            a.observe(&drained);
         }
         assert_eq!(a.level(), 0);
     }
@@ -452,6 +510,84 @@ mod tests {
             b.observe(&busy(600));
         }
         assert_eq!(b.level(), 1);
+    }
+
+    #[test]
+    fn a_saturated_encoder_steps_down_once_per_busy_window_not_to_raw_at_once() {
+        // slow-long, 2026-12-04: level 9 read 848-934 per mille busy over
+        // one 100 ms window; twenty records later the level was raw and
+        // capped below level 1 for the rest of the corpus
+        let mut a = Adapt::new(AdaptConfig {
+            start_level: 9,
+            ..AdaptConfig::default()
+        });
+        let busy = |window| LegSnapshot {
+            encoder_busy_permille: 900,
+            encoder_busy_window: window,
+            ..slow_long(0)
+        };
+        for _ in 0..20 {
+            a.observe(&busy(7));
+        }
+        assert_eq!(a.level(), 7, "one step on one reading");
+        for _ in 0..20 {
+            a.observe(&busy(8));
+        }
+        assert_eq!(a.level(), 5, "and one more on the next");
+    }
+
+    #[test]
+    fn a_busy_encoder_that_outpaces_the_leg_keeps_its_level() {
+        // slow-long, 2026-12-04: the leg's window grows without bound, so
+        // the encoder runs flat out (busy 850-980 per mille) at 10-15 MB/s
+        // of input for a leg draining 2.6 MB/s of output: the link is the
+        // bottleneck, the level stays (the 2026-12-03 controller stepped
+        // down on the busy share alone, to level 1 and raw)
+        let leg = |i: usize| LegSnapshot {
+            encoder_busy_permille: 900,
+            encoder_busy_window: i as u32,
+            ..slow_long(i)
+        };
+        let mut a = Adapt::new(AdaptConfig {
+            start_level: 9,
+            ..AdaptConfig::default()
+        });
+        // two records at level 9 while it was not busy measure its speed
+        replay(&mut a, 2, slow_long, |_| 0.38);
+        let by = replay(&mut a, 80, leg, |_| 0.38);
+        assert_eq!(by.keys().copied().collect::<Vec<_>>(), vec![9], "{by:?}");
+        // the same encoder on a leg draining 400 MB/s is the bottleneck:
+        // it steps down
+        let fast = |i: usize| {
+            let mut s = leg(i);
+            s.sink.delivery_rate = 400_000_000;
+            s
+        };
+        replay(&mut a, 8, fast, |_| 0.38);
+        assert!(a.level() < 9, "{}", a.level());
+    }
+
+    #[test]
+    fn the_ceiling_lifts_once_a_later_window_finds_the_encoder_with_room() {
+        let mut a = Adapt::new(AdaptConfig {
+            start_level: 5,
+            ..AdaptConfig::default()
+        });
+        let at = |permille, window| LegSnapshot {
+            encoder_busy_permille: permille,
+            encoder_busy_window: window,
+            ..backlogged()
+        };
+        a.observe(&at(900, 3));
+        assert_eq!(a.level(), 3);
+        for _ in 0..10 {
+            a.observe(&at(300, 3));
+        }
+        assert_eq!(a.level(), 3, "capped while the same reading stands");
+        for _ in 0..10 {
+            a.observe(&at(300, 4));
+        }
+        assert!(a.level() >= 5, "{}", a.level());
     }
 
     /// A backlogged leg draining `wire_rate` bytes/s.
@@ -548,6 +684,87 @@ mod tests {
         assert!(by.keys().all(|&l| l <= 1), "{by:?}");
         // 16 MiB: the start (two records) and no probe yet
         assert!(by.get(&1).copied().unwrap_or(0) <= 3 * (64 << 10), "{by:?}");
+    }
+
+    /// Encodes `records` records of 128 KiB through `a`, the leg before
+    /// record `i` being `leg(i)` and level 1 shrinking it to `r1(i)`
+    /// (other levels by [`REL_RATIO`]) at 3 ns/byte (others by
+    /// [`REL_COST`]); returns the bytes encoded at each level.
+    fn replay(
+        a: &mut Adapt,
+        records: usize,
+        leg: impl Fn(usize) -> LegSnapshot,
+        r1: impl Fn(usize) -> f64,
+    ) -> std::collections::BTreeMap<i32, u64> {
+        let size = 128usize << 10;
+        let mut by_level = std::collections::BTreeMap::new();
+        for i in 0..records {
+            let l = a.observe(&leg(i));
+            *by_level.entry(l).or_insert(0) += size as u64;
+            if l == 0 {
+                a.recorded(0, size, size, 0);
+            } else {
+                let r = rung(l);
+                let out = (size as f64 * r1(i) * REL_RATIO[r]) as usize;
+                let ns = (size as f64 * 3.0 * REL_COST[r]) as u64;
+                a.recorded(l, size, out, ns);
+            }
+        }
+        by_level
+    }
+
+    /// The slow-long lab path's bottleneck leg as `TCP_INFO` showed it
+    /// (2026-12-04, 20 Mbit/s, 215 ms, turbo-start): the window full
+    /// (unacked 99 % of cwnd), each write leaving at once (notsent 0 in four
+    /// snapshots of five), 2.6 MB/s delivered, the encoder busy a third of
+    /// the time.
+    fn slow_long(i: usize) -> LegSnapshot {
+        LegSnapshot {
+            sink: TcpSnapshot {
+                cwnd_bytes: 1_028_080,
+                unacked_bytes: 1_020_840,
+                notsent_bytes: if i % 5 == 4 { 4_370 } else { 0 },
+                delivery_rate: 2_600_000,
+                ..Default::default()
+            },
+            encoder_busy_permille: 300,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cwnd_limited_leg_climbs_even_when_each_write_leaves_at_once() {
+        // 10 MiB of a corpus (0.38 at level 1) over the slow-long leg: it is
+        // the bottleneck, so more CPU per byte, never raw. (The controller
+        // of 2026-12-03 read "nothing unsent" as idle: it stepped down to
+        // raw and sent most of the corpus there.)
+        let mut a = Adapt::new(AdaptConfig::default());
+        let by = replay(&mut a, 80, slow_long, |_| 0.38);
+        assert_eq!(by.get(&0), None, "raw records on a full window: {by:?}");
+        assert_eq!(a.level(), 9, "{by:?}");
+        let high: u64 = by.range(7..).map(|(_, b)| b).sum();
+        assert!(high >= 60 * (128 << 10), "{by:?}");
+    }
+
+    #[test]
+    fn content_that_varies_more_than_the_levels_differ_does_not_stop_the_climb() {
+        // a backlogged 20 Mbit/s leg; the corpus's records shrink to 0.33
+        // to 0.42 at level 1 (python sources, then bytecode): a level's
+        // running ratio, measured on other records, is no guide to which
+        // level shrinks *these* records more. (The controller of 2026-12-03
+        // compared them and stayed at a low level.)
+        let leg = |_| {
+            let mut s = backlogged();
+            s.sink.delivery_rate = 2_600_000;
+            s.encoder_busy_permille = 300;
+            s
+        };
+        let noise = [0.34, 0.42, 0.41, 0.33, 0.42, 0.40, 0.33, 0.41];
+        let mut a = Adapt::new(AdaptConfig::default());
+        let by = replay(&mut a, 80, leg, |i| noise[(i / 3) % noise.len()]);
+        assert_eq!(a.level(), 9, "{by:?}");
+        let high: u64 = by.range(7..).map(|(_, b)| b).sum();
+        assert!(high >= 60 * (128 << 10), "{by:?}");
     }
 
     #[test]

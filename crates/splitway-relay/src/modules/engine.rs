@@ -53,7 +53,7 @@ use splitway_core::frame::{
     self, Frame, FrameError, HEADER_LEN, LEG_STREAM, MAX_FRAME, MAX_PAYLOAD,
 };
 use splitway_modules::{
-    DecoderChain, EncoderChain, Flush, LegSnapshot, ModuleError, Output, TcpSnapshot,
+    BusyMeter, DecoderChain, EncoderChain, Flush, LegSnapshot, ModuleError, Output, TcpSnapshot,
 };
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -76,9 +76,6 @@ pub const LEG_QUEUE: usize = 64 << 10;
 /// plain socket, and fewer frame bytes than [`FRAME_QUEUE`] wait decoding.
 const PLAIN_QUEUE: usize = 1 << 20;
 const FRAME_QUEUE: usize = 256 << 10;
-
-/// The window over which the encoder's share of wall time is measured.
-const BUSY_WINDOW: Duration = Duration::from_millis(10);
 
 /// The longest a tail is held after the last byte read.
 pub const HOLD_MAX: Duration = Duration::from_millis(100);
@@ -219,11 +216,8 @@ struct State {
     last_read: Instant,
     burst: u64,
     soft_done: bool,
-    /// Time spent encoding in the current window, its start, and the share
-    /// (per mille) of the last full window.
-    busy: Duration,
-    busy_since: Instant,
-    busy_permille: u32,
+    /// The encoder's share of wall time.
+    busy: BusyMeter,
     end_sent: bool,
     end_received: bool,
     /// The decoder chain finished after END (it may first wait for answers).
@@ -275,9 +269,7 @@ impl ModuleFlow<'_> {
             last_read: Instant::now(),
             burst: 0,
             soft_done: false,
-            busy: Duration::ZERO,
-            busy_since: Instant::now(),
-            busy_permille: 0,
+            busy: BusyMeter::new(std::time::Instant::now()),
             end_sent: false,
             end_received: false,
             dec_finished: false,
@@ -812,16 +804,9 @@ impl ModuleFlow<'_> {
         state: &LegSnapshot,
     ) -> Result<(), Cut> {
         st.out.clear();
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         let r = self.enc.encode_with(input, flush, state, &mut st.out);
-        let now = Instant::now();
-        st.busy += now.duration_since(t0);
-        let window = now.duration_since(st.busy_since);
-        if window >= BUSY_WINDOW {
-            st.busy_permille = (st.busy.as_micros() * 1000 / window.as_micros().max(1)) as u32;
-            st.busy = Duration::ZERO;
-            st.busy_since = now;
-        }
+        st.busy.encoded(t0, std::time::Instant::now());
         r?;
         st.wire_out += st.out.data.len() as u64;
         mframes::put_data(&mut st.to_leg.buf, &st.out.data);
@@ -846,7 +831,8 @@ impl ModuleFlow<'_> {
             sink: info(self.leg),
             queued_bytes: st.to_leg.pending() as u64,
             pending_bytes: 0,
-            encoder_busy_permille: st.busy_permille,
+            encoder_busy_permille: st.busy.permille(),
+            encoder_busy_window: st.busy.windows(),
         }
     }
 
