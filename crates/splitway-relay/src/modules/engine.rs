@@ -596,21 +596,8 @@ impl ModuleFlow<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        while st.tx_left > 0 {
-            let pipe = st
-                .tx_pipe
-                .as_ref()
-                .ok_or_else(|| io::Error::other("plain record without its pipe"))?;
-            let left = st.tx_left;
-            match self
-                .leg
-                .try_io(Interest::WRITABLE, || pipe.drain_to(fd, left))
-            {
-                Ok(0) => return Err(io::Error::other("pipe emptied early").into()),
-                Ok(n) => st.tx_left -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
+        if !drain_pipe(self.leg, st.tx_pipe.as_ref(), &mut st.tx_left)? {
+            return Ok(());
         }
         Loan::new(&mut st.tx_pipe, self.pipes).end_burst();
         Ok(())
@@ -730,25 +717,11 @@ impl ModuleFlow<'_> {
     /// Writes the received plain record's bytes in the pipe to the plain
     /// socket (everything queued before them is written).
     fn drain_record(&mut self, st: &mut State) -> Result<(), Cut> {
-        let to = self.plain.as_raw_fd();
-        while st.rx_in_pipe > 0 {
-            let pipe = st
-                .rx_pipe
-                .as_ref()
-                .ok_or_else(|| io::Error::other("plain record without its pipe"))?;
-            let left = st.rx_in_pipe;
-            match self
-                .plain
-                .try_io(Interest::WRITABLE, || pipe.drain_to(to, left))
-            {
-                Ok(0) => return Err(io::Error::other("pipe emptied early").into()),
-                Ok(n) => {
-                    st.rx_in_pipe -= n;
-                    st.plain_out += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
+        let before = st.rx_in_pipe;
+        let drained = drain_pipe(self.plain, st.rx_pipe.as_ref(), &mut st.rx_in_pipe);
+        st.plain_out += (before - st.rx_in_pipe) as u64;
+        if !drained? {
+            return Ok(());
         }
         Loan::new(&mut st.rx_pipe, self.pipes).end_burst();
         Ok(())
@@ -911,6 +884,24 @@ impl ModuleFlow<'_> {
             }
         }
     }
+}
+
+/// Splices `left` bytes of a plain record from `pipe` to `sock` while the
+/// socket takes them: `true` once all went, `false` when the socket is full
+/// (`left` counts what is still in the pipe).
+fn drain_pipe(sock: &TcpStream, pipe: Option<&Pipe>, left: &mut usize) -> Result<bool, Cut> {
+    let fd = sock.as_raw_fd();
+    while *left > 0 {
+        let pipe = pipe.ok_or_else(|| io::Error::other("plain record without its pipe"))?;
+        let n = *left;
+        match sock.try_io(Interest::WRITABLE, || pipe.drain_to(fd, n)) {
+            Ok(0) => return Err(io::Error::other("pipe emptied early").into()),
+            Ok(n) => *left -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 /// Runs a decoder step whose output goes straight to the end of the plain
