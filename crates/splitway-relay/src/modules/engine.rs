@@ -252,6 +252,14 @@ impl State {
     fn tx_busy(&self) -> bool {
         self.tx_sent < self.tx_head.len() || self.tx_left > 0
     }
+
+    /// `n` bytes were read from the plain socket.
+    fn read_in(&mut self, n: usize) {
+        self.plain_in += n as u64;
+        self.last_read = Instant::now();
+        self.burst += n as u64;
+        self.soft_done = false;
+    }
 }
 
 impl ModuleFlow<'_> {
@@ -470,10 +478,7 @@ impl ModuleFlow<'_> {
             match self.plain.try_read(buf) {
                 Ok(0) => return self.plain_ended(st, &state),
                 Ok(n) => {
-                    st.plain_in += n as u64;
-                    st.last_read = Instant::now();
-                    st.burst += n as u64;
-                    st.soft_done = false;
+                    st.read_in(n);
                     self.encode(st, &buf[..n], false, &state)?;
                     st.unflushed = true;
                     total += n;
@@ -483,15 +488,19 @@ impl ModuleFlow<'_> {
                         return Ok(());
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if st.unflushed {
-                        self.flush_or_hold(st)?;
-                    }
-                    return Ok(());
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.plain_drained(st),
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The plain socket has nothing more for now: the unflushed tail is
+    /// flushed or held.
+    fn plain_drained(&mut self, st: &mut State) -> Result<(), Cut> {
+        if st.unflushed {
+            self.flush_or_hold(st)?;
+        }
+        Ok(())
     }
 
     /// The plain socket's EOF: flush every stage, then END.
@@ -534,29 +543,12 @@ impl ModuleFlow<'_> {
     /// through and the leg takes them. `to_leg` is empty.
     fn splice_plain(&mut self, st: &mut State) -> Result<(), Cut> {
         let state = self.snapshot(st);
-        let from = self.plain.as_raw_fd();
         let mut total = 0;
         loop {
-            let r = {
-                let mut loan = Loan::new(&mut st.tx_pipe, self.pipes);
-                let pipe = loan.get()?;
-                let cap = pipe.capacity().min(MAX_PAYLOAD);
-                let r = self
-                    .plain
-                    .try_io(Interest::READABLE, || pipe.fill_from(from, cap));
-                if !matches!(r, Ok(n) if n > 0) {
-                    // Nothing went in: the pipe is empty.
-                    loan.end_burst();
-                }
-                r
-            };
-            match r {
+            match fill_pipe(self.plain, &mut st.tx_pipe, self.pipes, MAX_PAYLOAD)? {
                 Ok(0) => return self.plain_ended(st, &state),
                 Ok(n) => {
-                    st.plain_in += n as u64;
-                    st.last_read = Instant::now();
-                    st.burst += n as u64;
-                    st.soft_done = false;
+                    st.read_in(n);
                     self.enc.passed(n, &state);
                     st.wire_out += n as u64;
                     st.spliced_out += n as u64;
@@ -570,12 +562,7 @@ impl ModuleFlow<'_> {
                         return Ok(());
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if st.unflushed {
-                        self.flush_or_hold(st)?;
-                    }
-                    return Ok(());
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.plain_drained(st),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -681,20 +668,7 @@ impl ModuleFlow<'_> {
     /// Moves a plain record's payload leg → pipe (the pipe is empty), then
     /// on to the plain socket if its queue is empty.
     fn splice_leg(&mut self, st: &mut State) -> Result<(), Cut> {
-        let from = self.leg.as_raw_fd();
-        let r = {
-            let mut loan = Loan::new(&mut st.rx_pipe, self.pipes);
-            let pipe = loan.get()?;
-            let len = st.rx_left.min(pipe.capacity());
-            let r = self
-                .leg
-                .try_io(Interest::READABLE, || pipe.fill_from(from, len));
-            if !matches!(r, Ok(n) if n > 0) {
-                loan.end_burst();
-            }
-            r
-        };
-        match r {
+        match fill_pipe(self.leg, &mut st.rx_pipe, self.pipes, st.rx_left)? {
             Ok(0) => {
                 // The leg ended inside a frame: truncated.
                 st.leg_eof = true;
@@ -884,6 +858,26 @@ impl ModuleFlow<'_> {
             }
         }
     }
+}
+
+/// Splices at most `max` bytes (and at most a pipe-full) from `sock` into
+/// the pipe lent into `slot`; the pipe goes back to the stock when nothing
+/// went in (it is empty). The outer error: no pipe could be had.
+fn fill_pipe(
+    sock: &TcpStream,
+    slot: &mut Option<Pipe>,
+    pipes: Option<&Resources>,
+    max: usize,
+) -> Result<io::Result<usize>, Cut> {
+    let mut loan = Loan::new(slot, pipes);
+    let pipe = loan.get()?;
+    let len = max.min(pipe.capacity());
+    let fd = sock.as_raw_fd();
+    let r = sock.try_io(Interest::READABLE, || pipe.fill_from(fd, len));
+    if !matches!(r, Ok(n) if n > 0) {
+        loan.end_burst();
+    }
+    Ok(r)
 }
 
 /// Splices `left` bytes of a plain record from `pipe` to `sock` while the
