@@ -39,6 +39,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux-bbr-paced", "splitway-mux with BBR on the lanes, paced together at the link's rate"),
     ("splitway-rwnd2", "splitway, the egress's server connections starting with a 2-segment receive window (limits.server_initial_window_segments)"),
     ("splitway-mux-paced-rwnd2", "splitway-mux-paced, the egress's server connections starting with a 2-segment receive window"),
+    ("splitway-mux-paced-rwnd1", "splitway-mux-paced, the egress's server connections starting with a 1-segment receive window"),
     ("splitway-mux-paced-win", "splitway-mux-paced, the egress bounding its server connections' receive windows (bound_server_windows)"),
     ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),
     ("splitway+modules", "splitway with the dedup and compress modules on the relay-to-relay legs"),

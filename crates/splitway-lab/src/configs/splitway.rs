@@ -31,20 +31,22 @@ pub struct Features {
     /// The egress bounds its server connections' receive windows
     /// (`[[peer]] bound_server_windows`).
     pub lanes_server_window: bool,
-    /// The egress's server connections start with a 2-segment receive
-    /// window (`[limits] server_initial_window_segments`; names ending in
-    /// `-rwnd2`).
-    pub server_rwnd2: bool,
+    /// The egress's server connections start with a receive window of this
+    /// many segments (`[limits] server_initial_window_segments`; names
+    /// ending in `-rwnd1` or `-rwnd2`).
+    pub server_rwnd: Option<u32>,
 }
 
 /// The feature set of each splitway configuration (the paper's ablation:
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
-    if let Some(base) = name.strip_suffix("-rwnd2") {
-        return Some(Features {
-            server_rwnd2: true,
-            ..features_of(base)?
-        });
+    for n in [1, 2] {
+        if let Some(base) = name.strip_suffix(&format!("-rwnd{n}")) {
+            return Some(Features {
+                server_rwnd: Some(n),
+                ..features_of(base)?
+            });
+        }
     }
     let name = if modules_of(name).is_empty() {
         name
@@ -240,10 +242,11 @@ pub fn relay_configs(
             } else {
                 String::new()
             };
-            let limits = if i == relays && f.server_rwnd2 {
-                "[limits]\nserver_initial_window_segments = 2\n\n"
-            } else {
-                ""
+            let limits = match f.server_rwnd {
+                Some(n) if i == relays => {
+                    format!("[limits]\nserver_initial_window_segments = {n}\n\n")
+                }
+                _ => String::new(),
             };
             let _ = write!(
                 c,
@@ -427,12 +430,16 @@ mod tests {
         }
         assert!(features_of("splitway-mux-win-paced").is_none());
         // -rwnd2: the egress alone gets the small initial server window.
-        for name in ["splitway-rwnd2", "splitway-mux-paced-rwnd2"] {
+        for (name, n) in [
+            ("splitway-rwnd2", 2),
+            ("splitway-mux-paced-rwnd2", 2),
+            ("splitway-mux-paced-rwnd1", 1),
+        ] {
             let f = features_of(name).unwrap();
-            let base = features_of(name.trim_end_matches("-rwnd2")).unwrap();
+            let base = features_of(&name[..name.len() - 6]).unwrap();
             assert_eq!(
                 Features {
-                    server_rwnd2: false,
+                    server_rwnd: None,
                     ..f
                 },
                 base,
@@ -444,7 +451,7 @@ mod tests {
                 .map(|t| Config::parse(t).unwrap_or_else(|e| panic!("{name}: {e}\n{t}")))
                 .collect();
             assert_eq!(parsed[0].limits.server_initial_window_segments, None);
-            assert_eq!(parsed[1].limits.server_initial_window_segments, Some(2));
+            assert_eq!(parsed[1].limits.server_initial_window_segments, Some(n));
         }
         // Every catalogued lanes name makes relay configs that load (the
         // node name, host + configuration, fits its 32 characters).
