@@ -40,6 +40,14 @@ pub struct Features {
 /// The feature set of each splitway configuration (the paper's ablation:
 /// each improvement switched on in turn, then all).
 pub fn features_of(name: &str) -> Option<Features> {
+    // Both `-win` and `-rwnd2`, in a name short enough for the relays'
+    // node names (host + configuration ≤ 32 characters).
+    if let Some(base) = name.strip_suffix("-winr2") {
+        return Some(Features {
+            server_rwnd: Some(2),
+            ..features_of(&format!("{base}-win"))?
+        });
+    }
     for n in [1, 2] {
         if let Some(base) = name.strip_suffix(&format!("-rwnd{n}")) {
             return Some(Features {
@@ -429,6 +437,8 @@ mod tests {
             assert!(c.peers.iter().all(|p| p.bound_server_windows), "{text}");
         }
         assert!(features_of("splitway-mux-win-paced").is_none());
+        let both = features_of("splitway-mux-paced-winr2").unwrap();
+        assert!(both.lanes_paced && both.lanes_server_window && both.server_rwnd == Some(2));
         // -rwnd2: the egress alone gets the small initial server window.
         for (name, n) in [
             ("splitway-rwnd2", 2),
