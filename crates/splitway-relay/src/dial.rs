@@ -43,7 +43,11 @@ pub async fn connect(
         Profile::Internet { initial_window } => {
             profile::internet(&sock)?;
             if let Some(n) = initial_window {
-                crate::sys::initial_window::tag(&sock, n)?;
+                // Best effort: untagged, the socket offers the kernel's
+                // default window, which only costs the interleaving.
+                if let Err(e) = crate::sys::initial_window::tag(&sock, n) {
+                    tracing::debug!(%addr, error = %e, "initial window not set");
+                }
             }
         }
         Profile::RelayLeg {
