@@ -424,7 +424,18 @@ fn quick_modules_shrink_the_long_link_and_keep_every_byte() {
     let corpus = wire("corpus", "splitway+modules");
     let again = wire("again", "splitway+modules");
     let changed = wire("changed", "splitway+modules");
-    assert!(corpus < 0.6, "corpus {corpus}");
+    // The long link is the bottleneck: the adaptive level climbs (0.36-0.38
+    // of the size on a loaded host, 2026-12-04; 0.47-0.66 on the full path
+    // with the controller that read a full window as idle), and the corpus
+    // arrives within issue 13's goal, half the ideal pipe's time (0.45 on
+    // a loaded host with the emulation flagged).
+    assert!(corpus < 0.45, "corpus {corpus}");
+    let corpus_time = cmp
+        .iter()
+        .find(|r| r["kind"] == "corpus" && r["config"] == "splitway+modules")
+        .and_then(|r| r["vs_bound"].as_f64())
+        .expect("corpus time vs the bound");
+    assert!(corpus_time <= 0.5, "corpus {corpus_time} x the bound");
     // (0.31-0.34 with a flush per read; ~0.05 typical, one odd round in 2)
     assert!(again < 0.2, "again {again}");
     assert!(
