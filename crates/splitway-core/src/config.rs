@@ -463,6 +463,11 @@ pub struct Limits {
     /// the kernel's default.
     #[serde(default)]
     pub server_initial_window_segments: Option<u32>,
+    /// The small initial window applies to a server connection only when
+    /// at least this many (this one included) opened within 100 ms
+    /// (`splitway_core::mux::burst`); 1: to every one.
+    #[serde(default = "d_initial_window_burst")]
+    pub server_initial_window_burst: usize,
 }
 
 impl Default for Limits {
@@ -473,6 +478,7 @@ impl Default for Limits {
             early_syn_pending_per_source: d_early_per_source(),
             early_syn_timeout_ms: d_early_timeout_ms(),
             server_initial_window_segments: None,
+            server_initial_window_burst: d_initial_window_burst(),
         }
     }
 }
@@ -694,6 +700,10 @@ fn d_tproxy_mark() -> u32 {
 fn d_route_table() -> u32 {
     5157
 }
+fn d_initial_window_burst() -> usize {
+    1
+}
+
 fn d_own_mark() -> u32 {
     0x5157_0002
 }
@@ -997,6 +1007,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.early_syn_timeout_ms",
                 "must be positive",
+            ));
+        }
+        if !(1..=MAX_INITIAL_WINDOW_SEGMENTS as usize).contains(&l.server_initial_window_burst) {
+            return Err(ConfigError::invalid(
+                "limits.server_initial_window_burst",
+                format!("must be 1 to {MAX_INITIAL_WINDOW_SEGMENTS} (connections)"),
             ));
         }
         if let Some(n) = l.server_initial_window_segments {
@@ -1578,6 +1594,19 @@ via = "egress"
             assert!(e.contains("limits.server_initial_window_segments"), "{e}");
         }
         assert!(err_of(&with("-1")).contains("server_initial_window_segments"));
+        assert_eq!(c.limits.server_initial_window_burst, 1);
+        let b = |v: &str| with("2") + "server_initial_window_burst = " + v + "\n";
+        assert_eq!(
+            Config::parse(&b("8"))
+                .unwrap()
+                .limits
+                .server_initial_window_burst,
+            8
+        );
+        for bad in ["0", "65"] {
+            let e = err_of(&b(bad));
+            assert!(e.contains("limits.server_initial_window_burst"), "{e}");
+        }
     }
 
     #[test]

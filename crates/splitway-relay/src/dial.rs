@@ -30,6 +30,28 @@ pub enum Profile {
     },
 }
 
+/// The server connections opened lately, for
+/// `limits.server_initial_window_burst` (one per process: the relay's).
+static BURST: std::sync::Mutex<Option<splitway_core::mux::burst::Burst>> =
+    std::sync::Mutex::new(None);
+
+/// The initial window a new server connection gets under `limits`: the
+/// configured segments when its opening is part of a burst (always with a
+/// threshold of 1), else none (the kernel's default).
+pub fn server_window(limits: &splitway_core::config::Limits) -> Option<u32> {
+    let n = limits.server_initial_window_segments?;
+    let want = limits.server_initial_window_burst;
+    if want <= 1 {
+        return Some(n);
+    }
+    let mut g = BURST.lock().unwrap_or_else(|p| p.into_inner());
+    let b = match g.as_mut() {
+        Some(b) if b.threshold() == want => b,
+        _ => g.insert(splitway_core::mux::burst::Burst::new(want)),
+    };
+    b.open(std::time::Instant::now()).then_some(n)
+}
+
 /// Connect to `addr` with `profile`, giving up after `timeout`.
 pub async fn connect(
     addr: SocketAddr,

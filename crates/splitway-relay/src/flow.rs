@@ -206,7 +206,7 @@ async fn open_hop(
                 dst,
                 snap.cfg.firewall.own_mark,
                 Profile::Internet {
-                    initial_window: snap.cfg.limits.server_initial_window_segments,
+                    initial_window: dial::server_window(&snap.cfg.limits),
                 },
                 snap.connect_timeout(),
             )
@@ -741,7 +741,7 @@ pub fn on_syn(shared: &Arc<Shared>, tuple: FourTuple) {
                 tuple.dst,
                 snap.cfg.firewall.own_mark,
                 Profile::Internet {
-                    initial_window: snap.cfg.limits.server_initial_window_segments,
+                    initial_window: dial::server_window(&snap.cfg.limits),
                 },
                 snap.connect_timeout(),
             )

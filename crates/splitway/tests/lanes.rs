@@ -689,3 +689,60 @@ fn the_egress_offers_servers_a_small_initial_window_when_asked() {
         "without the key the first window is the kernel's default, got {first}"
     );
 }
+
+/// `limits.server_initial_window_burst`: the small window only for server
+/// connections opened in a burst. A lone flow keeps the kernel's default
+/// (no extra server round trip for it); of 8 flows started together, the
+/// later ones get the small window. The answers arrive whole either way.
+#[test]
+fn the_small_initial_window_waits_for_a_burst_when_asked() {
+    let mut o = Overlay::new();
+    let extra = format!("{SMALL_WINDOW}server_initial_window_burst = 3\n");
+    o.start_relays("splice", "", &extra);
+    let (first, _) = first_flight_window(&o);
+    assert!(
+        first >= 32 * 1024,
+        "a lone flow got the small window ({first} bytes)"
+    );
+    // Past the burst span since that flow.
+    thread::sleep(Duration::from_millis(300));
+    const N: usize = 8;
+    const LEN: usize = 256 * 1024;
+    let l = o.listen(server_addr(false, 7000));
+    let server = thread::spawn(move || {
+        let mut firsts = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..N {
+            let (s, _) = l.accept().expect("accept");
+            firsts.push(
+                splitway_relay::sys::sockopt::tcp_info(&s)
+                    .expect("TCP_INFO")
+                    .snd_wnd,
+            );
+            conns.push(s);
+        }
+        for s in conns {
+            let mut s = s;
+            send_stream(&mut s, LEN, 5).expect("answer");
+            s.shutdown(Shutdown::Write).expect("FIN");
+        }
+        firsts
+    });
+    let clients: Vec<_> = (0..N)
+        .map(|_| o.connect(front()).expect("connect"))
+        .collect();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| thread::spawn(move || recv_stream(&mut c).expect("answer")))
+        .collect();
+    let firsts = server.join().expect("server thread");
+    for r in readers {
+        let (got, _) = r.join().expect("reader");
+        assert_eq!(got, LEN);
+    }
+    let small = firsts.iter().filter(|w| **w <= 4096).count();
+    assert!(
+        small >= 1 && firsts[0] >= 32 * 1024,
+        "first windows of a burst of {N}: {firsts:?}"
+    );
+}

@@ -22,6 +22,7 @@
 //! [`MAX_CONTROL_QUEUE`] (a peer that makes us answer faster than it reads
 //! breaks the lane).
 
+pub mod burst;
 pub mod pace;
 pub mod sched;
 pub mod stream;

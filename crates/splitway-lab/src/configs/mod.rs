@@ -42,6 +42,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux-paced-rwnd1", "splitway-mux-paced, the egress's server connections starting with a 1-segment receive window"),
     ("splitway-mux-paced-win", "splitway-mux-paced, the egress bounding its server connections' receive windows (bound_server_windows)"),
     ("splitway-mux-paced-winr2", "splitway-mux-paced-win with the 2-segment initial server window of splitway-mux-paced-rwnd2"),
+    ("splitway-mux-paced-winb2", "splitway-mux-paced-winr2, the small window only for server connections opened 4 or more within 100 ms (server_initial_window_burst = 4)"),
     ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),
     ("splitway+modules", "splitway with the dedup and compress modules on the relay-to-relay legs"),
     ("splitway+null", "splitway with the null module on the relay-to-relay legs (the user-space framed path alone)"),

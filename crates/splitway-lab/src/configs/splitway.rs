@@ -35,6 +35,9 @@ pub struct Features {
     /// many segments (`[limits] server_initial_window_segments`; names
     /// ending in `-rwnd1` or `-rwnd2`).
     pub server_rwnd: Option<u32>,
+    /// ... only for server connections opened in a burst of this many
+    /// (`[limits] server_initial_window_burst`; 0: unset).
+    pub server_rwnd_burst: usize,
 }
 
 /// The feature set of each splitway configuration (the paper's ablation:
@@ -45,6 +48,14 @@ pub fn features_of(name: &str) -> Option<Features> {
     if let Some(base) = name.strip_suffix("-winr2") {
         return Some(Features {
             server_rwnd: Some(2),
+            ..features_of(&format!("{base}-win"))?
+        });
+    }
+    // As -winr2, the small window only in bursts of 4 connections.
+    if let Some(base) = name.strip_suffix("-winb2") {
+        return Some(Features {
+            server_rwnd: Some(2),
+            server_rwnd_burst: 4,
             ..features_of(&format!("{base}-win"))?
         });
     }
@@ -252,7 +263,11 @@ pub fn relay_configs(
             };
             let limits = match f.server_rwnd {
                 Some(n) if i == relays => {
-                    format!("[limits]\nserver_initial_window_segments = {n}\n\n")
+                    let burst = match f.server_rwnd_burst {
+                        0 => String::new(),
+                        b => format!("server_initial_window_burst = {b}\n"),
+                    };
+                    format!("[limits]\nserver_initial_window_segments = {n}\n{burst}\n")
                 }
                 _ => String::new(),
             };
@@ -439,6 +454,12 @@ mod tests {
         assert!(features_of("splitway-mux-win-paced").is_none());
         let both = features_of("splitway-mux-paced-winr2").unwrap();
         assert!(both.lanes_paced && both.lanes_server_window && both.server_rwnd == Some(2));
+        let gated = features_of("splitway-mux-paced-winb2").unwrap();
+        assert_eq!(gated.server_rwnd_burst, 4);
+        let c = relay_configs(&topo, secret, "splitway-mux-paced-winb2", &gated, 1);
+        let e = Config::parse(&c[1]).unwrap_or_else(|e| panic!("{e}\n{}", c[1]));
+        assert_eq!(e.limits.server_initial_window_burst, 4);
+        assert_eq!(e.limits.server_initial_window_segments, Some(2));
         // -rwnd2: the egress alone gets the small initial server window.
         for (name, n) in [
             ("splitway-rwnd2", 2),
