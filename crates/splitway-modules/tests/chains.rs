@@ -227,8 +227,18 @@ fn a_leg_that_drains_at_once_gets_raw_bytes() {
     let data = text(4 << 20, 13);
     let spec = ChainSpec::from_names(&["compress"]).expect("spec");
     let mut idle = Pair::new(&spec, &Stores::new(STORE), &Stores::new(STORE));
+    // nothing unsent, room in the window, the leg has delivered
+    let drained = LegSnapshot {
+        sink: TcpSnapshot {
+            cwnd_bytes: 200_000,
+            unacked_bytes: 20_000,
+            delivery_rate: 100_000_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     assert_eq!(
-        idle.transfer(&data, &[65536], 65536, &LegSnapshot::default())
+        idle.transfer(&data, &[65536], 65536, &drained)
             .expect("idle"),
         data
     );
