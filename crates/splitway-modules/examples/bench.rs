@@ -113,7 +113,16 @@ fn main() {
             s as u8
         })
         .collect();
-    let idle = LegSnapshot::default();
+    // nothing unsent, room in the window, a known delivery rate
+    let idle = LegSnapshot {
+        sink: TcpSnapshot {
+            cwnd_bytes: 200_000,
+            unacked_bytes: 20_000,
+            delivery_rate: 100_000_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let busy = LegSnapshot {
         sink: TcpSnapshot {
             cwnd_bytes: 200_000,
