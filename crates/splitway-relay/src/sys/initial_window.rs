@@ -37,7 +37,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// Entries the tag map holds (least recently used go first).
 const MAP_ENTRIES: u32 = 16_384;
@@ -62,14 +62,18 @@ struct Loaded {
     _link: OwnedFd,
 }
 
-static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
+/// The program, once loaded: read without a lock on every tagged connect.
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+/// Serialises loading (two relays' starts, or a start and a reload).
+static LOADING: Mutex<()> = Mutex::new(());
 
 /// Load and attach the program once per process (again if a previous try
 /// failed).
 pub fn ensure() -> Result<(), InitialWindowError> {
-    let mut g = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-    if g.is_none() {
-        *g = Some(load()?);
+    let _g = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+    if LOADED.get().is_none() {
+        // Under `LOADING`, nobody else sets it: this `set` cannot fail.
+        let _ = LOADED.set(load()?);
     }
     Ok(())
 }
@@ -77,8 +81,7 @@ pub fn ensure() -> Result<(), InitialWindowError> {
 /// Tag `sock` (before its `connect`): its SYN and handshake will offer
 /// `segments` × MSS. Fails if [`ensure`] has not succeeded.
 pub fn tag(sock: &socket2::Socket, segments: u32) -> io::Result<()> {
-    let g = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(l) = g.as_ref() else {
+    let Some(l) = LOADED.get() else {
         return Err(io::Error::other("initial-window program not loaded"));
     };
     let cookie = socket_cookie(sock.as_raw_fd())?;
