@@ -252,6 +252,12 @@ pub struct Peer {
     /// order of bytes is the lane scheduler's.
     #[serde(default)]
     pub lane_pacing: bool,
+    /// Age weighting of the lane scheduler's shares (1: equal shares):
+    /// the oldest stream still sending gets up to this many quanta per
+    /// round, the youngest one, so a burst of downloads ends in arrival
+    /// order rather than all at the end (`splitway_core::mux::sched`).
+    #[serde(default = "d_lane_age_weight")]
+    pub lane_age_weight: u32,
     /// On the relay that accepts this peer's lanes: bound the receive
     /// windows of the server connections its streams open to a shared
     /// budget (2 × the rate the lanes forward × the server's minimum RTT,
@@ -279,6 +285,12 @@ impl Peer {
             return Err(ConfigError::invalid(
                 format!("peer[{i}].lane_max_streams"),
                 "must be 1 to 4096",
+            ));
+        }
+        if !(1..=64).contains(&self.lane_age_weight) {
+            return Err(ConfigError::invalid(
+                format!("peer[{i}].lane_age_weight"),
+                "must be 1 (equal shares) to 64",
             ));
         }
         if let Some(cc) = &self.congestion {
@@ -664,6 +676,10 @@ fn d_lanes() -> usize {
 fn d_stream_window_kib() -> u32 {
     1024
 }
+fn d_lane_age_weight() -> u32 {
+    1
+}
+
 fn d_lane_max_streams() -> u32 {
     128
 }
@@ -1510,6 +1526,11 @@ via = "egress"
         assert!(err_of(&with("lanes = 0")).contains("peer[0].lanes"));
         assert!(err_of(&with("stream_window_kib = 1")).contains("peer[0].stream_window_kib"));
         assert!(err_of(&with("lane_max_streams = 0")).contains("peer[0].lane_max_streams"));
+        assert_eq!(c.peers[0].lane_age_weight, 1, "equal shares by default");
+        let aged = Config::parse(&with("legs = \"mux\"\nlane_age_weight = 8")).unwrap();
+        assert_eq!(aged.peers[0].lane_age_weight, 8);
+        assert!(err_of(&with("lane_age_weight = 0")).contains("peer[0].lane_age_weight"));
+        assert!(err_of(&with("lane_age_weight = 65")).contains("peer[0].lane_age_weight"));
         assert!(err_of(&with("congestion = \"b b r\"")).contains("peer[0].congestion"));
     }
 

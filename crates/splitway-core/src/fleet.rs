@@ -336,6 +336,7 @@ pub fn render(base: &Config, layout: &Layout, view: &View) -> Result<Config, Fle
                 lane_max_streams: d.lane_max_streams,
                 congestion: d.congestion,
                 lane_pacing: d.lane_pacing,
+                lane_age_weight: d.lane_age_weight,
                 bound_server_windows: d.bound_server_windows,
             }
         })
@@ -416,6 +417,7 @@ fn defaults() -> Peer {
             lane_max_streams: 128,
             congestion: None,
             lane_pacing: false,
+            lane_age_weight: 1,
             bound_server_windows: false,
         })
 }

@@ -37,6 +37,10 @@ use stream::{Half, Stream};
 /// Control frames (SETTINGS, WINDOW, ABORT, PONG) waiting to be written,
 /// at most. A peer that makes us queue more without reading breaks the lane.
 pub const MAX_CONTROL_QUEUE: usize = 256 * 1024;
+/// Default [`LaneConfig::age_bytes`]: 8 MiB, about 0.7 s of a 100 Mbit/s
+/// path: the longest a newer stream waits behind an older one's boost.
+pub const AGE_BYTES: u64 = 8 << 20;
+
 /// Credit a stream may hold at most (as HTTP/2: 2^31 − 1).
 pub const MAX_CREDIT: u64 = (1 << 31) - 1;
 
@@ -64,6 +68,17 @@ pub struct LaneConfig {
     /// take turns of this size until each sent `first_bytes`, so in a burst
     /// every new stream's first bytes go before any one's next.
     pub first_quantum: usize,
+    /// Age weighting of the old queue (1: equal shares). With `w` > 1 a
+    /// stream's turn grows with the number of younger streams still
+    /// sending, up to `w` quanta for the oldest
+    /// ([`sched::age_quantum`]): a burst of equal downloads then ends
+    /// spread out in arrival order, the median sooner and the last no
+    /// later, instead of all together at the end.
+    pub age_weight: u32,
+    /// Streams that have sent this many bytes are bulk: equal shares, and
+    /// they do not count as older than anyone (so a long download never
+    /// crowds out a newer one).
+    pub age_bytes: u64,
 }
 
 impl Default for LaneConfig {
@@ -74,6 +89,8 @@ impl Default for LaneConfig {
             quantum: 16 * 1024,
             first_bytes: 16 * 1024,
             first_quantum: 2 * 1024,
+            age_weight: 1,
+            age_bytes: AGE_BYTES,
         }
     }
 }
@@ -608,6 +625,29 @@ impl Lane {
         self.sched.push(id, class);
     }
 
+    /// Stream `id`'s turn in the old queue: `quantum`, weighted by its age
+    /// among the streams still sending that are not bulk (one pass over
+    /// the lane's streams, only when age weighting is on).
+    fn aged_quantum(&self, id: u32, quantum: usize) -> usize {
+        let w = self.cfg.age_weight;
+        if w <= 1 {
+            return quantum;
+        }
+        let young = |s: &Stream| s.send != Half::Ended && s.sent_total < self.cfg.age_bytes;
+        if !self.streams.get(&id).is_some_and(young) {
+            return quantum;
+        }
+        // Ids only grow on a lane: a larger id opened later.
+        let (mut newer, mut active) = (0, 0);
+        for (&other, s) in &self.streams {
+            if young(s) {
+                active += 1;
+                newer += usize::from(other > id);
+            }
+        }
+        sched::age_quantum(quantum, w, newer, active)
+    }
+
     /// Whether [`Lane::poll_transmit`] has anything to give.
     pub fn wants_to_send(&self) -> bool {
         !self.control.is_empty() || self.pending_pong.is_some() || self.sched.lens() != (0, 0)
@@ -634,6 +674,10 @@ impl Lane {
     /// One turn of stream `id`.
     fn serve(&mut self, id: u32, class: Class, out: &mut Vec<u8>) {
         let (quantum, first) = (self.cfg.quantum.max(1), self.cfg.first_bytes);
+        let aged = match class {
+            Class::Old => self.aged_quantum(id, quantum),
+            Class::New => quantum,
+        };
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -646,7 +690,7 @@ impl Lane {
             Class::New => (first.saturating_sub(s.sent_total).max(1) as usize)
                 .min(self.cfg.first_quantum.max(1)),
             Class::Old => {
-                s.deficit += quantum;
+                s.deficit += aged;
                 s.deficit
             }
         };

@@ -47,6 +47,7 @@ pub fn lane_config(peer: Option<&Peer>) -> LaneConfig {
     if let Some(p) = peer {
         c.initial_window = p.stream_window_kib.saturating_mul(1024);
         c.max_streams = p.lane_max_streams;
+        c.age_weight = p.lane_age_weight;
     }
     c
 }
