@@ -648,6 +648,18 @@ impl Lane {
         sched::age_quantum(quantum, w, newer, active)
     }
 
+    /// How many bytes stream `id` may keep queued here: `base`, or with age
+    /// weighting its turn in the old queue if larger (a stream whose queue
+    /// holds less than its turn sends only what it holds, and the weighting
+    /// would not bind). So with weight `w` the oldest stream may queue up
+    /// to `w` quanta: 16 × 16 KiB = 256 KiB at most with the defaults.
+    pub fn send_buffer(&self, id: u32, base: usize) -> usize {
+        if self.cfg.age_weight <= 1 {
+            return base;
+        }
+        base.max(self.aged_quantum(id, self.cfg.quantum.max(1)))
+    }
+
     /// Whether [`Lane::poll_transmit`] has anything to give.
     pub fn wants_to_send(&self) -> bool {
         !self.control.is_empty() || self.pending_pong.is_some() || self.sched.lens() != (0, 0)

@@ -413,6 +413,28 @@ fn age_weighting_ends_a_burst_in_arrival_order_and_the_last_no_later() {
 }
 
 #[test]
+fn an_old_stream_may_queue_its_whole_turn() {
+    let mut c = cfg();
+    c.age_weight = 8;
+    let mut a = Lane::new(Role::Initiator, c);
+    let mut b = Lane::new(Role::Acceptor, c);
+    pump(&mut a, &mut b).unwrap();
+    pump(&mut b, &mut a).unwrap();
+    let ids: Vec<u32> = (0..3)
+        .map(|i| a.open(to(&format!("10.0.0.{}:80", i + 1))).unwrap())
+        .collect();
+    // Turns of 800, 450 and 100 bytes (quantum 100): the buffer is the
+    // larger of that and the base.
+    assert_eq!(a.send_buffer(ids[0], 64), 800);
+    assert_eq!(a.send_buffer(ids[1], 64), 450);
+    assert_eq!(a.send_buffer(ids[2], 64), 100);
+    assert_eq!(a.send_buffer(ids[2], 1000), 1000);
+    // Off: the base for everyone.
+    let (a, _) = pair();
+    assert_eq!(a.send_buffer(1, 64), 64);
+}
+
+#[test]
 fn bulk_streams_past_age_bytes_share_equally_again() {
     // Every stream is bulk from its first byte: the weighting is off.
     let (done, total) = completions(8, 1);

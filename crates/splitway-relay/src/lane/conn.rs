@@ -449,7 +449,7 @@ impl StreamHandle {
                 if self.conn.dead.load(Ordering::Acquire) || !g.slots.contains_key(&self.id) {
                     return false;
                 }
-                if g.lane.queued(self.id) < SEND_BUFFER {
+                if g.lane.queued(self.id) < g.lane.send_buffer(self.id, SEND_BUFFER) {
                     return true;
                 }
             }
@@ -457,9 +457,13 @@ impl StreamHandle {
         }
     }
 
-    /// Room left in the stream's send buffer.
+    /// Room left in the stream's send buffer ([`SEND_BUFFER`], more for
+    /// an old stream under age weighting: `Lane::send_buffer`).
     pub fn room_now(&self) -> usize {
-        SEND_BUFFER.saturating_sub(self.conn.lock().lane.queued(self.id))
+        let g = self.conn.lock();
+        g.lane
+            .send_buffer(self.id, SEND_BUFFER)
+            .saturating_sub(g.lane.queued(self.id))
     }
 
     /// Our direction ended cleanly (the flow's socket sent FIN).

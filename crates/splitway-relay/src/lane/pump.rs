@@ -2,7 +2,8 @@
 //! on a lane.
 //!
 //! Up: bytes read from the socket are queued on the stream, at most
-//! [`SEND_BUFFER`] at a time (the socket is not read while the queue is
+//! [`SEND_BUFFER`] at a time, or an old stream's larger turn under age
+//! weighting (`Lane::send_buffer`) (the socket is not read while the queue is
 //! full, so a slow lane pushes back on the client through TCP). FIN becomes
 //! END. Down: what the stream delivers is written to the socket, and only
 //! then returned to the peer as credit, so a slow reader holds at most its
@@ -86,7 +87,7 @@ pub async fn pump(
             if !h.room().await {
                 return Err(Stop::Reset);
             }
-            let room = h.room_now().max(1);
+            let room = h.room_now().clamp(1, buf.len());
             if let Some(w) = window.as_mut() {
                 w.before_read(rd.as_ref());
             }
