@@ -37,9 +37,53 @@ pub fn server_window(rate: u64, min_rtt_us: u32, moving: usize) -> u32 {
     share.clamp(u128::from(MIN_WINDOW), u128::from(MAX_WINDOW)) as u32
 }
 
+/// As [`server_window`], with the budget split by age as the lane
+/// scheduler's turns are (`lane_age_weight` = `w`): the stream with
+/// `newer` of the `moving` streams opened after it gets
+/// `1 + (w − 1) × newer / (moving − 1)` shares of the `moving × (w + 1) / 2`
+/// shares there are (the oldest `w`, the youngest one), so the server link
+/// delivers the oldest downloads first too and the lanes' order is not
+/// evened out again there. `w` ≤ 1 is [`server_window`].
+pub fn aged_server_window(rate: u64, min_rtt_us: u32, moving: usize, newer: usize, w: u32) -> u32 {
+    let n = moving.max(1);
+    if w <= 1 || n == 1 {
+        return server_window(rate, min_rtt_us, n);
+    }
+    let rtt = u128::from(min_rtt_us.max(MIN_RTT_US));
+    let budget = u128::from(HEADROOM) * u128::from(rate) * rtt / 1_000_000;
+    let (n, newer, w) = (n as u128, newer.min(n - 1) as u128, u128::from(w));
+    // share = budget × (1 + (w−1)·newer/(n−1)) / (n(w+1)/2), in integers.
+    let share = budget * 2 * ((n - 1) + (w - 1) * newer) / ((n - 1) * n * (w + 1));
+    share.clamp(u128::from(MIN_WINDOW), u128::from(MAX_WINDOW)) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aged_windows_run_from_one_share_to_w_and_sum_to_the_budget() {
+        // 11.5 MB/s × 26 ms × 2 = 598 kB among 10 streams, w = 8: 45 shares.
+        let all: Vec<u32> = (0..10)
+            .map(|newer| aged_server_window(11_500_000, 26_000, 10, newer, 8))
+            .collect();
+        assert_eq!(all[0], 13_288, "youngest: one share of 45");
+        assert_eq!(all[9], 106_311, "oldest: eight");
+        let sum: u64 = all.iter().map(|&x| u64::from(x)).sum();
+        assert!((597_000..=598_000).contains(&sum), "{sum}");
+        // Off, or alone: the plain split.
+        assert_eq!(
+            aged_server_window(11_500_000, 26_000, 10, 9, 1),
+            server_window(11_500_000, 26_000, 10)
+        );
+        assert_eq!(aged_server_window(11_500_000, 26_000, 1, 0, 8), 598_000);
+        // Floors and ceilings still hold.
+        assert_eq!(
+            aged_server_window(11_500_000, 26_000, 10_000, 0, 8),
+            MIN_WINDOW
+        );
+        assert_eq!(aged_server_window(u64::MAX, u32::MAX, 2, 1, 64), MAX_WINDOW);
+    }
 
     #[test]
     fn a_lone_stream_gets_the_whole_budget() {

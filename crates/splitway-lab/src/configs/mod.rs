@@ -45,6 +45,8 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux-paced-winb2", "splitway-mux-paced-winr2, the small window only for server connections opened 4 or more within 100 ms (server_initial_window_burst = 4)"),
     ("splitway-mux-bbr-age8", "splitway-mux-bbr with the age-weighted lane scheduler (lane_age_weight = 8)"),
     ("splitway-mux-bbr-age16", "splitway-mux-bbr with the age-weighted lane scheduler (lane_age_weight = 16)"),
+    ("splitway-mux-bbr-win", "splitway-mux-bbr, the egress bounding its server connections' receive windows (bound_server_windows)"),
+    ("splitway-mux-bbr-win-age16", "splitway-mux-bbr-win with the age-weighted lane scheduler and server windows (lane_age_weight = 16)"),
     ("splitway-mux-paced-winr2-age8", "splitway-mux-paced-winr2 with the age-weighted lane scheduler (lane_age_weight = 8)"),
     ("splitway-mux-paced-winr2-age16", "splitway-mux-paced-winr2 with the age-weighted lane scheduler (lane_age_weight = 16)"),
     ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),

@@ -18,20 +18,25 @@
 //! is long measures the queue in its handshake, and a budget that grows
 //! with the queue does not bound it.
 //!
+//! With `lane_age_weight` > 1 the budget is split by age as the lane
+//! scheduler's turns are (`aged_server_window`): the oldest moving stream
+//! gets `w` shares, the youngest one, so the server link hands the lanes
+//! the oldest downloads' bytes first instead of evening them out.
+//!
 //! Not bounded: the window of the connection's SYN (up to 64 KiB, sent
 //! before any read; a clamp set before `connect` small enough to lower it
 //! would also fix the window scale for the connection's life, from the
 //! clamp, and cap a later lone stream at 64 KiB per round trip).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use splitway_core::config::Peer;
 use splitway_core::mux::pace::peer_rate;
-use splitway_core::mux::window::server_window;
+use splitway_core::mux::window::{aged_server_window, server_window};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -61,9 +66,39 @@ pub struct WindowGroup {
     /// Bytes/s the lanes forward to the peer.
     rate: u64,
     moving: AtomicUsize,
+    /// The peer's `lane_age_weight`: with more than 1 the budget is split
+    /// by age (`aged_server_window`), and `order` holds the opening numbers
+    /// of the streams moving bytes.
+    age_weight: u32,
+    order: Mutex<BTreeSet<u64>>,
+    opened: AtomicU64,
 }
 
 impl WindowGroup {
+    fn new(rate: u64, age_weight: u32) -> Arc<WindowGroup> {
+        Arc::new(WindowGroup {
+            rate,
+            moving: AtomicUsize::new(0),
+            age_weight,
+            order: Mutex::new(BTreeSet::new()),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    /// Stream `seq` starts (`true`) or stops moving bytes: kept in the
+    /// age order only when the budget is split by age.
+    fn ordered(&self, seq: u64, moving: bool) {
+        if self.age_weight <= 1 {
+            return;
+        }
+        let mut o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        if moving {
+            o.insert(seq);
+        } else {
+            o.remove(&seq);
+        }
+    }
+
     /// Streams moving bytes now.
     pub fn moving(&self) -> usize {
         self.moving.load(Ordering::Relaxed)
@@ -91,20 +126,16 @@ impl ServerWindows {
         };
         let group = {
             let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-            let e = g.entry(peer.name.clone()).or_insert_with(|| {
-                Arc::new(WindowGroup {
-                    rate,
-                    moving: AtomicUsize::new(0),
-                })
-            });
-            if e.rate != rate {
-                *e = Arc::new(WindowGroup {
-                    rate,
-                    moving: AtomicUsize::new(0),
-                });
+            let w = peer.lane_age_weight;
+            let e = g
+                .entry(peer.name.clone())
+                .or_insert_with(|| WindowGroup::new(rate, w));
+            if e.rate != rate || e.age_weight != w {
+                *e = WindowGroup::new(rate, w);
             }
             e.clone()
         };
+        let seq = group.opened.fetch_add(1, Ordering::Relaxed);
         Some(StreamWindow {
             all: self.clone(),
             group,
@@ -112,6 +143,7 @@ impl ServerWindows {
             rtt_us: 0,
             rtt_at: None,
             moving: false,
+            seq,
         })
     }
 
@@ -138,12 +170,22 @@ pub struct StreamWindow {
     rtt_us: u32,
     rtt_at: Option<Instant>,
     moving: bool,
+    /// Opening order within the group (age weighting).
+    seq: u64,
 }
 
 impl StreamWindow {
     /// The clamp this stream's socket gets now (bytes).
     pub fn window(&self) -> u32 {
-        server_window(self.group.rate, self.rtt_us, self.group.moving().max(1))
+        let g = &self.group;
+        if g.age_weight <= 1 {
+            return server_window(g.rate, self.rtt_us, g.moving().max(1));
+        }
+        let order = g.order.lock().unwrap_or_else(|p| p.into_inner());
+        // Not moving yet: counted as the youngest of one more.
+        let moving = order.len() + usize::from(!self.moving);
+        let newer = order.range(self.seq + 1..).count();
+        aged_server_window(g.rate, self.rtt_us, moving, newer, g.age_weight)
     }
 
     /// Before a read of the server socket `s`: refresh the RTT now and
@@ -174,6 +216,7 @@ impl StreamWindow {
         if !self.moving {
             self.moving = true;
             self.group.moving.fetch_add(1, Ordering::Relaxed);
+            self.group.ordered(self.seq, true);
         }
         let _ = sockopt::set_window_clamp(s, self.window());
     }
@@ -182,6 +225,7 @@ impl StreamWindow {
         if self.moving {
             self.moving = false;
             self.group.moving.fetch_sub(1, Ordering::Relaxed);
+            self.group.ordered(self.seq, false);
         }
     }
 }
@@ -195,6 +239,50 @@ impl Drop for StreamWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn window_of(group: &Arc<WindowGroup>, seq: u64) -> StreamWindow {
+        StreamWindow {
+            all: Arc::new(ServerWindows::default()),
+            group: group.clone(),
+            dst: [10, 0, 0, 1].into(),
+            rtt_us: 26_000,
+            rtt_at: None,
+            moving: false,
+            seq,
+        }
+    }
+
+    fn start(w: &mut StreamWindow) {
+        w.moving = true;
+        w.group.moving.fetch_add(1, Ordering::Relaxed);
+        w.group.ordered(w.seq, true);
+    }
+
+    #[test]
+    fn aged_groups_give_older_streams_larger_windows_and_forget_stopped_ones() {
+        let g = WindowGroup::new(11_500_000, 8);
+        let mut ws: Vec<StreamWindow> = (0..3).map(|i| window_of(&g, i)).collect();
+        for w in &mut ws {
+            start(w);
+        }
+        let got: Vec<u32> = ws.iter().map(StreamWindow::window).collect();
+        // 598 kB in 3 × 9 / 2 = 13.5 shares: 8, 4.5 and 1.
+        assert_eq!(got, [354_370, 199_333, 44_296]);
+        // A stream not moving yet counts as the youngest of one more.
+        assert_eq!(window_of(&g, 3).window(), 598_000 * 2 / (4 * 9));
+        // The oldest ends: the next in age takes the top share.
+        ws.remove(0);
+        assert_eq!(ws[0].window(), 598_000 * 2 * 8 / (2 * 9));
+        assert_eq!(g.order.lock().unwrap().len(), 2);
+        // Unweighted groups keep no order.
+        let flat = WindowGroup::new(11_500_000, 1);
+        let mut f = window_of(&flat, 0);
+        f.moving = true;
+        f.group.moving.fetch_add(1, Ordering::Relaxed);
+        f.group.ordered(0, true);
+        assert!(flat.order.lock().unwrap().is_empty());
+        assert_eq!(f.window(), 598_000);
+    }
 
     #[test]
     fn the_smallest_recent_rtt_wins() {
