@@ -77,6 +77,19 @@ fn pair() -> (Lane, Lane) {
     (a, b)
 }
 
+/// A connected pair with lane config `c` and `n` streams opened by the
+/// initiator (to 10.0.0.1, 10.0.0.2, …).
+fn opened(c: LaneConfig, n: u8) -> (Lane, Lane, Vec<u32>) {
+    let mut a = Lane::new(Role::Initiator, c);
+    let mut b = Lane::new(Role::Acceptor, c);
+    pump(&mut a, &mut b).unwrap();
+    pump(&mut b, &mut a).unwrap();
+    let ids = (0..n)
+        .map(|i| a.open(to(&format!("10.0.0.{}:80", i + 1))).unwrap())
+        .collect();
+    (a, b, ids)
+}
+
 /// An acceptor that has the peer's SETTINGS, and the bytes it sent so far.
 fn acceptor() -> Lane {
     let mut b = Lane::new(Role::Acceptor, cfg());
@@ -269,13 +282,7 @@ fn new_streams_first_bytes_go_before_a_bulk_streams_next_quantum() {
 fn a_burst_of_new_streams_takes_turns_at_their_first_bytes() {
     let mut c = cfg();
     c.first_quantum = 20;
-    let mut a = Lane::new(Role::Initiator, c);
-    let mut b = Lane::new(Role::Acceptor, c);
-    pump(&mut a, &mut b).unwrap();
-    pump(&mut b, &mut a).unwrap();
-    let ids: Vec<u32> = (0..3)
-        .map(|i| a.open(to(&format!("10.0.0.{}:80", i + 1))).unwrap())
-        .collect();
+    let (mut a, mut b, ids) = opened(c, 3);
     for &id in &ids {
         a.send(id, &[7u8; 80]);
     }
@@ -320,13 +327,7 @@ fn a_burst_of_new_streams_takes_turns_at_their_first_bytes() {
 fn deficit_round_robin_shares_bytes_evenly() {
     let mut c = cfg();
     c.initial_window = 100_000;
-    let mut a = Lane::new(Role::Initiator, c);
-    let mut b = Lane::new(Role::Acceptor, c);
-    pump(&mut a, &mut b).unwrap();
-    pump(&mut b, &mut a).unwrap();
-    let ids: Vec<u32> = (0..3)
-        .map(|i| a.open(to(&format!("10.0.0.{}:80", i + 1))).unwrap())
-        .collect();
+    let (mut a, mut b, ids) = opened(c, 3);
     for &id in &ids {
         a.send(id, &[0u8; 10_000]);
     }
@@ -355,13 +356,7 @@ fn completions(w: u32, age_bytes: u64) -> (Vec<usize>, usize) {
     c.initial_window = 100_000;
     c.age_weight = w;
     c.age_bytes = age_bytes;
-    let mut a = Lane::new(Role::Initiator, c);
-    let mut b = Lane::new(Role::Acceptor, c);
-    pump(&mut a, &mut b).unwrap();
-    pump(&mut b, &mut a).unwrap();
-    let ids: Vec<u32> = (0..4)
-        .map(|i| a.open(to(&format!("10.0.0.{}:80", i + 1))).unwrap())
-        .collect();
+    let (mut a, mut b, ids) = opened(c, 4);
     for &id in &ids {
         a.send(id, &[0u8; 4000]);
     }
@@ -416,13 +411,7 @@ fn age_weighting_ends_a_burst_in_arrival_order_and_the_last_no_later() {
 fn an_old_stream_may_queue_its_whole_turn() {
     let mut c = cfg();
     c.age_weight = 8;
-    let mut a = Lane::new(Role::Initiator, c);
-    let mut b = Lane::new(Role::Acceptor, c);
-    pump(&mut a, &mut b).unwrap();
-    pump(&mut b, &mut a).unwrap();
-    let ids: Vec<u32> = (0..3)
-        .map(|i| a.open(to(&format!("10.0.0.{}:80", i + 1))).unwrap())
-        .collect();
+    let (a, _, ids) = opened(c, 3);
     // Turns of 800, 450 and 100 bytes (quantum 100): the buffer is the
     // larger of that and the base.
     assert_eq!(a.send_buffer(ids[0], 64), 800);
