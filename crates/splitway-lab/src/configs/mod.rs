@@ -47,6 +47,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("splitway-mux-bbr-age16", "splitway-mux-bbr with the age-weighted lane scheduler (lane_age_weight = 16)"),
     ("splitway-mux-bbr-win", "splitway-mux-bbr, the egress bounding its server connections' receive windows (bound_server_windows)"),
     ("splitway-mux-bbr-win-age16", "splitway-mux-bbr-win with the age-weighted lane scheduler and server windows (lane_age_weight = 16)"),
+    ("splitway-mux-bbr-paced-winr2-age16", "splitway-mux-paced-winr2-age16 with BBR on the lanes: one configuration for clean and lossy paths"),
     ("splitway-mux-paced-winr2-age8", "splitway-mux-paced-winr2 with the age-weighted lane scheduler (lane_age_weight = 8)"),
     ("splitway-mux-paced-winr2-age16", "splitway-mux-paced-winr2 with the age-weighted lane scheduler (lane_age_weight = 16)"),
     ("splitway+compress", "splitway with the adaptive zstd module on the relay-to-relay legs"),
