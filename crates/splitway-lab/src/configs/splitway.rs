@@ -498,7 +498,11 @@ mod tests {
         for (n, c) in variants.enumerate() {
             for t in relay_configs(&topo, secret, c.0, &features_of(c.0).unwrap(), n) {
                 let parsed = Config::parse(&t).unwrap_or_else(|e| panic!("{}: {e}", c.0));
-                assert!(names.insert(parsed.node.name.clone()), "{}", parsed.node.name);
+                assert!(
+                    names.insert(parsed.node.name.clone()),
+                    "{}",
+                    parsed.node.name
+                );
             }
         }
         let both = features_of("splitway-mux-bbr-paced").unwrap();
