@@ -38,25 +38,26 @@
 //! (many records per read, their payloads written to the plain socket in
 //! one write) until a large record comes. A sender reading a source that
 //! trickles in makes records of a few segments each (measured on the paper
-//! path: 4–6 thousand records of 2–8 KB per 10 MB), and three system calls
+//! path: 4–6 thousand records per 10 MB, most under 2 KB), and three system calls
 //! per record at the receiver (header, splice in, splice out) let its leg's
 //! receive queue grow by megabytes while the plain socket went idle. A
 //! plain record is decided when it is read: once in the pipe it can no
 //! longer be re-encoded or dropped (the chain's state already counts it as
 //! sent raw).
 //!
-//! Gathering (sender side of plain records): a source that trickles in
-//! (the server's segments arriving one or two at a time) would make a
-//! record of each read, and a record of one 1448-byte segment plus its
-//! 8-byte header leaves as two packets on a `TCP_NODELAY` leg (measured:
-//! 1050–1090 payload bytes per leg segment against 1370–1400 for a raw
-//! leg; the packet overhead made the leg, not the server's link, the
-//! bottleneck). Once [`BULK_BURST`] bytes have been spliced, the plain
-//! socket's `SO_RCVLOWAT` is raised to [`RECORD_LOWAT`], so it wakes the
-//! engine only when that much is there (or at EOF), and bytes under that
-//! are read anyway [`RECORD_WAIT`] after the socket was last emptied. When
-//! that read finds nothing the source has paused: the mark goes back to one
-//! byte (an interactive reply is not held), until the next bulk run.
+//! Gathering (the sending side of every module flow): a source that
+//! trickles in (the server's segments arriving one or two at a time) would
+//! make a record of each read, and a record of one 1448-byte segment plus
+//! its 8-byte header leaves as two packets on a `TCP_NODELAY` leg
+//! (measured: 1000–1090 payload bytes per leg segment against 1370–1400 for
+//! a raw leg; the packet overhead made the leg, not the server's link, the
+//! bottleneck; a transforming chain's encoder was called as often).
+//! Once [`BULK_BURST`] bytes have been read, the plain socket's
+//! `SO_RCVLOWAT` is raised to [`RECORD_LOWAT`], so it wakes the engine only
+//! when that much is there (or at EOF), and bytes under that are read
+//! anyway [`RECORD_WAIT`] after the socket was last emptied. When that read
+//! finds nothing the source has paused: the mark goes back to one byte (an
+//! interactive reply is not held), until the next bulk run.
 //!
 //! Ends: the plain socket's EOF becomes an END frame (with the DATA byte
 //! count); an END received (count checked, chain finished) becomes
