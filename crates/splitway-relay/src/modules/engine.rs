@@ -486,8 +486,10 @@ impl ModuleFlow<'_> {
                     last = Instant::now();
                 }
                 _ = sleep_until(st.read_at.unwrap_or(deadline)), if want_plain_read && st.read_at.is_some() => {
-                    self.plain_ready(st, &mut rbuf, true)?;
-                    last = Instant::now();
+                    // A timed read that finds nothing is no activity.
+                    if self.plain_ready(st, &mut rbuf, true)? > 0 {
+                        last = Instant::now();
+                    }
                 }
                 r = self.leg.readable(), if want_leg_read => {
                     r?;
@@ -548,7 +550,13 @@ impl ModuleFlow<'_> {
     /// The plain socket is readable (`by_timer`: may be, [`RECORD_WAIT`]
     /// after it was emptied with the low-water mark raised): its bytes go
     /// spliced while the chain passes them through, else through the chain.
-    fn plain_ready(&mut self, st: &mut State, rbuf: &mut [u8], by_timer: bool) -> Result<(), Cut> {
+    /// Returns the bytes read.
+    fn plain_ready(
+        &mut self,
+        st: &mut State,
+        rbuf: &mut [u8],
+        by_timer: bool,
+    ) -> Result<usize, Cut> {
         st.read_at = None;
         let before = st.plain_in;
         if self.splices_out() && st.to_leg.pending() == 0 {
@@ -560,7 +568,7 @@ impl ModuleFlow<'_> {
         }
         let found = (st.plain_in - before) as usize;
         self.gather(st, found, by_timer);
-        Ok(())
+        Ok(found)
     }
 
     /// Raises or lowers the plain socket's low-water mark after a splice
