@@ -442,11 +442,19 @@ fn null_payloads_cross_spliced_and_the_switch_turns_it_off() {
     let mut o = Overlay::new();
     o.start_relays("splice", &module_routes(), "");
     let [i_out, i_in, e_out, e_in] = spliced_counts(&o, 7101, "null");
-    // Every byte of null crosses as plain records, both ways, both ends.
+    // Every byte of null crosses as plain records, both ways; the receiver
+    // splices the large ones on (records under 16 KiB are copied, and how
+    // many there are depends on how the sender's reads fell).
     assert_eq!(i_out, (4 * MB) as f64, "ingress spliced out");
-    assert_eq!(e_in, (4 * MB) as f64, "egress spliced in");
     assert_eq!(e_out, (6 * MB) as f64, "egress spliced out");
-    assert_eq!(i_in, (6 * MB) as f64, "ingress spliced in");
+    assert!(
+        e_in > 0.0 && e_in <= (4 * MB) as f64,
+        "egress spliced in: {e_in}"
+    );
+    assert!(
+        i_in > 0.0 && i_in <= (6 * MB) as f64,
+        "ingress spliced in: {i_in}"
+    );
     // compress may transform: it never splices (bytes intact).
     let counts = spliced_counts(&o, 7102, "compress");
     assert_eq!(counts, [0.0; 4], "compress is not spliced");
