@@ -88,6 +88,13 @@ pub fn goal(long_is_bottleneck: bool, kind: Kind) -> Goal {
     }
 }
 
+/// Is ratio `r` within goal `f`, judged at the two decimals the goals are
+/// stated in and the table prints (1.004 is 1.00: a median of 1.3 s
+/// moves by more than 0.5 % between runs of the same configuration)?
+pub fn within(r: f64, f: f64) -> bool {
+    (r * 100.0).round() <= (f * 100.0).round()
+}
+
 /// Is the longest link slower than every other link?
 pub fn long_is_bottleneck(t: &Topology) -> bool {
     let k = t.longest_link();
@@ -459,8 +466,8 @@ fn analyse(
                 let wire_vs_plain = w.zip(plain_w).map(|(w, p)| w / p);
                 let g = (*arm == BOTH).then(|| goal(bottleneck, kind));
                 let met = g.map(|g| match g {
-                    Goal::Bound(f) => vs_bound.is_some_and(|r| r <= f),
-                    Goal::Plain(f) => vs_plain.is_some_and(|r| r <= f),
+                    Goal::Bound(f) => vs_bound.is_some_and(|r| within(r, f)),
+                    Goal::Plain(f) => vs_plain.is_some_and(|r| within(r, f)),
                 });
                 let goal_s = match g {
                     Some(Goal::Bound(f)) => format!("<= {f} bound"),
@@ -510,6 +517,8 @@ mod tests {
     fn goals_follow_the_bottleneck() {
         let mut t = Topology::default();
         assert!(!long_is_bottleneck(&t), "all links 100 Mbit/s");
+        assert!(within(1.004, 1.0) && within(0.39, 0.4) && within(1.03, 1.03));
+        assert!(!within(1.006, 1.0) && !within(1.01, 1.0) && !within(0.51, 0.5));
         assert_eq!(goal(false, Kind::Again), Goal::Plain(1.0));
         t.links[1].mbit = 20.0;
         assert!(long_is_bottleneck(&t));
