@@ -21,7 +21,9 @@
 //! With `lane_age_weight` > 1 the budget is split by age as the lane
 //! scheduler's turns are (`aged_server_window`): the oldest moving stream
 //! gets `w` shares, the youngest one, so the server link hands the lanes
-//! the oldest downloads' bytes first instead of evening them out.
+//! the oldest downloads' bytes first instead of evening them out. A
+//! stream's first [`AGE_AFTER`] bytes get at least the equal share, so a
+//! burst of small answers is not slowed by the weighting.
 //!
 //! Not bounded: the window of the connection's SYN (up to 64 KiB, sent
 //! before any read; a clamp set before `connect` small enough to lower it
@@ -52,6 +54,11 @@ const MAX_ADDRS: usize = 4096;
 /// The locked receive buffer's least size (`SO_RCVBUF`'s value; the
 /// kernel doubles it).
 const MIN_RCVBUF: usize = 128 * 1024;
+/// Under age weighting a stream keeps at least the equal share until its
+/// server has sent this much (the lane scheduler's first bytes, which go
+/// first there too): a burst of small answers gets them as fast as
+/// without the weighting.
+pub const AGE_AFTER: u64 = 16 * 1024;
 
 /// The relay's bounded server windows: a budget per peer, the smallest
 /// RTT per server address.
@@ -144,6 +151,7 @@ impl ServerWindows {
             rtt_at: None,
             moving: false,
             seq,
+            read: 0,
         })
     }
 
@@ -172,6 +180,8 @@ pub struct StreamWindow {
     moving: bool,
     /// Opening order within the group (age weighting).
     seq: u64,
+    /// Bytes read from the server so far.
+    read: u64,
 }
 
 impl StreamWindow {
@@ -185,7 +195,12 @@ impl StreamWindow {
         // Not moving yet: counted as the youngest of one more.
         let moving = order.len() + usize::from(!self.moving);
         let newer = order.range(self.seq + 1..).count();
-        aged_server_window(g.rate, self.rtt_us, moving, newer, g.age_weight)
+        let aged = aged_server_window(g.rate, self.rtt_us, moving, newer, g.age_weight);
+        if self.read < AGE_AFTER {
+            aged.max(server_window(g.rate, self.rtt_us, moving))
+        } else {
+            aged
+        }
     }
 
     /// Before a read of the server socket `s`: refresh the RTT now and
@@ -213,6 +228,7 @@ impl StreamWindow {
             self.stop();
             return;
         }
+        self.read += n as u64;
         if !self.moving {
             self.moving = true;
             self.group.moving.fetch_add(1, Ordering::Relaxed);
@@ -249,6 +265,7 @@ mod tests {
             rtt_at: None,
             moving: false,
             seq,
+            read: AGE_AFTER,
         }
     }
 
@@ -274,6 +291,13 @@ mod tests {
         ws.remove(0);
         assert_eq!(ws[0].window(), 598_000 * 2 * 8 / (2 * 9));
         assert_eq!(g.order.lock().unwrap().len(), 2);
+        // A new stream's first bytes: at least the equal share (598 kB / 3
+        // with the two still moving), then its share by age (one of 13.5).
+        let mut fresh = window_of(&g, 4);
+        fresh.read = 0;
+        assert_eq!(fresh.window(), 199_333);
+        fresh.read = AGE_AFTER;
+        assert_eq!(fresh.window(), 44_296);
         // Unweighted groups keep no order.
         let flat = WindowGroup::new(11_500_000, 1);
         let mut f = window_of(&flat, 0);
