@@ -273,20 +273,26 @@ fn a_hundred_concurrent_flows_on_lanes_arrive_intact_both_ways() {
 /// and still every byte of every flow arrives and every stream closes.
 #[test]
 fn age_weighted_lanes_and_server_windows_deliver_every_flow_intact() {
-    let mut o = Overlay::new();
-    let egress_peer = r#"
-[[peer]]
-name = "ingress"
-addr = "10.10.2.1:5565"
-legs = "mux"
-bandwidth_mbit = 200
-bound_server_windows = true
-lane_age_weight = 16
-"#;
-    o.start_relays("splice", "", egress_peer);
-    o.start_relay("ingress", &ingress_mux(2, "lane_age_weight = 16"));
-    o.wait_metric("ingress", READY, |v| v >= 2.0);
+    let o = start_both_mux(
+        2,
+        "lane_age_weight = 16",
+        "bandwidth_mbit = 200\nbound_server_windows = true\nlane_age_weight = 16",
+    );
     hundred_flows_arrive_intact(o);
+}
+
+/// An overlay whose ingress has `lanes` lanes to the egress (peer keys
+/// `ingress_keys`) and whose egress lists the ingress as a mux peer with
+/// `egress_keys` (what the accepting relay reads: windows, weights).
+fn start_both_mux(lanes: usize, ingress_keys: &str, egress_keys: &str) -> Overlay {
+    let mut o = Overlay::new();
+    let egress_peer = format!(
+        "\n[[peer]]\nname = \"ingress\"\naddr = \"10.10.2.1:5565\"\nlegs = \"mux\"\n{egress_keys}\n"
+    );
+    o.start_relays("splice", "", &egress_peer);
+    o.start_relay("ingress", &ingress_mux(lanes, ingress_keys));
+    o.wait_metric("ingress", READY, |v| v >= lanes as f64);
+    o
 }
 
 /// 100 flows at once through `o`, 256 KiB each way: every byte arrives,
@@ -575,18 +581,7 @@ fn hostile_frames_reset_their_stream_and_broken_framing_the_lane() {
 #[test]
 fn the_egress_bounds_its_server_connections_receive_windows() {
     const LEN: usize = 8 << 20;
-    let mut o = Overlay::new();
-    let egress_peer = r#"
-[[peer]]
-name = "ingress"
-addr = "10.10.2.1:5565"
-legs = "mux"
-bandwidth_mbit = 8
-bound_server_windows = true
-"#;
-    o.start_relays("splice", "", egress_peer);
-    o.start_relay("ingress", &ingress_mux(1, ""));
-    o.wait_metric("ingress", READY, |v| v >= 1.0);
+    let o = start_both_mux(1, "", "bandwidth_mbit = 8\nbound_server_windows = true");
     let l = o.listen(server_addr(false, 7000));
     let server = thread::spawn(move || {
         let (mut s, _) = l.accept().expect("accept");
