@@ -117,6 +117,9 @@ fuzz_target!(|input: &[u8]| {
         quantum: 512,
         first_bytes: 256,
         first_quantum: 128,
+        // Age-weighted turns, and streams that turn bulk early: both paths.
+        age_weight: 4,
+        age_bytes: 2048,
     };
     let mut settings = Vec::new();
     Frame::Settings(Settings {
