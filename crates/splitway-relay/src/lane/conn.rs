@@ -440,30 +440,27 @@ impl StreamHandle {
         ok
     }
 
-    /// Wait until the stream's queue has room for more; `false` when the
-    /// stream or lane is gone.
-    pub async fn room(&self) -> bool {
+    /// Wait until the stream's queue has room for more and return how much
+    /// ([`SEND_BUFFER`] less what is queued, more for an old stream under
+    /// age weighting: `Lane::send_buffer`); `None` when the stream or lane
+    /// is gone. One lock per wake-up.
+    pub async fn room(&self) -> Option<usize> {
         loop {
             {
                 let g = self.conn.lock();
                 if self.conn.dead.load(Ordering::Acquire) || !g.slots.contains_key(&self.id) {
-                    return false;
+                    return None;
                 }
-                if g.lane.queued(self.id) < g.lane.send_buffer(self.id, SEND_BUFFER) {
-                    return true;
+                let room = g
+                    .lane
+                    .send_buffer(self.id, SEND_BUFFER)
+                    .saturating_sub(g.lane.queued(self.id));
+                if room > 0 {
+                    return Some(room);
                 }
             }
             self.room.notified().await;
         }
-    }
-
-    /// Room left in the stream's send buffer ([`SEND_BUFFER`], more for
-    /// an old stream under age weighting: `Lane::send_buffer`).
-    pub fn room_now(&self) -> usize {
-        let g = self.conn.lock();
-        g.lane
-            .send_buffer(self.id, SEND_BUFFER)
-            .saturating_sub(g.lane.queued(self.id))
     }
 
     /// Our direction ended cleanly (the flow's socket sent FIN).

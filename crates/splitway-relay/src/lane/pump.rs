@@ -84,10 +84,10 @@ pub async fn pump(
     let upward = async {
         let mut buf = vec![0u8; SEND_BUFFER];
         loop {
-            if !h.room().await {
+            let Some(room) = h.room().await else {
                 return Err(Stop::Reset);
-            }
-            let room = h.room_now().clamp(1, buf.len());
+            };
+            let room = room.min(buf.len());
             if let Some(w) = window.as_mut() {
                 w.before_read(rd.as_ref());
             }
