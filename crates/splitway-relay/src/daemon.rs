@@ -24,6 +24,7 @@ use crate::flow;
 use crate::kernel::Kernel;
 use crate::metrics::Metrics;
 use crate::resources::Resources;
+use crate::shards::Shards;
 use crate::state::Shared;
 use crate::syn_tap::TapMetrics;
 use crate::sys::sockopt;
@@ -48,6 +49,10 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     /// Reload the config on SIGHUP.
     pub reload_on_sighup: bool,
+    /// Worker shards (`--workers`): the caller's runtime and `workers - 1`
+    /// threads, each accepting on its own listener (0 and 1: one, the
+    /// caller's). See [`crate::shards`].
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,14 +63,39 @@ enum Kind {
     Relay,
 }
 
-fn bind(addr: SocketAddr, transparent: bool) -> anyhow::Result<TcpListener> {
-    let sock = sockopt::listener(&addr, transparent, 4096)
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    // Client-facing listeners: accepted sockets inherit TCP_NODELAY (the
-    // Internet-facing profile) from the listener, so it is set once here
-    // instead of once per connection.
-    crate::profile::internet(&sock).context("TCP_NODELAY on the listener")?;
-    TcpListener::from_std(std::net::TcpListener::from(sock)).context("registering listener")
+/// Listen on `addr` once per shard (with `SO_REUSEPORT` when there are
+/// more: the kernel spreads connections over them), each socket set up by
+/// `setup`. Port 0 is resolved by the first socket, the others join it.
+fn bind(
+    addr: SocketAddr,
+    transparent: bool,
+    shards: usize,
+    setup: impl Fn(&socket2::Socket),
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let group = shards > 1;
+    if group && addr.port() != 0 {
+        sockopt::address_free(&addr).with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    let mut out = Vec::with_capacity(shards);
+    let mut at = addr;
+    for _ in 0..shards.max(1) {
+        let sock = sockopt::listener(&at, transparent, group, 4096)
+            .with_context(|| format!("cannot listen on {at}"))?;
+        // Client-facing listeners: accepted sockets inherit TCP_NODELAY (the
+        // Internet-facing profile) from the listener, so it is set once here
+        // instead of once per connection.
+        crate::profile::internet(&sock).context("TCP_NODELAY on the listener")?;
+        setup(&sock);
+        if at.port() == 0 {
+            at = sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .context("the listener's port")?;
+        }
+        out.push(std::net::TcpListener::from(sock));
+    }
+    Ok(out)
 }
 
 /// Run a relay until `shutdown` completes, then stop accepting and let open
@@ -84,43 +114,44 @@ pub async fn run(
             "[fleet]: this splitway was built without fleet mode (cargo feature `fleet`)"
         );
     }
-    let mut listeners: Vec<(TcpListener, Kind)> = Vec::new();
+    let shards = Shards::start(opts.workers.max(1)).context("starting the worker shards")?;
+    let n = shards.count();
+    let mut listeners: Vec<(Vec<std::net::TcpListener>, Kind)> = Vec::new();
+    let plain = |_: &socket2::Socket| {};
     for t in &cfg.transparent {
         let v4 = t.prefixes.iter().any(|p| p.addr().is_ipv4());
         let v6 = t.prefixes.iter().any(|p| p.addr().is_ipv6());
         if v4 {
-            listeners.push((
-                bind(SocketAddr::from(([0, 0, 0, 0], t.port)), true)?,
-                Kind::Transparent,
-            ));
+            let addr = SocketAddr::from(([0, 0, 0, 0], t.port));
+            listeners.push((bind(addr, true, n, plain)?, Kind::Transparent));
         }
         if v6 {
-            listeners.push((
-                bind(SocketAddr::from(([0u16; 8], t.port)), true)?,
-                Kind::Transparent,
-            ));
+            let addr = SocketAddr::from(([0u16; 8], t.port));
+            listeners.push((bind(addr, true, n, plain)?, Kind::Transparent));
         }
     }
     for e in &cfg.explicit {
-        listeners.push((bind(e.listen, false)?, Kind::Explicit(e.target)));
+        listeners.push((bind(e.listen, false, n, plain)?, Kind::Explicit(e.target)));
     }
     for s in &cfg.socks5 {
         let proto = crate::ingress::Proto::Socks5(s.listen);
-        listeners.push((bind(s.listen, false)?, Kind::Proxy(proto)));
+        listeners.push((bind(s.listen, false, n, plain)?, Kind::Proxy(proto)));
     }
     for h in &cfg.http_connect {
         let proto = crate::ingress::Proto::HttpConnect(h.listen);
-        listeners.push((bind(h.listen, false)?, Kind::Proxy(proto)));
+        listeners.push((bind(h.listen, false, n, plain)?, Kind::Proxy(proto)));
     }
     if let Some(r) = &cfg.relay {
-        let l = bind(r.listen, false)?;
-        if cfg.features.turbo_start {
-            // Accepted legs inherit the listener's buffers.
-            let _ = sockopt::set_buffers_force(&l, crate::profile::TURBO_BUFFER_BYTES);
-        }
-        if cfg.features.fast_open {
-            let _ = sockopt::set_fastopen_listener(&l, 4096);
-        }
+        let (turbo, fast_open) = (cfg.features.turbo_start, cfg.features.fast_open);
+        let l = bind(r.listen, false, n, |l| {
+            if turbo {
+                // Accepted legs inherit the listener's buffers.
+                let _ = sockopt::set_buffers_force(l, crate::profile::TURBO_BUFFER_BYTES);
+            }
+            if fast_open {
+                let _ = sockopt::set_fastopen_listener(l, 4096);
+            }
+        })?;
         listeners.push((l, Kind::Relay));
     }
     if cfg.limits.server_initial_window_segments.is_some() {
@@ -158,7 +189,8 @@ pub async fn run(
     let transparent: Vec<_> = listeners
         .iter()
         .filter(|(_, k)| matches!(k, Kind::Transparent))
-        .map(|(l, _)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned())
+        .flat_map(|(group, _)| group.iter())
+        .map(|l| std::os::fd::AsFd::as_fd(l).try_clone_to_owned())
         .collect::<Result<_, _>>()
         .context("copying a transparent listener's fd")?;
     let kernel = Arc::new(
@@ -192,9 +224,20 @@ pub async fn run(
         tokio::spawn(sighup_loop(control.clone(), stop_rx.clone()));
     }
     let mut accept_tasks = JoinSet::new();
-    for (l, kind) in listeners {
-        tracing::info!(node = %name, addr = ?l.local_addr().ok(), ?kind, "listening");
-        accept_tasks.spawn(accept_loop(l, kind, shared.clone(), stop_rx.clone()));
+    for (group, kind) in listeners {
+        let addr = group.first().and_then(|l| l.local_addr().ok());
+        tracing::info!(node = %name, ?addr, ?kind, shards = group.len(), "listening");
+        for (i, l) in group.into_iter().enumerate() {
+            let accepted = shared
+                .metrics
+                .worker_accepted
+                .with_label_values(&[&i.to_string()]);
+            let task = accept_loop(l, kind, accepted, shared.clone(), stop_rx.clone());
+            match shards.handle(i) {
+                Some(h) => accept_tasks.spawn_on(task, h),
+                None => accept_tasks.spawn(task),
+            };
+        }
     }
     let snap = shared.snapshot();
     let token = match &snap.cfg.admin {
@@ -260,16 +303,29 @@ pub async fn run(
     if let Some(path) = &opts.ready_file {
         let _ = std::fs::remove_file(path);
     }
+    // Flows still on the other shards (cut above) go with their runtimes.
+    drop(shards);
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Accept on one shard's listener until told to stop; each connection's
+/// flow runs on this shard.
 async fn accept_loop(
-    l: TcpListener,
+    l: std::net::TcpListener,
     kind: Kind,
+    accepted_here: prometheus::IntCounter,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Registered with this shard's I/O driver.
+    let l = match TcpListener::from_std(l) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register a listener; this shard accepts nothing");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -279,6 +335,7 @@ async fn accept_loop(
         match accepted {
             Ok((sock, peer)) => {
                 backoff = Duration::from_millis(5);
+                accepted_here.inc();
                 if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
                     shared.metrics.failed.with_label_values(&["draining"]).inc();
                     let _ = sockopt::set_linger_zero(&sock);

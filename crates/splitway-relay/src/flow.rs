@@ -86,7 +86,8 @@ pub async fn open_leg(
     let keys = snap.keys.as_ref().ok_or(HopError::NoKeys)?;
     if cfg.features.conn_pool {
         if let Some(pool) = shared.pools.get(name) {
-            if let Some(mut leg) = pool.take() {
+            // Made on shard 0: moved to this flow's shard.
+            if let Some(mut leg) = pool.take().and_then(|l| crate::shards::adopt(l).ok()) {
                 if send_leg_header(&mut leg, keys, dst, hop_limit, chain)
                     .await
                     .is_ok()
@@ -662,6 +663,19 @@ async fn claim_early(
         return None;
     };
     match leg.await {
+        Ok(Ok(EarlyHop::Socket(up, kind))) => {
+            // Opened on shard 0 (the tap's): moved to this flow's shard.
+            match crate::shards::adopt(up) {
+                Ok(up) => {
+                    m.early_syn.with_label_values(&["hit"]).inc();
+                    Some(EarlyHop::Socket(up, kind))
+                }
+                Err(_) => {
+                    m.early_syn.with_label_values(&["failed"]).inc();
+                    None
+                }
+            }
+        }
         Ok(Ok(leg)) => {
             m.early_syn.with_label_values(&["hit"]).inc();
             Some(leg)

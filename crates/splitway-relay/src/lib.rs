@@ -8,6 +8,7 @@
 //!   early-SYN queue and rules), on its own thread.
 //! - [`fleet`]: fleet mode (cargo feature `fleet`): state from etcd, presence, cache.
 //! - [`daemon`]: listeners, accept loops, shutdown ([`daemon::run`] is the entry point).
+//! - [`shards`]: per-core runtimes, each accepting on its own `SO_REUSEPORT` listener.
 //! - [`firewall`]: nftables TPROXY rules and policy routing for transparent mode.
 //! - [`flow`]: one split connection: route, next hop, forward.
 //! - [`ingress`]: SOCKS5 and HTTP CONNECT listeners: handshake, then a flow.
@@ -46,6 +47,7 @@ pub mod pool;
 pub mod profile;
 pub mod ratelimit;
 pub mod resources;
+pub mod shards;
 pub mod state;
 pub mod syn_tap;
 pub mod sys;

@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Proxy ingress (SOCKS5, HTTP CONNECT) requests refused, by listener
     /// kind and reason.
     pub proxy_refused: IntCounterVec,
+    /// Connections accepted, by worker shard (`--workers`): how evenly the
+    /// kernel spreads them over the shards' listeners.
+    pub worker_accepted: IntCounterVec,
     /// Children of the vectors above that every connection touches,
     /// resolved once (a label lookup hashes and locks).
     pub hot: Hot,
@@ -240,6 +243,11 @@ impl Metrics {
             "SOCKS5 / HTTP CONNECT requests refused with an error reply or closed, by kind and reason",
             &["kind", "reason"],
         );
+        let worker_accepted = counter_vec(
+            "splitway_worker_accepted_total",
+            "Connections accepted, by worker shard (each shard has its own SO_REUSEPORT listener)",
+            &["worker"],
+        );
         let resources_pooled = IntGauge::new(
             "splitway_resources_pooled",
             "Per-connection buffer or pipe pairs ready in the pool",
@@ -253,6 +261,7 @@ impl Metrics {
             ttfb_seconds,
             failover,
             proxy_refused,
+            worker_accepted,
             resources_pooled,
             early_syn,
             registry,

@@ -34,8 +34,9 @@ pub enum Cmd {
         /// Write this file (with the pid) once the relay is ready.
         #[arg(long, value_hint = clap::ValueHint::FilePath)]
         ready_file: Option<PathBuf>,
-        /// Worker threads (default: one per core the process may run on;
-        /// with one, a single-threaded runtime).
+        /// Worker shards (default: one per core the process may run on):
+        /// each a single-threaded runtime with its own SO_REUSEPORT
+        /// listeners; a connection stays on the shard that accepted it.
         #[arg(long)]
         workers: Option<usize>,
     },

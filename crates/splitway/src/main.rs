@@ -68,23 +68,22 @@ fn raise_fd_limit() {
     }
 }
 
-/// The relay's runtime: one worker per usable core (the CPU affinity mask
-/// counts, so `taskset -c 0` means one), or `workers`. With one worker the
-/// runtime is single-threaded: accept, flows and timers all run on the main
-/// thread, without the work-stealing scheduler's cross-thread wake-ups.
-fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let n = workers
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+/// Worker shards: one per usable core (the CPU affinity mask counts, so
+/// `taskset -c 0` means one), or `workers`. Each shard is a
+/// single-threaded runtime with its own listeners (`splitway_relay::shards`);
+/// this one, on the main thread, is shard 0 and also runs control, admin and
+/// fleet tasks.
+fn shard_count(flag: Option<usize>) -> usize {
+    flag.or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
-        .max(1);
-    let mut rt = if n == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(n);
-        b
-    };
-    rt.enable_all().thread_name("splitway-worker").build()
+        .max(1)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("splitway-worker")
+        .build()
 }
 
 /// Errors end the process with their chain of causes on one line, never a
@@ -134,13 +133,14 @@ fn run() -> anyhow::Result<()> {
                 Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
             init_logs(cfg.node.log_format);
             raise_fd_limit();
-            let rt = runtime(workers).context("starting the runtime")?;
+            let rt = runtime().context("starting the runtime")?;
             rt.block_on(async move {
                 let stop = shutdown_signal()?;
                 let opts = splitway_relay::RunOptions {
                     ready_file,
                     config_path: Some(config),
                     reload_on_sighup: true,
+                    workers: shard_count(workers),
                 };
                 splitway_relay::run(cfg, opts, stop).await
             })

@@ -114,6 +114,15 @@ fn two_hundred_concurrent_flows_all_complete() {
     }
     assert_eq!(seen, flows, "every flow reached the server intact");
     assert!(sent.values().all(|c| *c == 0));
+    // Relays run with `--workers 2`: two shards, each with its own
+    // SO_REUSEPORT listener, and the kernel spread the connections (and the
+    // egress's relay legs) over both.
+    for role in ["ingress", "egress"] {
+        for w in ["0", "1"] {
+            let sample = format!("splitway_worker_accepted_total{{worker=\"{w}\"}}");
+            assert!(o.metric(role, &sample) > 0.0, "{role}: shard {w} accepted nothing");
+        }
+    }
 }
 
 #[test]

@@ -21,10 +21,20 @@ pub fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
 }
 
 /// A listening socket. `transparent` sets IP_TRANSPARENT so TPROXY'd
-/// connections to any address are accepted here.
-pub fn listener(addr: &SocketAddr, transparent: bool, backlog: i32) -> io::Result<Socket> {
+/// connections to any address are accepted here; `reuse_port` sets
+/// SO_REUSEPORT (one listener per shard on the same address, the kernel
+/// spreading connections over them).
+pub fn listener(
+    addr: &SocketAddr,
+    transparent: bool,
+    reuse_port: bool,
+    backlog: i32,
+) -> io::Result<Socket> {
     let s = tcp_socket(addr)?;
     s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -35,6 +45,19 @@ pub fn listener(addr: &SocketAddr, transparent: bool, backlog: i32) -> io::Resul
     s.bind(&(*addr).into())?;
     s.listen(backlog)?;
     Ok(s)
+}
+
+/// Bind (without listening) a socket without SO_REUSEPORT to `addr` and
+/// close it: fails with `EADDRINUSE` if anything listens there, which a
+/// group of `SO_REUSEPORT` listeners would otherwise join silently when
+/// that other listener set the option too (a second relay by mistake).
+pub fn address_free(addr: &SocketAddr) -> io::Result<()> {
+    let s = tcp_socket(addr)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&(*addr).into())
 }
 
 fn setsockopt_int(
@@ -368,6 +391,25 @@ pub fn set_rcvbuf_force(s: &impl AsFd, bytes: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Shards share an address through SO_REUSEPORT; a listener already
+    /// there (another relay) is found by `address_free` whether or not it
+    /// set the option, so a second relay fails instead of joining.
+    #[test]
+    fn reuse_port_listeners_share_an_address_and_a_taken_one_is_found() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = listener(&any, false, true, 8).unwrap();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let second = listener(&addr, false, true, 8).expect("a second shard joins");
+        assert!(address_free(&addr).is_err(), "a taken address looks free");
+        drop((first, second));
+        let plain = listener(&any, false, false, 8).unwrap();
+        let addr = plain.local_addr().unwrap().as_socket().unwrap();
+        assert!(listener(&addr, false, true, 8).is_err());
+        assert!(address_free(&addr).is_err());
+        drop(plain);
+        assert!(address_free(&addr).is_ok(), "a closed listener's address is free");
+    }
+
     /// A listener with TCP_SAVE_SYN gives each accepted connection's SYN
     /// sequence number once, over IPv4 and IPv6; switched off, connections
     /// that arrive after keep no SYN.
@@ -375,7 +417,7 @@ mod tests {
     fn saved_syn_gives_the_isn_once() {
         for addr in ["127.0.0.1:0", "[::1]:0"] {
             let addr: SocketAddr = addr.parse().unwrap();
-            let Ok(l) = listener(&addr, false, 8) else {
+            let Ok(l) = listener(&addr, false, false, 8) else {
                 continue; // no IPv6 loopback here
             };
             set_save_syn(&l, true).unwrap();
