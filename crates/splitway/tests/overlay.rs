@@ -120,7 +120,10 @@ fn two_hundred_concurrent_flows_all_complete() {
     for role in ["ingress", "egress"] {
         for w in ["0", "1"] {
             let sample = format!("splitway_worker_accepted_total{{worker=\"{w}\"}}");
-            assert!(o.metric(role, &sample) > 0.0, "{role}: shard {w} accepted nothing");
+            assert!(
+                o.metric(role, &sample) > 0.0,
+                "{role}: shard {w} accepted nothing"
+            );
         }
     }
 }

@@ -407,7 +407,10 @@ mod tests {
         assert!(listener(&addr, false, true, 8).is_err());
         assert!(address_free(&addr).is_err());
         drop(plain);
-        assert!(address_free(&addr).is_ok(), "a closed listener's address is free");
+        assert!(
+            address_free(&addr).is_ok(),
+            "a closed listener's address is free"
+        );
     }
 
     /// A listener with TCP_SAVE_SYN gives each accepted connection's SYN
