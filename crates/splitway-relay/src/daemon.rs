@@ -186,6 +186,7 @@ pub async fn run(
         resources,
         stop_rx.clone(),
     ));
+    shared.workers.store(n, Ordering::Relaxed);
     let transparent: Vec<_> = listeners
         .iter()
         .filter(|(_, k)| matches!(k, Kind::Transparent))

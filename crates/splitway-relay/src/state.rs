@@ -127,6 +127,8 @@ pub struct Shared {
     /// and end as `aborted` (not `reset`: the relay chose to).
     pub aborting: AtomicBool,
     pub started: SystemTime,
+    /// Worker shards accepting connections (`--workers`), set at start.
+    pub workers: AtomicUsize,
     flows: Mutex<HashMap<u64, Arc<FlowEntry>>>,
     next_flow: AtomicU64,
     active: AtomicUsize,
@@ -178,6 +180,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             aborting: AtomicBool::new(false),
             started: SystemTime::now(),
+            workers: AtomicUsize::new(1),
             flows: Mutex::new(HashMap::new()),
             next_flow: AtomicU64::new(1),
             active: AtomicUsize::new(0),

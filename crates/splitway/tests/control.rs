@@ -156,6 +156,8 @@ fn early_syn_switched_off_at_run_time() {
     let (st, body) = http(&o.ingress, "GET", "/status", "");
     assert_eq!(st, 200);
     assert!(body.contains("\"early_syn\": false"), "{body}");
+    // The relays run with `--workers 2`: two shards.
+    assert!(body.contains("\"workers\": 2"), "{body}");
     let (st, body) = http(&o.ingress, "POST", "/features", r#"{"warp_drive": true}"#);
     assert_eq!(st, 400);
     assert!(body.contains("warp_drive"), "{body}");

@@ -285,6 +285,7 @@ fn status(shared: &Shared) -> Response {
             "node": c.node.name,
             "version": env!("CARGO_PKG_VERSION"),
             "engine": c.node.engine.as_str(),
+            "workers": shared.workers.load(std::sync::atomic::Ordering::Relaxed),
             "uptime_secs": uptime,
             "active": shared.metrics.active.get(),
             "tasks": shared.active(),
