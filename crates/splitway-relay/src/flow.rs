@@ -788,7 +788,7 @@ pub fn expire_early(shared: &Shared) {
 }
 
 #[cfg(test)]
-mod tests_support {
+pub(crate) mod tests_support {
     use super::*;
     use crate::metrics::Metrics;
     use splitway_core::config::Config;

@@ -129,13 +129,19 @@ pub struct Shared {
     pub started: SystemTime,
     /// Worker shards accepting connections (`--workers`), set at start.
     pub workers: AtomicUsize,
-    flows: Mutex<HashMap<u64, Arc<FlowEntry>>>,
+    /// Live flows in [`FLOW_SLOTS`] maps by flow id, so shards registering
+    /// and ending flows at once rarely take the same lock.
+    flows: Box<[Mutex<HashMap<u64, Arc<FlowEntry>>>]>,
     next_flow: AtomicU64,
     active: AtomicUsize,
     idle_notify: Notify,
     /// Flips when the daemon stops; background tasks watch it.
     pub stop: watch::Receiver<bool>,
 }
+
+/// Maps the flow registry is split into (a power of two): a few per core
+/// of a large machine; the readers (`ctl connections`, shutdown) merge.
+const FLOW_SLOTS: usize = 16;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -181,7 +187,9 @@ impl Shared {
             aborting: AtomicBool::new(false),
             started: SystemTime::now(),
             workers: AtomicUsize::new(1),
-            flows: Mutex::new(HashMap::new()),
+            flows: (0..FLOW_SLOTS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             next_flow: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle_notify: Notify::new(),
@@ -233,18 +241,22 @@ impl Shared {
     /// Register a live flow; returns its id for [`Shared::unregister`].
     pub fn register(&self, e: Arc<FlowEntry>) -> u64 {
         let id = self.next_flow.fetch_add(1, Ordering::Relaxed);
-        lock(&self.flows).insert(id, e);
+        lock(self.flow_slot(id)).insert(id, e);
         id
     }
 
     pub fn unregister(&self, id: u64) {
-        lock(&self.flows).remove(&id);
+        lock(self.flow_slot(id)).remove(&id);
     }
 
-    /// Run `f` over the live flows (id order).
+    fn flow_slot(&self, id: u64) -> &Mutex<HashMap<u64, Arc<FlowEntry>>> {
+        &self.flows[id as usize & (FLOW_SLOTS - 1)]
+    }
+
+    /// Run `f` over the live flows (id order), every slot held meanwhile.
     pub fn with_flows<R>(&self, f: impl FnOnce(Vec<(&u64, &Arc<FlowEntry>)>) -> R) -> R {
-        let flows = lock(&self.flows);
-        let mut v: Vec<_> = flows.iter().collect();
+        let slots: Vec<_> = self.flows.iter().map(lock).collect();
+        let mut v: Vec<_> = slots.iter().flat_map(|m| m.iter()).collect();
         v.sort_by_key(|(id, _)| **id);
         f(v)
     }
@@ -258,5 +270,42 @@ impl Drop for ActiveGuard {
         if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle_notify.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flows registered across every slot of the registry are all listed,
+    /// in id order, and the ended ones are gone.
+    #[tokio::test]
+    async fn the_flow_registry_lists_every_live_flow_in_id_order() {
+        let shared = crate::flow::tests_support::shared();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let entry = || {
+            let c = std::net::TcpStream::connect(a).unwrap();
+            let (s, _) = l.accept().unwrap();
+            let tokio = |t: std::net::TcpStream| {
+                t.set_nonblocking(true).unwrap();
+                TcpStream::from_std(t).unwrap()
+            };
+            Arc::new(FlowEntry::new("explicit", a, a, tokio(c), tokio(s)))
+        };
+        let ids: Vec<u64> = (0..3 * FLOW_SLOTS)
+            .map(|_| shared.register(entry()))
+            .collect();
+        for id in ids.iter().step_by(3) {
+            shared.unregister(*id);
+        }
+        let listed = shared.with_flows(|v| v.iter().map(|(id, _)| **id).collect::<Vec<_>>());
+        let live: Vec<u64> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(_, id)| *id)
+            .collect();
+        assert_eq!(listed, live);
     }
 }
