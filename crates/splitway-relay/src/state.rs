@@ -131,13 +131,16 @@ pub struct Shared {
     pub workers: AtomicUsize,
     /// Live flows in [`FLOW_SLOTS`] maps by flow id, so shards registering
     /// and ending flows at once rarely take the same lock.
-    flows: Box<[Mutex<HashMap<u64, Arc<FlowEntry>>>]>,
+    flows: Box<[FlowSlot]>,
     next_flow: AtomicU64,
     active: AtomicUsize,
     idle_notify: Notify,
     /// Flips when the daemon stops; background tasks watch it.
     pub stop: watch::Receiver<bool>,
 }
+
+/// One slot of the flow registry: live flows by id.
+type FlowSlot = Mutex<HashMap<u64, Arc<FlowEntry>>>;
 
 /// Maps the flow registry is split into (a power of two): a few per core
 /// of a large machine; the readers (`ctl connections`, shutdown) merge.
@@ -249,7 +252,7 @@ impl Shared {
         lock(self.flow_slot(id)).remove(&id);
     }
 
-    fn flow_slot(&self, id: u64) -> &Mutex<HashMap<u64, Arc<FlowEntry>>> {
+    fn flow_slot(&self, id: u64) -> &FlowSlot {
         &self.flows[id as usize & (FLOW_SLOTS - 1)]
     }
 
