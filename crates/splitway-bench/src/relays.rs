@@ -27,6 +27,11 @@ pub enum Kind {
     /// "all cores"). Not in the default run; `--only splitway-splice-2w`.
     SplitwayCopy2w,
     SplitwaySplice2w,
+    /// The peers with two threads / worker processes on CPUs 0 and 1, for
+    /// the same "all cores" comparison: `nbthread 2`, `worker_processes 2`.
+    Haproxy2w,
+    HaproxySplice2w,
+    Nginx2w,
     /// The BPF sockmap experiment (`crate::sockmap`), not a splitway engine.
     Sockmap,
     /// The engines with `--splitway-node-x` added to `[node]`: an
@@ -36,9 +41,12 @@ pub enum Kind {
 }
 
 /// Run only when named with `--only`.
-pub const EXTRA: [Kind; 5] = [
+pub const EXTRA: [Kind; 8] = [
     Kind::SplitwayCopy2w,
     Kind::SplitwaySplice2w,
+    Kind::Haproxy2w,
+    Kind::HaproxySplice2w,
+    Kind::Nginx2w,
     Kind::Sockmap,
     Kind::SplitwayCopyX,
     Kind::SplitwaySpliceX,
@@ -68,6 +76,9 @@ impl Kind {
             Kind::SplitwaySpliceNoPools => "splitway splice, worker_pools off",
             Kind::SplitwayCopy2w => "splitway copy, 2 workers (CPUs 0,1)",
             Kind::SplitwaySplice2w => "splitway splice, 2 workers (CPUs 0,1)",
+            Kind::Haproxy2w => "HAProxy tcp, 2 threads (CPUs 0,1)",
+            Kind::HaproxySplice2w => "HAProxy splice, 2 threads (CPUs 0,1)",
+            Kind::Nginx2w => "nginx stream, 2 workers (CPUs 0,1)",
             Kind::Sockmap => "BPF sockmap (experiment)",
             Kind::SplitwayCopyX => "splitway copy + --splitway-node-x",
             Kind::SplitwaySpliceX => "splitway splice + --splitway-node-x",
@@ -85,6 +96,9 @@ impl Kind {
             Kind::SplitwaySpliceNoPools => "splitway-splice-nopools",
             Kind::SplitwayCopy2w => "splitway-copy-2w",
             Kind::SplitwaySplice2w => "splitway-splice-2w",
+            Kind::Haproxy2w => "haproxy-2w",
+            Kind::HaproxySplice2w => "haproxy-splice-2w",
+            Kind::Nginx2w => "nginx-2w",
             Kind::Sockmap => "sockmap",
             Kind::SplitwayCopyX => "splitway-copy-x",
             Kind::SplitwaySpliceX => "splitway-splice-x",
@@ -119,6 +133,14 @@ pub struct Running {
 fn pinned(s: &Setup, prog: &str) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", &s.relay_cpu.to_string(), prog]);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// On CPUs 0 and 1 (the "2 workers" variants; the load shares CPU 1).
+fn on_two_cpus(prog: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", "0,1", prog]);
     c.stdin(Stdio::null());
     c
 }
@@ -196,42 +218,54 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
             t0 = Instant::now();
             children.push(c.spawn().context("socat")?);
         }
-        Kind::Haproxy | Kind::HaproxySplice => {
-            let splice = if kind == Kind::HaproxySplice {
+        Kind::Haproxy | Kind::HaproxySplice | Kind::Haproxy2w | Kind::HaproxySplice2w => {
+            let splice = if matches!(kind, Kind::HaproxySplice | Kind::HaproxySplice2w) {
                 "  option splice-request\n  option splice-response\n"
             } else {
                 ""
             };
+            let two = matches!(kind, Kind::Haproxy2w | Kind::HaproxySplice2w);
+            let threads = if two { 2 } else { 1 };
             let cfg = write(
                 d,
                 "haproxy.cfg",
                 &format!(
-                    "global\n  maxconn 9500\n  maxpipes 256\n  nbthread 1\n\
+                    "global\n  maxconn 9500\n  maxpipes 256\n  nbthread {threads}\n\
                      defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n{splice}\
                      frontend fe\n  bind {l}\n  default_backend be\n\
                      backend be\n  server s1 {t}\n"
                 ),
             )?;
-            let mut c = pinned(s, "haproxy");
+            let mut c = if two {
+                on_two_cpus("haproxy")
+            } else {
+                pinned(s, "haproxy")
+            };
             c.arg("-db").arg("-f").arg(&cfg);
             log_to(&mut c, &d.join("haproxy.log"))?;
             t0 = Instant::now();
             children.push(c.spawn().context("haproxy")?);
         }
-        Kind::Nginx => {
+        Kind::Nginx | Kind::Nginx2w => {
+            let two = kind == Kind::Nginx2w;
             let cfg = write(
                 d,
                 "nginx.conf",
                 &format!(
                     "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-                     worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+                     worker_processes {workers};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
                      worker_rlimit_nofile 20000;\n\
                      events {{ worker_connections 20000; }}\n\
                      stream {{ server {{ listen {l} backlog=4096; proxy_pass {t}; }} }}\n",
-                    dir = d.display()
+                    dir = d.display(),
+                    workers = if two { 2 } else { 1 },
                 ),
             )?;
-            let mut c = pinned(s, "nginx");
+            let mut c = if two {
+                on_two_cpus("nginx")
+            } else {
+                pinned(s, "nginx")
+            };
             c.arg("-c").arg(&cfg).arg("-p").arg(d);
             log_to(&mut c, &d.join("nginx.log"))?;
             t0 = Instant::now();
@@ -316,10 +350,7 @@ pub fn start(kind: Kind, s: &Setup) -> anyhow::Result<Running> {
                 ),
             )?;
             let mut c = if two {
-                let mut c = Command::new("taskset");
-                c.args(["-c", "0,1", &s.splitway.to_string_lossy()]);
-                c.stdin(Stdio::null());
-                c
+                on_two_cpus(&s.splitway.to_string_lossy())
             } else {
                 pinned(s, &s.splitway.to_string_lossy())
             };
