@@ -123,14 +123,7 @@ fn main() {
         },
         ..Default::default()
     };
-    let busy = LegSnapshot {
-        sink: TcpSnapshot {
-            cwnd_bytes: 200_000,
-            notsent_bytes: 150_000,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let busy = splitway_modules::stream_test::backlogged_leg();
     let fixed = |l| ModuleSettings {
         compress: AdaptConfig::fixed(l),
     };

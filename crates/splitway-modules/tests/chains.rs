@@ -12,16 +12,7 @@ use splitway_modules::{ChainSpec, LegSnapshot, Stores, TcpSnapshot};
 
 const STORE: u64 = 64 << 20;
 
-fn backlogged() -> LegSnapshot {
-    LegSnapshot {
-        sink: TcpSnapshot {
-            cwnd_bytes: 200_000,
-            notsent_bytes: 150_000,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+use splitway_modules::stream_test::backlogged_leg as backlogged;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]

@@ -427,16 +427,7 @@ mod tests {
     use super::*;
     use crate::state::TcpSnapshot;
 
-    fn backlogged() -> LegSnapshot {
-        LegSnapshot {
-            sink: TcpSnapshot {
-                cwnd_bytes: 100_000,
-                notsent_bytes: 80_000,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
+    use crate::stream_test::backlogged_leg as backlogged;
 
     #[test]
     fn a_backlogged_leg_raises_the_level_to_the_maximum_and_no_further() {
